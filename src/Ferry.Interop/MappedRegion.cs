@@ -1,0 +1,86 @@
+using System.Runtime.CompilerServices;
+
+namespace Ferry.Interop;
+
+/// <summary>
+/// The single owner of one mmap'd region. Unmapped exactly once, on Dispose. Accessors are bounds-checked so a
+/// bad offset throws instead of touching memory outside the mapping.
+/// </summary>
+public sealed unsafe class MappedRegion : IDisposable
+{
+    private nint _address;
+
+    private MappedRegion(nint address, ulong length)
+    {
+        _address = address;
+        Length = length;
+    }
+
+    public ulong Length { get; }
+
+    public nint Address
+    {
+        get
+        {
+            var address = Volatile.Read(ref _address);
+            ObjectDisposedException.ThrowIf(address == 0, this);
+            return address;
+        }
+    }
+
+    public bool IsDisposed => Volatile.Read(ref _address) == 0;
+
+    public static MappedRegion Map(SafeFd? fd, ulong length, int prot, int flags, long offset = 0)
+    {
+        var add = false;
+        try
+        {
+            var raw = -1;
+            if (fd is not null)
+            {
+                fd.DangerousAddRef(ref add);
+                raw = fd.Fd;
+            }
+            var address = Libc.Mmap(0, (nuint)length, prot, flags, raw, offset);
+            if (address == Libc.MAP_FAILED)
+                ErrnoException.ThrowLast("mmap");
+            return new MappedRegion(address, length);
+        }
+        finally
+        {
+            if (add)
+                fd!.DangerousRelease();
+        }
+    }
+
+    public static MappedRegion MapAnonymous(ulong length) =>
+        Map(null, length, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE);
+
+    /// <summary>A pointer to <paramref name="length"/> bytes at <paramref name="offset"/>, checked against the mapping.</summary>
+    public byte* Pointer(ulong offset, ulong length = 1)
+    {
+        CheckRange(offset, length);
+        return (byte*)Address + offset;
+    }
+
+    public Span<byte> GetSpan(ulong offset, int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        return new Span<byte>(Pointer(offset, (ulong)length), length);
+    }
+
+    public ref T GetRef<T>(ulong offset) where T : unmanaged => ref Unsafe.AsRef<T>(Pointer(offset, (ulong)sizeof(T)));
+
+    private void CheckRange(ulong offset, ulong length)
+    {
+        if (offset > Length || length > Length - offset)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset:#x}, +{length:#x}) is outside a {Length:#x}-byte mapping");
+    }
+
+    public void Dispose()
+    {
+        var address = Interlocked.Exchange(ref _address, 0);
+        if (address != 0)
+            Libc.Munmap(address, (nuint)Length);
+    }
+}

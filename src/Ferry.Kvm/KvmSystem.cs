@@ -1,0 +1,126 @@
+using System.Runtime.InteropServices;
+using Ferry.Interop;
+using Ferry.Interop.Kvm;
+
+namespace Ferry.Kvm;
+
+/// <summary>/dev/kvm: capability queries and VM creation.</summary>
+public sealed unsafe class KvmSystem : IDisposable
+{
+    public const string DevicePath = "/dev/kvm";
+
+    private readonly SafeFd _fd;
+
+    private KvmSystem(SafeFd fd)
+    {
+        _fd = fd;
+        var version = Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_API_VERSION, 0);
+        if (version != KvmConstants.KVM_API_VERSION)
+            throw new KvmUnavailableException($"{DevicePath} speaks KVM API version {version}, Ferry needs {KvmConstants.KVM_API_VERSION}");
+        VcpuMmapSize = Check(Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE");
+    }
+
+    public int VcpuMmapSize { get; }
+
+    /// <summary>Opens /dev/kvm, or throws <see cref="KvmUnavailableException"/> saying why it cannot be used.</summary>
+    public static KvmSystem Open()
+    {
+        var fd = Libc.Open(DevicePath, Libc.O_RDWR | Libc.O_CLOEXEC, 0);
+        if (fd < 0)
+        {
+            var errno = Libc.LastErrno;
+            throw errno switch
+            {
+                Libc.ENOENT => new KvmUnavailableException($"{DevicePath} does not exist: this host has no KVM"),
+                Libc.EACCES or Libc.EPERM => new KvmUnavailableException($"{DevicePath} exists but this user may not open it (permission denied)"),
+                _ => new KvmUnavailableException($"cannot open {DevicePath}: {Libc.ErrnoMessage(errno)}"),
+            };
+        }
+        return new KvmSystem(new SafeFd(fd));
+    }
+
+    /// <summary>Why KVM cannot be used here, or null when it can. Used by tests to skip with a reason.</summary>
+    public static string? UnavailableReason()
+    {
+        try
+        {
+            using var kvm = Open();
+            return null;
+        }
+        catch (KvmUnavailableException e)
+        {
+            return e.Message;
+        }
+    }
+
+    public int CheckExtension(int capability) => Math.Max(0, Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_CHECK_EXTENSION, capability));
+
+    public VirtualMachine CreateVm()
+    {
+        var vmFd = Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_CREATE_VM, 0);
+        // KVM_CREATE_VM can fail with EINTR under signals; retry a few times as QEMU does.
+        for (var i = 0; vmFd < 0 && Libc.LastErrno == Libc.EINTR && i < 8; i++)
+            vmFd = Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_CREATE_VM, 0);
+        return new VirtualMachine(this, SafeFd.FromResult(vmFd, "KVM_CREATE_VM"));
+    }
+
+    /// <summary>KVM_GET_SUPPORTED_CPUID: the CPUID entries this host's KVM can expose.</summary>
+    public KvmCpuidEntry2[] GetSupportedCpuid()
+    {
+        for (var capacity = 128; capacity <= 4096; capacity *= 2)
+        {
+            var bytes = sizeof(KvmCpuid2) + capacity * sizeof(KvmCpuidEntry2);
+            var buffer = (byte*)NativeMemory.AllocZeroed((nuint)bytes);
+            try
+            {
+                ((KvmCpuid2*)buffer)->Nent = (uint)capacity;
+                if (Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_SUPPORTED_CPUID, buffer) < 0)
+                {
+                    if (Libc.LastErrno == Libc.E2BIG)
+                        continue;
+                    ErrnoException.ThrowLast("KVM_GET_SUPPORTED_CPUID");
+                }
+                var count = (int)((KvmCpuid2*)buffer)->Nent;
+                return new ReadOnlySpan<KvmCpuidEntry2>(buffer + sizeof(KvmCpuid2), count).ToArray();
+            }
+            finally
+            {
+                NativeMemory.Free(buffer);
+            }
+        }
+        throw new ErrnoException("KVM_GET_SUPPORTED_CPUID", Libc.E2BIG);
+    }
+
+    /// <summary>KVM_GET_MSR_INDEX_LIST: every MSR index KVM can save and restore.</summary>
+    public uint[] GetMsrIndexList()
+    {
+        var header = new KvmMsrList { Nmsrs = 0 };
+        Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_MSR_INDEX_LIST, &header); // E2BIG, but fills in the count
+        var count = (int)header.Nmsrs;
+        var buffer = (byte*)NativeMemory.AllocZeroed((nuint)(4 + count * 4));
+        try
+        {
+            ((KvmMsrList*)buffer)->Nmsrs = (uint)count;
+            Check(Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_MSR_INDEX_LIST, buffer), "KVM_GET_MSR_INDEX_LIST");
+            return new ReadOnlySpan<uint>(buffer + 4, (int)((KvmMsrList*)buffer)->Nmsrs).ToArray();
+        }
+        finally
+        {
+            NativeMemory.Free(buffer);
+        }
+    }
+
+    internal static int Check(int result, string ioctl) => ErrnoException.Check(result, ioctl);
+
+    public void Dispose() => _fd.Dispose();
+}
+
+/// <summary>KVM cannot be used on this host; the message says why, in words a user can act on.</summary>
+public sealed class KvmUnavailableException : Exception
+{
+    public KvmUnavailableException() { }
+
+    public KvmUnavailableException(string message) : base(message) { }
+
+    public KvmUnavailableException(string message, Exception inner) : base(message, inner) { }
+}

@@ -1,0 +1,89 @@
+using Ferry.Interop;
+
+namespace Ferry.Kvm;
+
+/// <summary>
+/// A named, contiguous range of guest RAM: a memfd mapped shared into the VMM and registered as one KVM memory
+/// slot. The block (name + offset) is the unit that migration and snapshots address, never a global address.
+/// Owns its memfd and its mapping.
+/// </summary>
+public sealed unsafe class RamBlock : IDisposable
+{
+    public const int PageShift = 12;
+    public const ulong PageSize = 1UL << PageShift;
+
+    private RamBlock(string name, ulong guestPhysicalAddress, ulong size, int slot, SafeFd memfd, MappedRegion mapping)
+    {
+        Name = name;
+        GuestPhysicalAddress = guestPhysicalAddress;
+        Size = size;
+        Slot = slot;
+        Memfd = memfd;
+        Mapping = mapping;
+        VmmDirty = new DirtyBitmap(PageCount);
+    }
+
+    public string Name { get; }
+
+    public ulong GuestPhysicalAddress { get; }
+
+    public ulong Size { get; }
+
+    public ulong PageCount => Size >> PageShift;
+
+    /// <summary>The KVM memory slot this block is registered as.</summary>
+    public int Slot { get; }
+
+    /// <summary>The memfd behind the block: holes in it are pages never touched or discarded.</summary>
+    public SafeFd Memfd { get; }
+
+    public MappedRegion Mapping { get; }
+
+    /// <summary>Pages the VMM itself wrote (KVM's dirty log does not see writes through the VMM's mapping).</summary>
+    public DirtyBitmap VmmDirty { get; }
+
+    public ulong EndAddress => GuestPhysicalAddress + Size;
+
+    public bool Contains(ulong gpa, ulong length) =>
+        gpa >= GuestPhysicalAddress && length <= Size && gpa - GuestPhysicalAddress <= Size - length;
+
+    public static RamBlock Create(string name, ulong guestPhysicalAddress, ulong size, int slot)
+    {
+        if (size == 0 || size % PageSize != 0)
+            throw new ArgumentOutOfRangeException(nameof(size), $"RAM block {name}: size {size} is not a positive multiple of 4 KiB");
+        var memfd = SafeFd.FromResult(Libc.MemfdCreate("ferry:" + name, Libc.MFD_CLOEXEC), "memfd_create");
+        try
+        {
+            ErrnoException.Check(Libc.Ftruncate(memfd.Fd, (long)size), "ftruncate");
+            var mapping = MappedRegion.Map(memfd, size, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED | Libc.MAP_NORESERVE);
+            return new RamBlock(name, guestPhysicalAddress, size, slot, memfd, mapping);
+        }
+        catch
+        {
+            memfd.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Bytes the host has actually allocated for this block (memfd blocks in use).</summary>
+    public ulong AllocatedBytes()
+    {
+        StatBuffer stat;
+        ErrnoException.Check(Libc.Fstat(Memfd.Fd, &stat), "fstat");
+        return (ulong)stat.Blocks * 512;
+    }
+
+    /// <summary>Gives the pages in [offset, offset + length) back to the host: they read as zero afterwards.</summary>
+    public void Discard(ulong offset, ulong length)
+    {
+        if (offset % PageSize != 0 || length % PageSize != 0 || !Contains(GuestPhysicalAddress + offset, length))
+            throw new ArgumentOutOfRangeException(nameof(offset), $"discard [{offset:#x}, +{length:#x}) is not page-aligned inside {Name}");
+        ErrnoException.Check(Libc.Fallocate(Memfd.Fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, (long)offset, (long)length), "fallocate(PUNCH_HOLE)");
+    }
+
+    public void Dispose()
+    {
+        Mapping.Dispose();
+        Memfd.Dispose();
+    }
+}
