@@ -1,0 +1,144 @@
+using System.Net.Sockets;
+using Ferry.Devices.Legacy;
+
+namespace Ferry.Cli;
+
+/// <summary>Where `ferry run` connects the guest's serial console: stdio or a Unix socket.</summary>
+internal abstract class ConsoleBackend : ISerialOutput, IDisposable
+{
+    public abstract void Write(ReadOnlySpan<byte> data);
+
+    /// <summary>Starts feeding host input into the guest's UART.</summary>
+    public abstract void Start(Serial16550 serial);
+
+    public virtual void Dispose() { }
+
+    public static ConsoleBackend Create(string spec) => spec switch
+    {
+        "stdio" => new StdioConsole(),
+        _ when spec.StartsWith("unix:", StringComparison.Ordinal) && spec.Length > 5 => new UnixSocketConsole(spec[5..]),
+        _ => throw new UsageException($"--console '{spec}' is not stdio or unix:PATH"),
+    };
+}
+
+/// <summary>Guest output to stdout (flushed at each newline), stdin to the guest.</summary>
+internal sealed class StdioConsole : ConsoleBackend
+{
+    private readonly Stream _stdout = Console.OpenStandardOutput();
+    private readonly Lock _lock = new();
+
+    public override void Write(ReadOnlySpan<byte> data)
+    {
+        lock (_lock)
+        {
+            _stdout.Write(data);
+            if (data.Contains((byte)'\n'))
+                _stdout.Flush();
+        }
+    }
+
+    public override void Start(Serial16550 serial)
+    {
+        var thread = new Thread(() =>
+        {
+            using var stdin = Console.OpenStandardInput();
+            var buffer = new byte[4096];
+            int n;
+            while ((n = stdin.Read(buffer)) > 0)
+                serial.EnqueueInput(buffer.AsSpan(0, n));
+        })
+        { IsBackground = true, Name = "console-stdin" };
+        thread.Start();
+    }
+}
+
+/// <summary>The console on a Unix socket: one client at a time; output while nobody is connected is dropped.</summary>
+internal sealed class UnixSocketConsole : ConsoleBackend
+{
+    private readonly string _path;
+    private readonly Socket _listener;
+    private readonly Lock _lock = new();
+    private Socket? _client;
+
+    public UnixSocketConsole(string path)
+    {
+        _path = path;
+        if (File.Exists(path))
+            File.Delete(path);
+        _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            _listener.Bind(new UnixDomainSocketEndPoint(path));
+        }
+        catch (SocketException e)
+        {
+            _listener.Dispose();
+            throw new UsageException($"--console unix:{path}: cannot listen there ({e.Message})");
+        }
+        _listener.Listen(1);
+    }
+
+    public override void Write(ReadOnlySpan<byte> data)
+    {
+        lock (_lock)
+        {
+            try
+            {
+                _client?.Send(data);
+            }
+            catch (SocketException)
+            {
+                _client = null;
+            }
+        }
+    }
+
+    public override void Start(Serial16550 serial)
+    {
+        var thread = new Thread(() =>
+        {
+            var buffer = new byte[4096];
+            while (true)
+            {
+                Socket client;
+                try
+                {
+                    client = _listener.Accept();
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException)
+                {
+                    return;
+                }
+                lock (_lock)
+                    _client = client;
+                try
+                {
+                    int n;
+                    while ((n = client.Receive(buffer)) > 0)
+                        serial.EnqueueInput(buffer.AsSpan(0, n));
+                }
+                catch (SocketException)
+                {
+                }
+                lock (_lock)
+                    _client = null;
+                client.Dispose();
+            }
+        })
+        { IsBackground = true, Name = "console-socket" };
+        thread.Start();
+    }
+
+    public override void Dispose()
+    {
+        _listener.Dispose();
+        try
+        {
+            File.Delete(_path);
+        }
+        catch (IOException)
+        {
+        }
+        base.Dispose();
+    }
+}

@@ -1,0 +1,101 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Ferry.Kvm;
+using Ferry.Machine;
+
+namespace Ferry.Cli;
+
+/// <summary>
+/// `ferry demo`: boots a guest, runs a memory workload (fill, verify, a dirtying loop with a pause in the middle,
+/// the KVM dirty log), prints what happened and powers the guest off.
+/// </summary>
+internal static class Demo
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(120);
+
+    public static int Run(string[] args)
+    {
+        var a = CliArguments.Parse(args, "demo", ["memory", "cpus", "guest", "cmdline"], []);
+        var config = Program.ParseMachineConfig(a, "demo", "1G", 2);
+        return RunAsync(config).GetAwaiter().GetResult();
+    }
+
+    private static async Task<int> RunAsync(MachineConfig config)
+    {
+        var console = new GuestConsole();
+        var sw = Stopwatch.StartNew();
+        using var machine = Machine.Machine.Create(config, console);
+        machine.Start();
+        var ready = await WaitReady(console, machine).ConfigureAwait(false);
+        Console.WriteLine($"booted: {config.Cpus} vCPU(s), {MachineConfig.FormatSize(config.MemoryBytes)} RAM, guest shell ready {sw.ElapsedMilliseconds} ms after start");
+        Console.WriteLine($"  guest manages {Mib(ready, "usable_bytes")} MiB; {Mib(ready, "reserved_bytes")} MiB reserved (VMM structures, guest image and stacks, allocator metadata)");
+
+        var fillMib = (ulong)(config.MemoryBytes / GuestLayout.MiB / 2);
+        machine.Vm.SetDirtyLogging(true);
+        var bitmaps = machine.Memory.Blocks.Select(b => new DirtyBitmap(b.PageCount)).ToArray();
+        SyncAll(machine, bitmaps);
+        foreach (var b in bitmaps)
+            b.Clear();
+
+        var fill = await Cmd(console, $"fill {fillMib}").ConfigureAwait(false);
+        var fillNs = fill.GetProperty("ns").GetDouble();
+        Console.WriteLine($"fill {fillMib} MiB: {fill.GetProperty("pages").GetUInt64()} pages of generation {fill.GetProperty("generation").GetUInt64()} in {fillNs / 1e6:0.0} ms ({fillMib / 1024.0 / (fillNs / 1e9):0.00} GiB/s)");
+        SyncAll(machine, bitmaps);
+        var dirtyPages = bitmaps.Sum(b => (long)b.CountSet());
+        Console.WriteLine($"  KVM dirty log after the fill: {dirtyPages} pages dirty ({dirtyPages * 4 / 1024} MiB): the filled pages plus the guest's bookkeeping");
+
+        var verify = await Cmd(console, "verify").ConfigureAwait(false);
+        Console.WriteLine($"verify: {verify.GetProperty("pages_checked").GetUInt64()} pages checked, {verify.GetProperty("failures").GetUInt64()} failures");
+
+        await Cmd(console, "dirty 200 64").ConfigureAwait(false);
+        await Task.Delay(500).ConfigureAwait(false);
+        var pauseWatch = Stopwatch.StartNew();
+        machine.Pause();
+        var pauseMs = pauseWatch.Elapsed.TotalMilliseconds;
+        var before = await Task.Run(() => machine.Vcpus[0].GetRegs().Rip).ConfigureAwait(false);
+        await Task.Delay(300).ConfigureAwait(false);
+        machine.Resume();
+        await Task.Delay(500).ConfigureAwait(false);
+        var stop = await Cmd(console, "stop").ConfigureAwait(false);
+        Console.WriteLine($"dirty 200 MiB/s over a 64 MiB working set for ~1 s, paused for 300 ms in the middle (pause took {pauseMs:0.0} ms, RIP {before:#x}): {stop.GetProperty("pages_dirtied").GetUInt64()} pages rewritten");
+        verify = await Cmd(console, "verify").ConfigureAwait(false);
+        Console.WriteLine($"verify after the pause: {verify.GetProperty("pages_checked").GetUInt64()} pages checked, {verify.GetProperty("failures").GetUInt64()} failures");
+
+        await Cmd(console, "free").ConfigureAwait(false);
+        var stats = await Cmd(console, "stats").ConfigureAwait(false);
+        Console.WriteLine($"after free: {Mib(stats, "free_bytes")} MiB free of {Mib(stats, "total_bytes")} MiB; free pages per order: {stats.GetProperty("free_pages_per_order")}");
+        var allocated = machine.Memory.Blocks.Sum(b => (double)b.AllocatedBytes());
+        Console.WriteLine($"host memory allocated for guest RAM: {allocated / GuestLayout.MiB:0.0} MiB of {MachineConfig.FormatSize(config.MemoryBytes)}");
+
+        console.SendLine("poweroff");
+        var exit = await machine.Exited.WaitAsync(Timeout).ConfigureAwait(false);
+        Console.WriteLine($"exit: {exit.Message}");
+        var passed = verify.GetProperty("passed").GetBoolean() && exit.Kind == MachineExitKind.PowerOff;
+        return passed ? 0 : 1;
+    }
+
+    private static async Task<JsonElement> WaitReady(GuestConsole console, Machine.Machine machine)
+    {
+        var ready = console.WaitForEventAsync("ready", Timeout);
+        var finished = await Task.WhenAny(ready, machine.Exited).ConfigureAwait(false);
+        if (finished != ready)
+            throw new InvalidOperationException($"guest stopped before its shell was ready: {machine.Exited.Result.Message}");
+        return await ready.ConfigureAwait(false);
+    }
+
+    private static async Task<JsonElement> Cmd(GuestConsole console, string command)
+    {
+        var reply = await console.CommandAsync(command, Timeout).ConfigureAwait(false);
+        if (!reply.GetProperty("ok").GetBoolean())
+            throw new InvalidOperationException($"guest command '{command}' failed: {reply}");
+        return reply;
+    }
+
+    private static void SyncAll(Machine.Machine machine, DirtyBitmap[] bitmaps)
+    {
+        for (var i = 0; i < bitmaps.Length; i++)
+            machine.Vm.SyncDirtyLog(machine.Memory.Blocks[i], bitmaps[i]);
+    }
+
+    private static ulong Mib(JsonElement json, string property) => json.GetProperty(property).GetUInt64() / GuestLayout.MiB;
+}

@@ -1,0 +1,34 @@
+using System.Text.Json.Nodes;
+
+namespace Ferry.Control;
+
+/// <summary>The QMP commands that act on a machine: query-status, stop, cont, quit. Emits STOP/RESUME events.</summary>
+public static class MachineCommands
+{
+    public static void Register(QmpServer server, Ferry.Machine.Machine machine)
+    {
+        server.Register("query-status", _ =>
+        {
+            var status = machine.Status;
+            return new JsonObject { ["status"] = status, ["running"] = status == "running", ["singlestep"] = false };
+        });
+        server.Register("stop", _ =>
+        {
+            machine.Pause();
+            server.Emit("STOP");
+            return null;
+        });
+        server.Register("cont", _ =>
+        {
+            machine.Resume();
+            server.Emit("RESUME");
+            return null;
+        });
+        server.Register("quit", arguments =>
+        {
+            // Reply first, then stop: QEMU answers quit before it exits.
+            _ = Task.Delay(50).ContinueWith(_ => machine.Stop("quit requested over QMP"), TaskScheduler.Default);
+            return null;
+        });
+    }
+}

@@ -1,0 +1,242 @@
+using Ferry.Devices;
+using Ferry.Devices.Legacy;
+using Ferry.Interop.Kvm;
+using Ferry.Kvm;
+
+namespace Ferry.Machine;
+
+/// <summary>How a machine stopped.</summary>
+public enum MachineExitKind { PowerOff, GuestPanic, VcpuFault, Quit }
+
+public sealed record MachineExit(MachineExitKind Kind, int ExitCode, string Message);
+
+/// <summary>
+/// One running VM: KVM objects, guest RAM, devices and a thread per vCPU. Built from a <see cref="MachineConfig"/>
+/// with the guest image loaded and every vCPU at the guest's entry point, paused until <see cref="Start"/>.
+/// </summary>
+public sealed class Machine : IDisposable, IVcpuExitHandler
+{
+    private static readonly TimeSpan PauseTimeout = TimeSpan.FromSeconds(5);
+
+    private readonly KvmSystem _kvm;
+    private readonly List<Vcpu> _vcpus = [];
+    private readonly List<VcpuRunner> _runners = [];
+    private readonly TaskCompletionSource<MachineExit> _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Lock _stateLock = new();
+    private uint[]? _savedMsrs;
+    private bool _started;
+    private bool _paused;
+
+    private Machine(MachineConfig config, KvmSystem kvm, VirtualMachine vm, GuestMemory memory, ISerialOutput console)
+    {
+        Config = config;
+        _kvm = kvm;
+        Vm = vm;
+        Memory = memory;
+        Serial = new Serial16550(console);
+        IoBus.Register(Serial16550.Com1Base, Serial16550.PortCount, Serial);
+        IoBus.Register(PowerPort.Port, 1, new PowerPort(OnPowerPort));
+    }
+
+    public MachineConfig Config { get; }
+
+    public VirtualMachine Vm { get; }
+
+    public GuestMemory Memory { get; }
+
+    public Serial16550 Serial { get; }
+
+    public IoBus IoBus { get; } = new();
+
+    public MmioBus MmioBus { get; } = new();
+
+    public IReadOnlyList<Vcpu> Vcpus => _vcpus;
+
+    public IReadOnlyList<VcpuRunner> Runners => _runners;
+
+    public uint TscKhz { get; private set; }
+
+    /// <summary>Completes when the guest powers off, panics, a vCPU faults or <see cref="Stop"/> is called.</summary>
+    public Task<MachineExit> Exited => _exited.Task;
+
+    public string Status
+    {
+        get
+        {
+            lock (_stateLock)
+                return _exited.Task.IsCompleted ? "shutdown" : !_started ? "prelaunch" : _paused ? "paused" : "running";
+        }
+    }
+
+    /// <summary>Builds the machine. Throws ConfigException, KvmUnavailableException or InvalidGuestImageException with a reason.</summary>
+    public static Machine Create(MachineConfig config, ISerialOutput console)
+    {
+        config.Validate(MachineConfig.HostMemoryBytes());
+        var image = ElfImage.Load(config.GuestImagePath);
+        var kvm = KvmSystem.Open();
+        VirtualMachine? vm = null;
+        GuestMemory? memory = null;
+        try
+        {
+            var maxVcpus = kvm.CheckExtension(KvmConstants.KVM_CAP_MAX_VCPUS);
+            if (maxVcpus > 0 && config.Cpus > maxVcpus)
+                throw new ConfigException($"cpus {config.Cpus} is more than this host's KVM allows ({maxVcpus})");
+            if (image.HighestAddress > Math.Min(config.MemoryBytes, GuestLayout.LowRamLimit))
+                throw new ConfigException($"memory {MachineConfig.FormatSize(config.MemoryBytes)} is too small for the guest image (it ends at {image.HighestAddress:#x})");
+            vm = kvm.CreateVm();
+            var slot = 0;
+            memory = new GuestMemory(GuestLayout.RamBlocks(config.MemoryBytes).Select(b => RamBlock.Create(b.Name, b.Address, b.Size, slot++)));
+            foreach (var block in memory.Blocks)
+                vm.AddMemory(block);
+            var machine = new Machine(config, kvm, vm, memory, console);
+            if (console is GuestConsole lines)
+                lines.Attach(machine.Serial);
+            machine.Boot(image);
+            return machine;
+        }
+        catch
+        {
+            memory?.Dispose();
+            vm?.Dispose();
+            kvm.Dispose();
+            throw;
+        }
+    }
+
+    private void Boot(ElfImage image)
+    {
+        var cpuid = _kvm.GetSupportedCpuid();
+        for (var i = 0; i < Config.Cpus; i++)
+        {
+            var vcpu = Vm.CreateVcpu(i);
+            _vcpus.Add(vcpu);
+            vcpu.SetCpuid(BootSetup.CpuidFor(cpuid, i, Config.Cpus));
+            BootSetup.SetEntryState(vcpu, image.Entry);
+            _runners.Add(new VcpuRunner(vcpu, this, OnVcpuFault));
+        }
+        TscKhz = _vcpus[0].GetTscKhz();
+        BootSetup.LoadImage(Memory, image);
+        BootSetup.WriteGdt(Memory);
+        BootSetup.WritePageTables(Memory, Config.MemoryBytes);
+        BootSetup.WriteBootInfo(Memory, Config.Cpus, TscKhz, Config.CommandLine, []);
+    }
+
+    /// <summary>Starts every vCPU thread (or, with <paramref name="paused"/>, starts them parked).</summary>
+    public void Start(bool paused = false)
+    {
+        lock (_stateLock)
+        {
+            if (_started)
+                throw new InvalidOperationException("machine already started");
+            _started = true;
+            _paused = paused;
+        }
+        foreach (var runner in _runners)
+            runner.Start(paused);
+        if (paused)
+            WaitAllPaused();
+    }
+
+    /// <summary>Takes every vCPU out of the guest and parks it; returns once all are parked (bounded).</summary>
+    public void Pause()
+    {
+        lock (_stateLock)
+        {
+            if (_paused || _exited.Task.IsCompleted)
+                return;
+            _paused = true;
+        }
+        foreach (var runner in _runners)
+            runner.RequestPause();
+        WaitAllPaused();
+    }
+
+    private void WaitAllPaused()
+    {
+        foreach (var runner in _runners)
+        {
+            if (!runner.WaitPaused(PauseTimeout))
+                throw new TimeoutException($"vCPU {runner.Vcpu.Index} did not pause within {PauseTimeout.TotalSeconds} s");
+        }
+    }
+
+    public void Resume()
+    {
+        lock (_stateLock)
+        {
+            if (!_paused || _exited.Task.IsCompleted)
+                return;
+            _paused = false;
+        }
+        foreach (var runner in _runners)
+            runner.Resume();
+    }
+
+    /// <summary>The vCPU state of every vCPU; the machine must be paused.</summary>
+    public IReadOnlyList<VcpuState> CaptureVcpuStates()
+    {
+        RequirePaused();
+        _savedMsrs ??= MsrPolicy.Select(_kvm.GetMsrIndexList());
+        return [.. _vcpus.Select(v => VcpuState.Capture(v, _savedMsrs))];
+    }
+
+    public void RestoreVcpuStates(IReadOnlyList<VcpuState> states)
+    {
+        RequirePaused();
+        if (states.Count != _vcpus.Count)
+            throw new ArgumentException($"{states.Count} vCPU states for {_vcpus.Count} vCPUs", nameof(states));
+        foreach (var state in states)
+            state.Restore(_vcpus[state.Index]);
+    }
+
+    private void RequirePaused()
+    {
+        if (_runners.Any(r => r.State is VcpuRunner.RunnerState.Running or VcpuRunner.RunnerState.Starting))
+            throw new InvalidOperationException("the machine must be paused");
+    }
+
+    /// <summary>Stops the machine (QMP quit, or the host shutting down).</summary>
+    public void Stop(string reason = "stopped by the VMM") => Finish(new MachineExit(MachineExitKind.Quit, 0, reason));
+
+    private void OnPowerPort(uint value) => Finish(value == 0
+        ? new MachineExit(MachineExitKind.PowerOff, 0, "guest powered off")
+        : new MachineExit(MachineExitKind.GuestPanic, 3, $"guest panicked with code {value}"));
+
+    private void OnVcpuFault(VcpuFault fault) => Finish(new MachineExit(MachineExitKind.VcpuFault, 4, fault.ToString()));
+
+    private void Finish(MachineExit exit)
+    {
+        if (!_exited.TrySetResult(exit))
+            return;
+        foreach (var runner in _runners)
+            runner.RequestStop();
+    }
+
+    void IVcpuExitHandler.HandleIo(Vcpu vcpu, ushort port, int size, bool isWrite, Span<byte> data)
+    {
+        if (isWrite)
+            IoBus.Write(port, data);
+        else
+            IoBus.Read(port, data);
+    }
+
+    void IVcpuExitHandler.HandleMmio(Vcpu vcpu, ulong address, bool isWrite, Span<byte> data)
+    {
+        if (isWrite)
+            MmioBus.Write(address, data);
+        else
+            MmioBus.Read(address, data);
+    }
+
+    public void Dispose()
+    {
+        Finish(new MachineExit(MachineExitKind.Quit, 0, "machine disposed"));
+        foreach (var runner in _runners)
+            runner.Join(TimeSpan.FromSeconds(5));
+        foreach (var vcpu in _vcpus)
+            vcpu.Dispose();
+        Vm.Dispose();
+        Memory.Dispose();
+        _kvm.Dispose();
+    }
+}

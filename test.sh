@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds (guest included) and runs every test. Ends with one line: "N passed, N failed, N skipped".
+# Tests that need /dev/kvm are skipped, with the reason printed, where it cannot be used.
+set -uo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+./build.sh Release || { echo "0 passed, 1 failed"; exit 1; }
+
+results=artifacts/test-results
+rm -rf "$results"
+dotnet test Ferry.sln -c Release --no-build -nologo \
+  --logger "trx" --logger "console;verbosity=normal" --results-directory "$results" 2>&1 \
+  | grep -E --line-buffered '^\s*(Passed|Failed|Skipped) |Error Message|Assert|^\s+at Ferry|\[SKIP\]|Total tests|^Passed!|^Failed!|error' 
+status=${PIPESTATUS[0]}
+
+passed=0; failed=0; skipped=0
+for trx in "$results"/*.trx; do
+  [ -f "$trx" ] || continue
+  p=$(grep -o 'outcome="Passed"' "$trx" | wc -l)
+  f=$(grep -o 'outcome="Failed"' "$trx" | wc -l)
+  s=$(grep -o 'outcome="NotExecuted"' "$trx" | wc -l)
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+done
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
