@@ -57,7 +57,7 @@ internal static class Demo
         machine.Resume();
         await Task.Delay(500).ConfigureAwait(false);
         var stop = await Cmd(console, "stop").ConfigureAwait(false);
-        Console.WriteLine($"dirty 200 MiB/s over a 64 MiB working set for ~1 s, paused for 300 ms in the middle (pause took {pauseMs:0.0} ms, RIP {before:#x}): {stop.GetProperty("pages_dirtied").GetUInt64()} pages rewritten");
+        Console.WriteLine($"dirty 200 MiB/s over a 64 MiB working set for ~1 s, paused for 300 ms in the middle (pause took {pauseMs:0.0} ms, RIP 0x{before:X}): {stop.GetProperty("pages_dirtied").GetUInt64()} pages rewritten");
         verify = await Cmd(console, "verify").ConfigureAwait(false);
         Console.WriteLine($"verify after the pause: {verify.GetProperty("pages_checked").GetUInt64()} pages checked, {verify.GetProperty("failures").GetUInt64()} failures");
 

@@ -24,6 +24,7 @@ public sealed class QmpServer : IAsyncDisposable
     private readonly CancellationTokenSource _stopping = new();
     private Socket? _listener;
     private Task? _acceptLoop;
+    private int _disposed;
 
     public QmpServer(string socketPath)
     {
@@ -182,6 +183,8 @@ public sealed class QmpServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
         await _stopping.CancelAsync().ConfigureAwait(false);
         _listener?.Dispose();
         if (_acceptLoop is not null)

@@ -23,7 +23,7 @@ public sealed class IoBus
         foreach (var (b, l, _) in _ranges)
         {
             if (basePort < b + l && b < basePort + length)
-                throw new ArgumentException($"ports {basePort:#x}+{length} overlap a device at {b:#x}+{l}");
+                throw new ArgumentException($"ports 0x{basePort:X}+{length} overlap a device at 0x{b:X}+{l}");
         }
         _ranges.Add((basePort, length, device));
     }

@@ -20,7 +20,7 @@ public sealed class MmioBus
         foreach (var (b, l, _) in _ranges)
         {
             if (baseAddress < b + l && b < baseAddress + length)
-                throw new ArgumentException($"MMIO range {baseAddress:#x}+{length:#x} overlaps a device at {b:#x}");
+                throw new ArgumentException($"MMIO range 0x{baseAddress:X}+0x{length:X} overlaps a device at 0x{b:X}");
         }
         _ranges.Add((baseAddress, length, device));
     }

@@ -74,7 +74,7 @@ public sealed unsafe class MappedRegion : IDisposable
     private void CheckRange(ulong offset, ulong length)
     {
         if (offset > Length || length > Length - offset)
-            throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset:#x}, +{length:#x}) is outside a {Length:#x}-byte mapping");
+            throw new ArgumentOutOfRangeException(nameof(offset), $"range [0x{offset:X}, +0x{length:X}) is outside a 0x{Length:X}-byte mapping");
     }
 
     public void Dispose()

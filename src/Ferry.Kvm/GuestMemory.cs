@@ -93,7 +93,7 @@ public sealed unsafe class GuestMemory : IDisposable
 public sealed class GuestMemoryException : Exception
 {
     public GuestMemoryException(ulong gpa, ulong length)
-        : base($"guest-physical range [{gpa:#x}, +{length:#x}) is not inside one RAM block")
+        : base($"guest-physical range [0x{gpa:X}, +0x{length:X}) is not inside one RAM block")
     {
         GuestPhysicalAddress = gpa;
         Length = length;

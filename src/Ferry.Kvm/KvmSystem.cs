@@ -11,33 +11,50 @@ public sealed unsafe class KvmSystem : IDisposable
 
     private readonly SafeFd _fd;
 
-    private KvmSystem(SafeFd fd)
+    private KvmSystem(SafeFd fd, string path)
     {
         _fd = fd;
         var version = Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_API_VERSION, 0);
+        if (version < 0)
+            throw new KvmUnavailableException($"{path} is not a KVM device ({Libc.ErrnoMessage(Libc.LastErrno)})");
         if (version != KvmConstants.KVM_API_VERSION)
-            throw new KvmUnavailableException($"{DevicePath} speaks KVM API version {version}, Ferry needs {KvmConstants.KVM_API_VERSION}");
+            throw new KvmUnavailableException($"{path} speaks KVM API version {version}, Ferry needs {KvmConstants.KVM_API_VERSION}");
         VcpuMmapSize = Check(Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE");
     }
 
     public int VcpuMmapSize { get; }
 
-    /// <summary>Opens /dev/kvm, or throws <see cref="KvmUnavailableException"/> saying why it cannot be used.</summary>
-    public static KvmSystem Open()
+    /// <summary>
+    /// The KVM device to open: /dev/kvm, or $FERRY_KVM_DEVICE (tests point it elsewhere to check the errors).
+    /// </summary>
+    public static string ConfiguredDevicePath => Environment.GetEnvironmentVariable("FERRY_KVM_DEVICE") is { Length: > 0 } path ? path : DevicePath;
+
+    /// <summary>Opens the KVM device, or throws <see cref="KvmUnavailableException"/> saying why it cannot be used.</summary>
+    public static KvmSystem Open() => Open(ConfiguredDevicePath);
+
+    public static KvmSystem Open(string path)
     {
-        var fd = Libc.Open(DevicePath, Libc.O_RDWR | Libc.O_CLOEXEC, 0);
+        var fd = Libc.Open(path, Libc.O_RDWR | Libc.O_CLOEXEC, 0);
         if (fd < 0)
+            throw OpenError(path, Libc.LastErrno);
+        var handle = new SafeFd(fd);
+        try
         {
-            var errno = Libc.LastErrno;
-            throw errno switch
-            {
-                Libc.ENOENT => new KvmUnavailableException($"{DevicePath} does not exist: this host has no KVM"),
-                Libc.EACCES or Libc.EPERM => new KvmUnavailableException($"{DevicePath} exists but this user may not open it (permission denied)"),
-                _ => new KvmUnavailableException($"cannot open {DevicePath}: {Libc.ErrnoMessage(errno)}"),
-            };
+            return new KvmSystem(handle, path);
         }
-        return new KvmSystem(new SafeFd(fd));
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
     }
+
+    internal static KvmUnavailableException OpenError(string path, int errno) => errno switch
+    {
+        Libc.ENOENT => new KvmUnavailableException($"{path} does not exist: this host has no KVM"),
+        Libc.EACCES or Libc.EPERM => new KvmUnavailableException($"{path} exists but this user may not open it (permission denied)"),
+        _ => new KvmUnavailableException($"cannot open {path}: {Libc.ErrnoMessage(errno)}"),
+    };
 
     /// <summary>Why KVM cannot be used here, or null when it can. Used by tests to skip with a reason.</summary>
     public static string? UnavailableReason()

@@ -77,7 +77,7 @@ public sealed unsafe class RamBlock : IDisposable
     public void Discard(ulong offset, ulong length)
     {
         if (offset % PageSize != 0 || length % PageSize != 0 || !Contains(GuestPhysicalAddress + offset, length))
-            throw new ArgumentOutOfRangeException(nameof(offset), $"discard [{offset:#x}, +{length:#x}) is not page-aligned inside {Name}");
+            throw new ArgumentOutOfRangeException(nameof(offset), $"discard [0x{offset:X}, +0x{length:X}) is not page-aligned inside {Name}");
         ErrnoException.Check(Libc.Fallocate(Memfd.Fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, (long)offset, (long)length), "fallocate(PUNCH_HOLE)");
     }
 

@@ -137,17 +137,25 @@ public sealed unsafe partial class Vcpu : IDisposable
         return [.. result];
     }
 
-    /// <summary>Writes MSRs; a short count is an error naming the MSR KVM refused.</summary>
+    /// <summary>
+    /// Writes MSRs. KVM stops at the first MSR it refuses; a refused MSR whose value is 0 (the reset value: the
+    /// feature it controls is off) is skipped, any other refusal is an error naming the MSR.
+    /// </summary>
     public void SetMsrs(ReadOnlySpan<KvmMsrEntry> entries)
     {
-        if (entries.Length == 0)
-            return;
-        var indices = new uint[entries.Length];
-        for (var i = 0; i < entries.Length; i++)
-            indices[i] = entries[i].Index;
-        var done = MsrCall(KvmIoctls.KVM_SET_MSRS, indices, entries, null);
-        if (done != entries.Length)
-            throw new InvalidOperationException($"KVM_SET_MSRS set {done} of {entries.Length} MSRs; it refused MSR {entries[done].Index:#x}");
+        var remaining = entries.ToArray().AsSpan();
+        while (remaining.Length > 0)
+        {
+            var indices = new uint[remaining.Length];
+            for (var i = 0; i < remaining.Length; i++)
+                indices[i] = remaining[i].Index;
+            var done = MsrCall(KvmIoctls.KVM_SET_MSRS, indices, remaining, null);
+            if (done == remaining.Length)
+                return;
+            if (remaining[done].Data != 0)
+                throw new InvalidOperationException($"KVM_SET_MSRS refused MSR 0x{remaining[done].Index:X} = 0x{remaining[done].Data:X}");
+            remaining = remaining[(done + 1)..];
+        }
     }
 
     private int MsrCall(uint request, ReadOnlySpan<uint> indices, ReadOnlySpan<KvmMsrEntry> values, List<KvmMsrEntry>? output)

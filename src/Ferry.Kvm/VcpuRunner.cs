@@ -198,7 +198,7 @@ public sealed unsafe class VcpuRunner : IDisposable
                 // become a wild pointer.
                 if (size is not (1 or 2 or 4) || offset + (ulong)length > (ulong)Vcpu.Vm.Kvm.VcpuMmapSize)
                 {
-                    _onFault(new VcpuFault(Vcpu.Index, "bad IO exit", $"port {port:#x} size {size} count {count} offset {offset:#x}"));
+                    _onFault(new VcpuFault(Vcpu.Index, "bad IO exit", $"port 0x{port:X} size {size} count {count} offset 0x{offset:X}"));
                     return false;
                 }
                 _handler.HandleIo(Vcpu, port, size, isWrite, new Span<byte>(run + offset, length));
@@ -224,7 +224,7 @@ public sealed unsafe class VcpuRunner : IDisposable
             case KvmExitReasons.KVM_EXIT_FAIL_ENTRY:
             {
                 var hw = *(ulong*)(run + KvmRunOffsets.fail_entry_hardware_entry_failure_reason);
-                _onFault(new VcpuFault(Vcpu.Index, "VM entry failed", $"hardware reason {hw:#x}; {VcpuDiagnostics.Describe(Vcpu)}"));
+                _onFault(new VcpuFault(Vcpu.Index, "VM entry failed", $"hardware reason 0x{hw:X}; {VcpuDiagnostics.Describe(Vcpu)}"));
                 return false;
             }
             case KvmExitReasons.KVM_EXIT_INTERNAL_ERROR:
@@ -232,7 +232,7 @@ public sealed unsafe class VcpuRunner : IDisposable
                 var suberror = *(uint*)(run + KvmRunOffsets.internal_suberror);
                 var ndata = Math.Min(16u, *(uint*)(run + KvmRunOffsets.internal_ndata));
                 var data = new ReadOnlySpan<ulong>(run + KvmRunOffsets.internal_data, (int)ndata);
-                var words = string.Join(' ', data.ToArray().Select(d => $"{d:#x}"));
+                var words = string.Join(' ', data.ToArray().Select(d => $"0x{d:X}"));
                 _onFault(new VcpuFault(Vcpu.Index, "KVM internal error", $"suberror {suberror} data [{words}]; {VcpuDiagnostics.Describe(Vcpu)}"));
                 return false;
             }

@@ -77,13 +77,13 @@ public sealed class ElfImage
             if (offset > (ulong)span.Length || filesz > (ulong)span.Length - offset)
                 throw new InvalidGuestImageException(name, $"segment {i}: data lies outside the file");
             if (paddr < GuestLayout.ImageAddress || memsz > GuestLayout.LowRamLimit || paddr > GuestLayout.LowRamLimit - memsz)
-                throw new InvalidGuestImageException(name, $"segment {i}: [{paddr:#x}, +{memsz:#x}) is outside the image area [{GuestLayout.ImageAddress:#x}, {GuestLayout.LowRamLimit:#x})");
+                throw new InvalidGuestImageException(name, $"segment {i}: [0x{paddr:X}, +0x{memsz:X}) is outside the image area [0x{GuestLayout.ImageAddress:X}, 0x{GuestLayout.LowRamLimit:X})");
             segments.Add(new Segment(paddr, offset, filesz, memsz, (flags & 1) != 0));
         }
         if (segments.Count == 0)
             throw new InvalidGuestImageException(name, "no loadable segments");
         if (!segments.Any(s => s.Executable && entry >= s.PhysicalAddress && entry < s.PhysicalAddress + s.MemorySize))
-            throw new InvalidGuestImageException(name, $"entry point {entry:#x} is not inside an executable segment");
+            throw new InvalidGuestImageException(name, $"entry point 0x{entry:X} is not inside an executable segment");
         return new ElfImage(entry, segments, file);
     }
 }

@@ -82,7 +82,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
             if (maxVcpus > 0 && config.Cpus > maxVcpus)
                 throw new ConfigException($"cpus {config.Cpus} is more than this host's KVM allows ({maxVcpus})");
             if (image.HighestAddress > Math.Min(config.MemoryBytes, GuestLayout.LowRamLimit))
-                throw new ConfigException($"memory {MachineConfig.FormatSize(config.MemoryBytes)} is too small for the guest image (it ends at {image.HighestAddress:#x})");
+                throw new ConfigException($"memory {MachineConfig.FormatSize(config.MemoryBytes)} is too small for the guest image (it ends at 0x{image.HighestAddress:X})");
             vm = kvm.CreateVm();
             var slot = 0;
             memory = new GuestMemory(GuestLayout.RamBlocks(config.MemoryBytes).Select(b => RamBlock.Create(b.Name, b.Address, b.Size, slot++)));

@@ -30,20 +30,17 @@ public sealed record MachineConfig
     {
         var t = text.Trim();
         ulong unit = 1;
+        if (t.EndsWith('B') || t.EndsWith('b'))
+            t = t[..^1];
+        if (t.EndsWith('i'))
+            t = t[..^1];
         if (t.Length > 0)
         {
-            var suffix = char.ToUpperInvariant(t[^1]);
-            var u = suffix switch { 'K' => GuestLayout.KiB, 'M' => GuestLayout.MiB, 'G' => GuestLayout.GiB, 'T' => 1024 * GuestLayout.GiB, _ => 0UL };
+            var u = char.ToUpperInvariant(t[^1]) switch { 'K' => GuestLayout.KiB, 'M' => GuestLayout.MiB, 'G' => GuestLayout.GiB, 'T' => 1024 * GuestLayout.GiB, _ => 0UL };
             if (u != 0)
             {
                 unit = u;
                 t = t[..^1];
-                if (t.EndsWith('i') || t.EndsWith('I'))
-                    t = t[..^1];
-            }
-            else if (t.EndsWith("B", StringComparison.OrdinalIgnoreCase) && t.Length > 1)
-            {
-                return ParseSize(t[..^1], what);
             }
         }
         if (!ulong.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out var number) || number == 0 || number > ulong.MaxValue / unit)

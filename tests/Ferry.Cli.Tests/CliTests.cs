@@ -1,0 +1,177 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Text;
+using Ferry.TestSupport;
+using Xunit;
+
+namespace Ferry.Cli.Tests;
+
+/// <summary>The ferry command as a user runs it: a separate process, its exit code and its one-line errors.</summary>
+public sealed class CliTests
+{
+    private static readonly string FerryDll = typeof(Program).Assembly.Location;
+
+    internal static (int Code, string Stdout, string Stderr) Ferry(string stdin, IDictionary<string, string>? env, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet", [FerryDll, .. args])
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+            RedirectStandardInput = true,
+        };
+        foreach (var (k, v) in env ?? new Dictionary<string, string>())
+            psi.Environment[k] = v;
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.StandardInput.Write(stdin);
+        p.StandardInput.Close();
+        if (!p.WaitForExit(120_000))
+        {
+            p.Kill(entireProcessTree: true);
+            Assert.Fail("ferry did not exit within 120 s");
+        }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    private static void AssertOneLineError(int code, string stderr, string expected)
+    {
+        Assert.NotEqual(0, code);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.True(lines.Length == 1, $"expected one line, got: {stderr}");
+        Assert.StartsWith("ferry: ", lines[0], StringComparison.Ordinal);
+        Assert.Contains(expected, lines[0], StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("--memory", "513M", "513 MiB is not a multiple of 2 MiB")]
+    [InlineData("--memory", "126G", "more than this host can back")]
+    [InlineData("--memory", "100000G", "above Ferry's maximum")]
+    [InlineData("--memory", "lots", "'lots' is not a size")]
+    [InlineData("--cpus", "zero", "--cpus 'zero'")]
+    [InlineData("--bogus", "1", "unknown option '--bogus'")]
+    [InlineData("--console", "tcp:1", "--console 'tcp:1'")]
+    public void Bad_input_gets_a_one_line_error_naming_the_value(string option, string value, string expected)
+    {
+        var (code, _, stderr) = Ferry("", null, "run", option, value);
+        AssertOneLineError(code, stderr, expected);
+    }
+
+    [Fact]
+    public void A_missing_guest_image_is_named()
+    {
+        var (code, _, stderr) = Ferry("", null, "run", "--guest", "/nonexistent/guest.elf");
+        AssertOneLineError(code, stderr, "/nonexistent/guest.elf: no such file");
+    }
+
+    [Fact]
+    public void An_invalid_guest_image_is_named()
+    {
+        var path = Path.GetTempFileName();
+        File.WriteAllText(path, "this is not an ELF file, just text");
+        try
+        {
+            var (code, _, stderr) = Ferry("", null, "run", "--guest", path);
+            AssertOneLineError(code, stderr, "not an ELF file");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void A_missing_KVM_device_is_named()
+    {
+        var (code, _, stderr) = Ferry("", new Dictionary<string, string> { ["FERRY_KVM_DEVICE"] = "/nonexistent/kvm" }, "run");
+        AssertOneLineError(code, stderr, "/nonexistent/kvm does not exist");
+        (code, _, stderr) = Ferry("", new Dictionary<string, string> { ["FERRY_KVM_DEVICE"] = "/dev/null" }, "run");
+        AssertOneLineError(code, stderr, "/dev/null is not a KVM device");
+    }
+
+    [Fact]
+    public void An_unknown_command_is_named()
+    {
+        var (code, _, stderr) = Ferry("", null, "fly");
+        AssertOneLineError(code, stderr, "unknown command 'fly'");
+    }
+
+    [KvmFact]
+    public void Run_on_stdio_answers_commands_and_exits_zero_on_poweroff()
+    {
+        var (code, stdout, stderr) = Ferry("stats\npoweroff\n", null, "run", "--memory", "64M");
+        Assert.Equal(0, code);
+        Assert.Contains("\"event\":\"ready\"", stdout, StringComparison.Ordinal);
+        Assert.Contains("\"cmd\":\"stats\"", stdout, StringComparison.Ordinal);
+        Assert.Contains("guest powered off", stderr, StringComparison.Ordinal);
+    }
+
+    [KvmFact]
+    public async Task The_QMP_socket_answers_status_stop_cont_and_quit()
+    {
+        var socketPath = Path.Combine(Path.GetTempPath(), $"ferry-cli-{Guid.NewGuid():N}.sock");
+        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", "64M", "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+        };
+        using var ferry = Process.Start(psi)!;
+        try
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (!File.Exists(socketPath) && DateTime.UtcNow < deadline)
+                await Task.Delay(50);
+            using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath));
+            using var stream = new NetworkStream(socket);
+            using var reader = new StreamReader(stream, Encoding.UTF8);
+            using var writer = new StreamWriter(stream, new UTF8Encoding(false)) { AutoFlush = true };
+            async Task<string> Send(string json)
+            {
+                await writer.WriteAsync(json + "\n");
+                string line;
+                do
+                    line = (await reader.ReadLineAsync())!;
+                while (line.Contains("\"event\"", StringComparison.Ordinal));
+                return line;
+            }
+            Assert.Contains("\"QMP\"", await reader.ReadLineAsync(), StringComparison.Ordinal);
+            Assert.Contains("\"return\"", await Send("{\"execute\":\"qmp_capabilities\"}"), StringComparison.Ordinal);
+            Assert.Contains("\"status\":\"running\"", await Send("{\"execute\":\"query-status\"}"), StringComparison.Ordinal);
+            Assert.Contains("\"return\"", await Send("{\"execute\":\"stop\"}"), StringComparison.Ordinal);
+            Assert.Contains("\"status\":\"paused\"", await Send("{\"execute\":\"query-status\"}"), StringComparison.Ordinal);
+            Assert.Contains("\"return\"", await Send("{\"execute\":\"cont\"}"), StringComparison.Ordinal);
+            Assert.Contains("\"status\":\"running\"", await Send("{\"execute\":\"query-status\"}"), StringComparison.Ordinal);
+            Assert.Contains("\"return\"", await Send("{\"execute\":\"quit\"}"), StringComparison.Ordinal);
+            Assert.True(ferry.WaitForExit(30_000), "ferry did not exit after quit");
+            Assert.Equal(0, ferry.ExitCode);
+        }
+        finally
+        {
+            if (!ferry.HasExited)
+                ferry.Kill(entireProcessTree: true);
+        }
+    }
+}
+
+public sealed class CliArgumentsTests
+{
+    [Fact]
+    public void Options_flags_and_positionals_parse()
+    {
+        var a = CliArguments.Parse(["--memory", "1G", "--cpus=2", "file", "--paused"], "x", ["memory", "cpus"], ["paused"]);
+        Assert.Equal("1G", a.Get("memory"));
+        Assert.Equal(2, a.GetInt("cpus", 1));
+        Assert.True(a.Has("paused"));
+        Assert.Equal(["file"], a.Positional);
+    }
+
+    [Fact]
+    public void Missing_values_and_unknown_options_are_errors_naming_the_word()
+    {
+        Assert.Contains("--memory needs a value", Assert.Throws<UsageException>(() => CliArguments.Parse(["--memory"], "run", ["memory"], [])).Message, StringComparison.Ordinal);
+        Assert.Contains("'--frob'", Assert.Throws<UsageException>(() => CliArguments.Parse(["--frob"], "run", ["memory"], [])).Message, StringComparison.Ordinal);
+        Assert.Contains("takes no value", Assert.Throws<UsageException>(() => CliArguments.Parse(["--paused=1"], "run", [], ["paused"])).Message, StringComparison.Ordinal);
+    }
+}
