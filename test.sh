@@ -9,7 +9,7 @@ results=artifacts/test-results
 rm -rf "$results"
 dotnet test Ferry.sln -c Release --no-build -nologo \
   --logger "trx" --logger "console;verbosity=normal" --results-directory "$results" 2>&1 \
-  | grep -E --line-buffered '^\s*(Passed|Failed|Skipped) |Error Message|Assert|^\s+at Ferry|\[SKIP\]|Total tests|^Passed!|^Failed!|error' 
+  | grep -E --line-buffered '^\s*(Passed|Failed|Skipped) |Error Message|Assert|^\s+at Ferry|\[SKIP\]|needs KVM|Total tests|^Passed!|^Failed!|error' 
 status=${PIPESTATUS[0]}
 
 passed=0; failed=0; skipped=0
