@@ -1,0 +1,154 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Ferry.Interop;
+using Ferry.Kvm;
+using Ferry.Machine;
+
+// End-to-end benchmarks for the foundation. Each figure is printed beside a baseline measured in the same run.
+//   fill     --mib N [--rounds R]   guest `fill N` in a fresh VM vs the host writing the same pattern into a fresh memfd
+//   dirtylog [--memory-gib G]       cost of one dirty-log sync of a G GiB guest with 0%, 1% and 50% of its pages dirty
+var mode = args.Length > 0 ? args[0] : "help";
+string Arg(string name, string fallback)
+{
+    var i = Array.IndexOf(args, "--" + name);
+    return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
+}
+switch (mode)
+{
+    case "fill":
+        await FillBench.Run(ulong.Parse(Arg("mib", "1024"), CultureInfo.InvariantCulture), int.Parse(Arg("rounds", "3"), CultureInfo.InvariantCulture));
+        break;
+    case "dirtylog":
+        await DirtyLogBench.Run(ulong.Parse(Arg("memory-gib", "8"), CultureInfo.InvariantCulture));
+        break;
+    default:
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] | dirtylog [--memory-gib G]");
+        return 2;
+}
+return 0;
+
+internal static class Guest
+{
+    public static readonly TimeSpan Timeout = TimeSpan.FromMinutes(10);
+
+    public static async Task<(Machine Machine, GuestConsole Console)> Boot(ulong memoryBytes, int cpus = 1)
+    {
+        var console = new GuestConsole();
+        var machine = Machine.Create(new MachineConfig { MemoryBytes = memoryBytes, Cpus = cpus, GuestImagePath = GuestImageLocator.Locate() }, console);
+        machine.Start();
+        await console.WaitForEventAsync("ready", Timeout);
+        return (machine, console);
+    }
+
+    public static async Task<JsonElement> Cmd(GuestConsole console, string command)
+    {
+        var reply = await console.CommandAsync(command, Timeout);
+        if (!reply.GetProperty("ok").GetBoolean())
+            throw new InvalidOperationException($"{command}: {reply}");
+        return reply;
+    }
+
+    public static double Median(List<double> values)
+    {
+        values.Sort();
+        return values[values.Count / 2];
+    }
+}
+
+internal static class FillBench
+{
+    public static async Task Run(ulong mib, int rounds)
+    {
+        var bytes = mib << 20;
+        var host = new List<double>();
+        var guestReported = new List<double>();
+        var guestWall = new List<double>();
+        for (var r = 0; r < rounds; r++)
+        {
+            host.Add(HostFill(bytes));
+            var (machine, console) = await Guest.Boot(bytes + (256UL << 20));
+            using (machine)
+            {
+                var sw = Stopwatch.StartNew();
+                var reply = await Guest.Cmd(console, $"fill {mib}");
+                guestWall.Add(sw.Elapsed.TotalSeconds);
+                guestReported.Add(reply.GetProperty("ns").GetDouble() / 1e9);
+            }
+        }
+        double GiBps(double seconds) => bytes / seconds / (1UL << 30);
+        var h = Guest.Median(host);
+        var g = Guest.Median(guestReported);
+        var gw = Guest.Median(guestWall);
+        Console.WriteLine($"fill {mib} MiB of fresh memory, median of {rounds} rounds:");
+        Console.WriteLine($"  host fill (same pattern into a fresh memfd mapping): {GiBps(h),6:0.00} GiB/s  ({h * 1000:0} ms)");
+        Console.WriteLine($"  guest fill, as the guest times it (TSC):             {GiBps(g),6:0.00} GiB/s  ({g * 1000:0} ms)");
+        Console.WriteLine($"  guest fill, command round trip on the host:          {GiBps(gw),6:0.00} GiB/s  ({gw * 1000:0} ms)");
+        Console.WriteLine($"  guest / host: {h / g:0.00}x slower -> guest at {100 * h / g:0}% of the host rate");
+    }
+
+    /// <summary>Writes the guest's fill pattern into a fresh memfd (first touch included), as the guest does.</summary>
+    private static unsafe double HostFill(ulong bytes)
+    {
+        using var block = RamBlock.Create("bench", 0, bytes, 0);
+        var p = (ulong*)block.Mapping.Address;
+        const ulong K = 0x9E3779B97F4A7C15UL;
+        var sw = Stopwatch.StartNew();
+        var value = unchecked(0 * K + 1 * 0xC2B2AE3D27D4EB4FUL);
+        var words = bytes / 8;
+        for (ulong i = 0; i < words; i++)
+        {
+            p[i] = value;
+            value = unchecked(value + 8 * K);
+        }
+        return sw.Elapsed.TotalSeconds;
+    }
+}
+
+internal static class DirtyLogBench
+{
+    public static async Task Run(ulong memoryGib)
+    {
+        var (machine, console) = await Guest.Boot(memoryGib << 30);
+        using (machine)
+        {
+            machine.Vm.SetDirtyLogging(true);
+            var bitmaps = machine.Memory.Blocks.Select(b => new DirtyBitmap(b.PageCount)).ToArray();
+            double Sync()
+            {
+                foreach (var b in bitmaps)
+                    b.Clear();
+                var sw = Stopwatch.StartNew();
+                for (var i = 0; i < bitmaps.Length; i++)
+                    machine.Vm.SyncDirtyLog(machine.Memory.Blocks[i], bitmaps[i]);
+                return sw.Elapsed.TotalMilliseconds;
+            }
+            Sync();
+            var totalPages = machine.Memory.Blocks.Sum(b => (double)b.PageCount);
+            Console.WriteLine($"dirty-log sync of a {memoryGib} GiB guest ({totalPages:0} pages in {bitmaps.Length} slots), median of 5:");
+            foreach (var percent in new[] { 0.0, 1.0, 50.0 })
+            {
+                var mib = (ulong)(memoryGib * 1024 * percent / 100);
+                var times = new List<double>();
+                ulong dirty = 0;
+                for (var round = 0; round < 6; round++)
+                {
+                    if (mib > 0)
+                    {
+                        await Guest.Cmd(console, "free");
+                        await Guest.Cmd(console, $"fill {mib}");
+                    }
+                    else
+                    {
+                        await Task.Delay(100);
+                    }
+                    var ms = Sync();
+                    dirty = (ulong)bitmaps.Sum(b => (double)b.CountSet());
+                    if (round > 0) // the first round includes first-touch effects
+                        times.Add(ms);
+                }
+                Console.WriteLine($"  {percent,4:0}% dirty ({dirty,8} pages reported): {Guest.Median(times),8:0.00} ms per sync");
+            }
+        }
+    }
+}

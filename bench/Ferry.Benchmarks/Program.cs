@@ -1,0 +1,3 @@
+using BenchmarkDotNet.Running;
+
+BenchmarkSwitcher.FromAssembly(typeof(Ferry.Benchmarks.DirtyBitmapBenchmarks).Assembly).Run(args);
