@@ -113,7 +113,7 @@ internal static class DirtyLogBench
         using (machine)
         {
             machine.Vm.SetDirtyLogging(true);
-            var bitmaps = machine.Memory.Blocks.Select(b => new DirtyBitmap(b.PageCount)).ToArray();
+            var bitmaps = machine.Memory.Blocks.Select(b => new PageBitmap(b.PageCount)).ToArray();
             double Sync()
             {
                 foreach (var b in bitmaps)

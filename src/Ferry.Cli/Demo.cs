@@ -32,7 +32,7 @@ internal static class Demo
 
         var fillMib = (ulong)(config.MemoryBytes / GuestLayout.MiB / 2);
         machine.Vm.SetDirtyLogging(true);
-        var bitmaps = machine.Memory.Blocks.Select(b => new DirtyBitmap(b.PageCount)).ToArray();
+        var bitmaps = machine.Memory.Blocks.Select(b => new PageBitmap(b.PageCount)).ToArray();
         SyncAll(machine, bitmaps);
         foreach (var b in bitmaps)
             b.Clear();
@@ -91,7 +91,7 @@ internal static class Demo
         return reply;
     }
 
-    private static void SyncAll(Machine.Machine machine, DirtyBitmap[] bitmaps)
+    private static void SyncAll(Machine.Machine machine, PageBitmap[] bitmaps)
     {
         for (var i = 0; i < bitmaps.Length; i++)
             machine.Vm.SyncDirtyLog(machine.Memory.Blocks[i], bitmaps[i]);

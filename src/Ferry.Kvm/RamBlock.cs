@@ -20,7 +20,7 @@ public sealed unsafe class RamBlock : IDisposable
         Slot = slot;
         Memfd = memfd;
         Mapping = mapping;
-        VmmDirty = new DirtyBitmap(PageCount);
+        VmmDirty = new PageBitmap(PageCount);
     }
 
     public string Name { get; }
@@ -40,7 +40,7 @@ public sealed unsafe class RamBlock : IDisposable
     public MappedRegion Mapping { get; }
 
     /// <summary>Pages the VMM itself wrote (KVM's dirty log does not see writes through the VMM's mapping).</summary>
-    public DirtyBitmap VmmDirty { get; }
+    public PageBitmap VmmDirty { get; }
 
     public ulong EndAddress => GuestPhysicalAddress + Size;
 

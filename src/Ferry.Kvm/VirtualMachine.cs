@@ -65,7 +65,7 @@ public sealed unsafe class VirtualMachine : IDisposable
     /// and ORs the result into <paramref name="destination"/> (one bit per page of the block). The one API that
     /// answers "which pages changed since the last sync".
     /// </summary>
-    public void SyncDirtyLog(RamBlock block, DirtyBitmap destination)
+    public void SyncDirtyLog(RamBlock block, PageBitmap destination)
     {
         if (destination.PageCount != block.PageCount)
             throw new ArgumentException($"bitmap has {destination.PageCount} pages, block {block.Name} has {block.PageCount}", nameof(destination));
@@ -77,7 +77,7 @@ public sealed unsafe class VirtualMachine : IDisposable
             var kvmBitmap = (ulong*)NativeMemory.AlignedAlloc((nuint)(words.Length * 8), 64);
             try
             {
-                var log = new KvmDirtyLog { Slot = (uint)block.Slot, DirtyBitmap = (ulong)kvmBitmap };
+                var log = new KvmDirtyLog { Slot = (uint)block.Slot, PageBitmap = (ulong)kvmBitmap };
                 KvmSystem.Check(Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_DIRTY_LOG, &log), "KVM_GET_DIRTY_LOG");
                 var fromKvm = new ReadOnlySpan<ulong>(kvmBitmap, words.Length);
                 for (var i = 0; i < words.Length; i++)

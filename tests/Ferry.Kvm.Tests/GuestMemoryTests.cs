@@ -60,13 +60,13 @@ public sealed class GuestMemoryTests
     }
 }
 
-public sealed class DirtyBitmapTests
+public sealed class PageBitmapTests
 {
     [Fact]
     public void Set_get_count_and_enumerate_agree_with_a_naive_model()
     {
         var random = new Random(42);
-        var bitmap = new DirtyBitmap(1000);
+        var bitmap = new PageBitmap(1000);
         var model = new SortedSet<ulong>();
         for (var i = 0; i < 300; i++)
         {
@@ -84,7 +84,7 @@ public sealed class DirtyBitmapTests
     [Fact]
     public void DrainInto_ors_and_clears()
     {
-        var source = new DirtyBitmap(128);
+        var source = new PageBitmap(128);
         source.SetRange(4096 * 10, 4096 * 3);
         var destination = new ulong[2];
         destination[1] = 1;
@@ -97,7 +97,7 @@ public sealed class DirtyBitmapTests
     [Fact]
     public void Concurrent_setters_lose_no_bits()
     {
-        var bitmap = new DirtyBitmap(64 * 1024);
+        var bitmap = new PageBitmap(64 * 1024);
         Parallel.For(0, 4, t =>
         {
             for (ulong p = (ulong)t; p < 64 * 1024; p += 4)

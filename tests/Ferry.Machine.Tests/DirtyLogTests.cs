@@ -14,7 +14,7 @@ public sealed class DirtyLogTests
         var info = await guest.Cmd("info");
         var machine = guest.Machine;
         var block = machine.Memory.Blocks[0];
-        var log = new DirtyBitmap(block.PageCount);
+        var log = new PageBitmap(block.PageCount);
         machine.Vm.SetDirtyLogging(true);
         machine.Vm.SyncDirtyLog(block, log);
         log.Clear();
@@ -51,7 +51,7 @@ public sealed class DirtyLogTests
         var machine = guest.Machine;
         var block = machine.Memory.Blocks[0];
         machine.Vm.SetDirtyLogging(true);
-        var log = new DirtyBitmap(block.PageCount);
+        var log = new PageBitmap(block.PageCount);
         machine.Vm.SyncDirtyLog(block, log);
         log.Clear();
         const ulong address = 40 * 1024 * 1024 + 8; // a free page, far from anything the guest is using

@@ -4,13 +4,13 @@ namespace Ferry.Kvm;
 
 /// <summary>
 /// One bit per 4 KiB page, safe for concurrent setters (Interlocked.Or). Used for the VMM's own writes to guest
-/// RAM and as the merged result of a dirty-log sync.
+/// RAM, as the merged result of a dirty-log sync, and as the balloon bitmap (pages given back to the host).
 /// </summary>
-public sealed class DirtyBitmap
+public sealed class PageBitmap
 {
     private readonly ulong[] _words;
 
-    public DirtyBitmap(ulong pageCount)
+    public PageBitmap(ulong pageCount)
     {
         PageCount = pageCount;
         _words = new ulong[(pageCount + 63) / 64];
@@ -37,6 +37,19 @@ public sealed class DirtyBitmap
         var last = (byteOffset + length - 1) >> 12;
         for (var page = first; page <= last; page++)
             Set(page);
+    }
+
+    /// <summary>Clears every page overlapping the byte range [offset, offset + length).</summary>
+    public void ClearRange(ulong byteOffset, ulong length)
+    {
+        if (length == 0)
+            return;
+        var first = byteOffset >> 12;
+        var last = (byteOffset + length - 1) >> 12;
+        if (last >= PageCount)
+            throw new ArgumentOutOfRangeException(nameof(length), $"pages {first}..{last} run past a {PageCount}-page bitmap");
+        for (var page = first; page <= last; page++)
+            Interlocked.And(ref _words[page >> 6], ~(1UL << (int)(page & 63)));
     }
 
     public bool Get(ulong page) => page < PageCount && (Volatile.Read(ref _words[page >> 6]) & (1UL << (int)(page & 63))) != 0;

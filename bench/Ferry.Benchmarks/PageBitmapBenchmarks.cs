@@ -8,10 +8,10 @@ namespace Ferry.Benchmarks;
 /// bitmap into the KVM log, counting, and walking the set pages. Baseline: a plain word-wise OR of two arrays.
 /// </summary>
 [MemoryDiagnoser]
-public class DirtyBitmapBenchmarks
+public class PageBitmapBenchmarks
 {
     private const ulong Pages = 8UL << 30 >> 12;
-    private DirtyBitmap _bitmap = null!;
+    private PageBitmap _bitmap = null!;
     private ulong[] _destination = null!;
     private ulong[] _other = null!;
 
@@ -21,7 +21,7 @@ public class DirtyBitmapBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        _bitmap = new DirtyBitmap(Pages);
+        _bitmap = new PageBitmap(Pages);
         var random = new Random(1);
         for (ulong p = 0; p < Pages; p++)
         {
