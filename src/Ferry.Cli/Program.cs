@@ -88,6 +88,7 @@ public static class Program
         {
             qmp = new QmpServer(qmpSpec[5..]);
             MachineCommands.Register(qmp, machine);
+            BalloonCommands.Register(qmp, machine);
             qmp.Start();
         }
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; machine.Stop("interrupted (SIGINT)"); });

@@ -43,6 +43,27 @@ public sealed unsafe class GuestMemory : IDisposable
         return false;
     }
 
+    /// <summary>
+    /// Splits [gpa, gpa + length) into the parts that lie in RAM blocks (block, offset, length); returns the bytes
+    /// that lie outside RAM (in holes or past the end), which callers drop.
+    /// </summary>
+    public ulong ForEachRamRange(ulong gpa, ulong length, Action<RamBlock, ulong, ulong> action)
+    {
+        var end = gpa + length < gpa ? ulong.MaxValue : gpa + length;
+        ulong inRam = 0;
+        foreach (var block in _blocks)
+        {
+            var start = Math.Max(gpa, block.GuestPhysicalAddress);
+            var stop = Math.Min(end, block.EndAddress);
+            if (start < stop)
+            {
+                action(block, start - block.GuestPhysicalAddress, stop - start);
+                inRam += stop - start;
+            }
+        }
+        return (end - gpa) - inRam;
+    }
+
     private (RamBlock Block, ulong Offset) Translate(ulong gpa, ulong length)
     {
         if (!TryTranslate(gpa, length, out var block, out var offset))

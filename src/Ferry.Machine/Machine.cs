@@ -1,5 +1,7 @@
 using Ferry.Devices;
 using Ferry.Devices.Legacy;
+using Ferry.Devices.Virtio;
+using Ferry.Devices.Virtio.Balloon;
 using Ferry.Interop.Kvm;
 using Ferry.Kvm;
 
@@ -36,7 +38,22 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
         Serial = new Serial16550(console);
         IoBus.Register(Serial16550.Com1Base, Serial16550.PortCount, Serial);
         IoBus.Register(PowerPort.Port, 1, new PowerPort(OnPowerPort));
+        if (config.Balloon)
+        {
+            Balloon = new BalloonDevice(memory);
+            BalloonTransport = new VirtioMmioTransport(Balloon, memory, DeviceLog);
+            Balloon.Attach(BalloonTransport);
+            MmioBus.Register(GuestLayout.VirtioMmioBase, VirtioMmioTransport.WindowSize, BalloonTransport);
+        }
     }
+
+    /// <summary>Warnings about hostile or buggy driver behaviour, rate-limited and counted per fault.</summary>
+    public DeviceLog DeviceLog { get; } = new();
+
+    /// <summary>The virtio-balloon device (null with the balloon off).</summary>
+    public BalloonDevice? Balloon { get; }
+
+    public VirtioMmioTransport? BalloonTransport { get; }
 
     public MachineConfig Config { get; }
 
@@ -118,7 +135,8 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
         BootSetup.LoadImage(Memory, image);
         BootSetup.WriteGdt(Memory);
         BootSetup.WritePageTables(Memory, Config.MemoryBytes);
-        BootSetup.WriteBootInfo(Memory, Config.Cpus, TscKhz, Config.CommandLine, []);
+        var devices = Balloon is null ? [] : new[] { new BootSetup.Device(GuestLayout.VirtioMmioBase, VirtioMmioTransport.WindowSize, 1) };
+        BootSetup.WriteBootInfo(Memory, Config.Cpus, TscKhz, Config.CommandLine, devices);
     }
 
     /// <summary>Starts every vCPU thread (or, with <paramref name="paused"/>, starts them parked).</summary>

@@ -10,6 +10,9 @@ public sealed record MachineConfig
     public string GuestImagePath { get; init; } = "";
     public string CommandLine { get; init; } = "";
 
+    /// <summary>Whether the machine has a virtio-balloon device (at the first virtio-mmio slot).</summary>
+    public bool Balloon { get; init; } = true;
+
     /// <summary>Throws <see cref="ConfigException"/> naming the first bad value.</summary>
     public void Validate(ulong hostMemoryBytes)
     {

@@ -1,0 +1,78 @@
+using System.Buffers.Binary;
+
+namespace Ferry.Devices.Virtio.Balloon;
+
+/// <summary>
+/// Ferry's bitmap message (docs/virtio-balloon.md, extensions a and b): a 32-byte header, then a bitmap where bit
+/// i means page start_pfn + i. Parsed as hostile input: every field is checked against the bytes received.
+/// </summary>
+public readonly record struct BalloonBitmapMessage(ushort Command, ushort Flags, ulong RequestId, ulong StartPfn, ReadOnlyMemory<byte> Bitmap)
+{
+    public const int HeaderSize = 32;
+    public const int MaxBitmapBytes = 1 << 20;
+    public const ushort CommandPages = 0;
+    public const ushort CommandFreePages = 1;
+    public const ushort FlagDone = 1;
+
+    public static bool TryParse(byte[] data, out BalloonBitmapMessage message, out string error)
+    {
+        message = default;
+        if (data.Length < HeaderSize)
+        {
+            error = $"bitmap message of {data.Length} bytes is shorter than its {HeaderSize}-byte header";
+            return false;
+        }
+        var span = data.AsSpan();
+        var command = BinaryPrimitives.ReadUInt16LittleEndian(span);
+        var pageShift = BinaryPrimitives.ReadUInt16LittleEndian(span[2..]);
+        var flags = BinaryPrimitives.ReadUInt16LittleEndian(span[4..]);
+        var requestId = BinaryPrimitives.ReadUInt64LittleEndian(span[8..]);
+        var startPfn = BinaryPrimitives.ReadUInt64LittleEndian(span[16..]);
+        var length = BinaryPrimitives.ReadUInt64LittleEndian(span[24..]);
+        if (pageShift != 12)
+            error = $"page_shift {pageShift} is not 12";
+        else if (length % 8 != 0 || length > MaxBitmapBytes)
+            error = $"bmap_len {length} is not a multiple of 8 up to {MaxBitmapBytes}";
+        else if (length > (ulong)(data.Length - HeaderSize))
+            error = $"bmap_len {length} is more than the {data.Length - HeaderSize} bytes sent";
+        else if (startPfn % 64 != 0 || startPfn > (1UL << 40))
+            error = $"start_pfn {startPfn} is not a multiple of 64 inside a 52-bit address space";
+        else
+        {
+            error = "";
+            message = new BalloonBitmapMessage(command, flags, requestId, startPfn, data.AsMemory(HeaderSize, (int)length));
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>Calls <paramref name="run"/> for each run of consecutive set bits: (first pfn, page count).</summary>
+    public void ForEachRun(Action<ulong, ulong> run)
+    {
+        var bits = Bitmap.Span;
+        ulong runStart = 0, runLength = 0;
+        for (var byteIndex = 0; byteIndex < bits.Length; byteIndex++)
+        {
+            var b = bits[byteIndex];
+            if (b == 0 && runLength == 0)
+                continue;
+            for (var bit = 0; bit < 8; bit++)
+            {
+                var pfn = StartPfn + (ulong)byteIndex * 8 + (ulong)bit;
+                if ((b & (1 << bit)) != 0)
+                {
+                    if (runLength == 0)
+                        runStart = pfn;
+                    runLength++;
+                }
+                else if (runLength != 0)
+                {
+                    run(runStart, runLength);
+                    runLength = 0;
+                }
+            }
+        }
+        if (runLength != 0)
+            run(runStart, runLength);
+    }
+}

@@ -1,0 +1,112 @@
+using System.Buffers.Binary;
+using Ferry.Kvm;
+
+namespace Ferry.Devices.Virtio.Balloon;
+
+/// <summary>The guest's free pages as a bitmap, per block, for one request (extension b).</summary>
+public sealed record FreePageBitmapResult(ulong RequestId, IReadOnlyList<PageBitmap> Blocks, ulong FreePages, ulong DroppedOutsideRamPages);
+
+/// <summary>
+/// FERRY_F_FREE_PAGE_BITMAP (docs/virtio-balloon.md, extension b): the driver keeps a request buffer posted; the
+/// device fills it to ask for the guest's free page bitmap and collects the windows the driver sends back.
+/// </summary>
+public sealed partial class BalloonDevice
+{
+    private DescriptorChain? _heldRequest;
+    private int _freeBitmapQueue = -1;
+    private ulong _nextRequestId = 1;
+    private ulong _outstandingRequest;
+    private PageBitmap[]? _freeResult;
+    private ulong _freeResultPages, _freeResultDropped;
+    private TaskCompletionSource<FreePageBitmapResult>? _freeWaiter;
+
+    public async Task<FreePageBitmapResult> RequestFreePageBitmapAsync(bool dropCaches, TimeSpan timeout)
+    {
+        Task<FreePageBitmapResult> wait;
+        lock (_transport.SyncRoot)
+        {
+            if (!_transport.DriverOk || !Has(FERRY_F_FREE_PAGE_BITMAP))
+                throw new InvalidOperationException("the guest's balloon driver has not negotiated the free page bitmap extension");
+            if (_heldRequest is null || _outstandingRequest != 0)
+                throw new InvalidOperationException("a free page bitmap request is already in progress, or the guest has not posted its request buffer");
+            _outstandingRequest = _nextRequestId++;
+            _freeResult = [.. _memory.Blocks.Select(b => new PageBitmap(b.PageCount))];
+            _freeResultPages = _freeResultDropped = 0;
+            _freeWaiter = new TaskCompletionSource<FreePageBitmapResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+            wait = _freeWaiter.Task;
+            Span<byte> request = stackalloc byte[16];
+            BinaryPrimitives.WriteUInt16LittleEndian(request, BalloonBitmapMessage.CommandFreePages);
+            BinaryPrimitives.WriteUInt16LittleEndian(request[2..], dropCaches ? (ushort)1 : (ushort)0);
+            BinaryPrimitives.WriteUInt64LittleEndian(request[8..], _outstandingRequest);
+            var queue = _transport.Queue(_freeBitmapQueue);
+            var written = queue.WriteAll(_heldRequest, request);
+            queue.PushUsed(_heldRequest.Head, written);
+            _heldRequest = null;
+            _transport.SignalUsed();
+        }
+        try
+        {
+            return await wait.WaitAsync(timeout).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            lock (_transport.SyncRoot)
+                _outstandingRequest = 0;
+            throw new TimeoutException($"the guest did not send its free page bitmap within {timeout.TotalSeconds:0.#} s");
+        }
+    }
+
+    private bool HandleFreeBitmap(SplitQueue queue, DescriptorChain chain)
+    {
+        _freeBitmapQueue = Array.IndexOf(_roles, Role.FreeBitmap);
+        if (chain.WritableLength > 0 && chain.ReadableLength == 0)
+        {
+            if (chain.WritableLength < 16 || _heldRequest is not null)
+            {
+                _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"request buffer of {chain.WritableLength} bytes while {(_heldRequest is null ? "none" : "one")} is held");
+                queue.PushUsed(chain.Head, 0);
+                return true;
+            }
+            _heldRequest = chain;
+            return false;
+        }
+        var data = queue.ReadAll(chain, BalloonBitmapMessage.HeaderSize + BalloonBitmapMessage.MaxBitmapBytes);
+        if (!BalloonBitmapMessage.TryParse(data, out var message, out var error) || message.Command != BalloonBitmapMessage.CommandFreePages)
+        {
+            _transport.Log.Warn(Name, VirtioFaults.BadRequest, error.Length > 0 ? error : $"command {message.Command} on the free bitmap queue");
+        }
+        else if (message.RequestId != _outstandingRequest || _outstandingRequest == 0)
+        {
+            _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"free page bitmap for request {message.RequestId}, but {_outstandingRequest} is outstanding");
+        }
+        else
+        {
+            message.ForEachRun((pfn, count) =>
+            {
+                _freeResultDropped += _memory.ForEachRamRange(pfn << 12, count << 12, (block, offset, length) =>
+                {
+                    _freeResult![IndexOf(block)].SetRange(offset, length);
+                    _freeResultPages += length >> 12;
+                }) >> 12;
+            });
+            if ((message.Flags & BalloonBitmapMessage.FlagDone) != 0)
+            {
+                var result = new FreePageBitmapResult(_outstandingRequest, _freeResult!, _freeResultPages, _freeResultDropped);
+                _outstandingRequest = 0;
+                var waiter = _freeWaiter;
+                _freeWaiter = null;
+                waiter?.TrySetResult(result);
+            }
+        }
+        queue.PushUsed(chain.Head, 0);
+        return true;
+    }
+
+    private void ResetFreeBitmap()
+    {
+        _heldRequest = null;
+        _outstandingRequest = 0;
+        _freeWaiter?.TrySetException(new InvalidOperationException("the balloon device was reset"));
+        _freeWaiter = null;
+    }
+}

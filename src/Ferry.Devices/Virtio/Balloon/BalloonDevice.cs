@@ -1,0 +1,346 @@
+using System.Buffers.Binary;
+using Ferry.Kvm;
+
+namespace Ferry.Devices.Virtio.Balloon;
+
+/// <summary>A free-page hint delivered to subscribers (migration): a range inside one RAM block.</summary>
+public readonly record struct FreePageHint(uint CommandId, RamBlock Block, ulong Offset, ulong Length);
+
+public enum FreePageHintState { Idle, Requested, Active, Stopped, Done }
+
+public sealed record FreePageHintStatus(FreePageHintState State, uint CommandId, ulong HintedPages, ulong DroppedStaleHints, ulong DroppedOutsideRamBytes);
+
+public sealed record BalloonCounters(ulong InflatedPages, ulong DeflatedPages, ulong ReportedPages, ulong DiscardedReportedPages, ulong DroppedPfns, ulong BitmapMessages);
+
+/// <summary>
+/// The virtio-balloon device (docs/virtio-balloon.md). Inflated pages are discarded (memfd hole) and recorded in a
+/// per-RAM-block balloon bitmap; deflated pages are cleared from it. Free page hints are validated, split by RAM
+/// block and delivered to subscribers; they never discard memory. Reported pages are discarded only when that is
+/// safe for page poisoning. Every request from the driver is hostile input.
+/// </summary>
+public sealed partial class BalloonDevice : IVirtioDevice
+{
+    public const int MUST_TELL_HOST = 0;
+    public const int STATS_VQ = 1;
+    public const int DEFLATE_ON_OOM = 2;
+    public const int FREE_PAGE_HINT = 3;
+    public const int PAGE_POISON = 4;
+    public const int REPORTING = 5;
+    public const int FERRY_F_PAGE_BITMAP = 62;
+    public const int FERRY_F_FREE_PAGE_BITMAP = 63;
+
+    public const uint CmdIdStop = 0;
+    public const uint CmdIdDone = 1;
+    public const uint CmdIdMin = 0x8000_0000;
+
+    private const int MaxPfnBufferBytes = 1 << 16;
+    private const int MaxStatsBytes = 4096;
+
+    private enum Role { Inflate, Deflate, Stats, FreePage, Reporting, FreeBitmap }
+
+    private readonly GuestMemory _memory;
+    private readonly PageBitmap[] _balloonBitmaps;
+    private Role[] _roles = [];
+    private IVirtioTransport _transport = null!;
+
+    private uint _numPages;
+    private uint _actual;
+    private uint _configCmdId;
+    private uint _poisonValue;
+
+    private ulong _inflated, _deflated, _reported, _discardedReported, _droppedPfns, _bitmapMessages;
+
+    public BalloonDevice(GuestMemory memory)
+    {
+        _memory = memory;
+        _balloonBitmaps = [.. memory.Blocks.Select(b => new PageBitmap(b.PageCount))];
+    }
+
+    public string Name => "virtio-balloon";
+
+    public uint DeviceId => 5;
+
+    public ulong DeviceFeatures =>
+        (1UL << VirtioBits.VERSION_1) | (1UL << MUST_TELL_HOST) | (1UL << STATS_VQ) | (1UL << DEFLATE_ON_OOM) |
+        (1UL << FREE_PAGE_HINT) | (1UL << PAGE_POISON) | (1UL << REPORTING) |
+        (1UL << FERRY_F_PAGE_BITMAP) | (1UL << FERRY_F_FREE_PAGE_BITMAP);
+
+    public int QueueCount => 6;
+
+    public ushort QueueMaxSize => 256;
+
+    public int ConfigSize => 16;
+
+    public void Attach(IVirtioTransport transport) => _transport = transport;
+
+    /// <summary>Raised (on a vCPU thread, under the device lock) when the driver reports a new `actual`.</summary>
+    public event Action<uint>? ActualChanged;
+
+    /// <summary>The per-block balloon bitmap (device state): pages the guest gave to the host.</summary>
+    public PageBitmap BalloonBitmap(RamBlock block) => _balloonBitmaps[IndexOf(block)];
+
+    /// <summary>Whether the balloon bitmap can be trusted: only when the guest promised to tell before reuse.</summary>
+    public bool MustTellHost => Has(MUST_TELL_HOST);
+
+    public bool Has(int feature) => VirtioBits.Has(_transport.NegotiatedFeatures, feature);
+
+    public ulong NegotiatedFeatures => _transport.NegotiatedFeatures;
+
+    public bool DriverReady
+    {
+        get
+        {
+            lock (_transport.SyncRoot)
+                return _transport.DriverOk;
+        }
+    }
+
+    public uint TargetPages
+    {
+        get
+        {
+            lock (_transport.SyncRoot)
+                return _numPages;
+        }
+    }
+
+    public uint ActualPages
+    {
+        get
+        {
+            lock (_transport.SyncRoot)
+                return _actual;
+        }
+    }
+
+    public uint PoisonValue
+    {
+        get
+        {
+            lock (_transport.SyncRoot)
+                return _poisonValue;
+        }
+    }
+
+    public BalloonCounters Counters
+    {
+        get
+        {
+            lock (_transport.SyncRoot)
+                return new BalloonCounters(_inflated, _deflated, _reported, _discardedReported, _droppedPfns, _bitmapMessages);
+        }
+    }
+
+    /// <summary>Sets the balloon's target size in 4 KiB pages (QMP `balloon` converts from a guest size).</summary>
+    public void SetTargetPages(uint pages)
+    {
+        lock (_transport.SyncRoot)
+        {
+            if (pages == _numPages)
+                return;
+            _numPages = pages;
+            _transport.SignalConfigChange();
+        }
+    }
+
+    private int IndexOf(RamBlock block)
+    {
+        for (var i = 0; i < _memory.Blocks.Count; i++)
+        {
+            if (ReferenceEquals(_memory.Blocks[i], block))
+                return i;
+        }
+        throw new ArgumentException($"RAM block {block.Name} is not part of this machine", nameof(block));
+    }
+
+    public void ReadConfig(int offset, Span<byte> data)
+    {
+        Span<byte> config = stackalloc byte[16];
+        BinaryPrimitives.WriteUInt32LittleEndian(config, _numPages);
+        BinaryPrimitives.WriteUInt32LittleEndian(config[4..], _actual);
+        BinaryPrimitives.WriteUInt32LittleEndian(config[8..], _configCmdId);
+        BinaryPrimitives.WriteUInt32LittleEndian(config[12..], _poisonValue);
+        config.Slice(offset, data.Length).CopyTo(data);
+    }
+
+    public void WriteConfig(int offset, ReadOnlySpan<byte> data)
+    {
+        Span<byte> config = stackalloc byte[16];
+        ReadConfig(0, config);
+        data.CopyTo(config[offset..]);
+        if (offset < 4 || (offset < 12 && offset + data.Length > 8))
+            _transport.Log.Warn(Name, VirtioFaults.ReadOnlyRegister, $"driver wrote device-owned config bytes at {offset}");
+        var actual = BinaryPrimitives.ReadUInt32LittleEndian(config[4..]);
+        if (actual != _actual)
+        {
+            _actual = actual;
+            ActualChanged?.Invoke(actual);
+        }
+        _poisonValue = BinaryPrimitives.ReadUInt32LittleEndian(config[12..]);
+    }
+
+    public void Activate()
+    {
+        var roles = new List<Role> { Role.Inflate, Role.Deflate };
+        if (Has(STATS_VQ))
+            roles.Add(Role.Stats);
+        if (Has(FREE_PAGE_HINT))
+            roles.Add(Role.FreePage);
+        if (Has(REPORTING))
+            roles.Add(Role.Reporting);
+        if (Has(FERRY_F_FREE_PAGE_BITMAP))
+            roles.Add(Role.FreeBitmap);
+        _roles = [.. roles];
+    }
+
+    public void Reset()
+    {
+        // A new driver knows nothing of the old one's balloon: trust nothing, the pages stay discarded but any of
+        // them may be used again without a deflate.
+        foreach (var bitmap in _balloonBitmaps)
+            bitmap.Clear();
+        _roles = [];
+        _actual = 0;
+        _poisonValue = 0;
+        _configCmdId = 0;
+        ResetStats();
+        ResetHinting();
+        ResetFreeBitmap();
+    }
+
+    public void QueueNotify(int queueIndex)
+    {
+        if (queueIndex >= _roles.Length)
+        {
+            _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"notify for queue {queueIndex}, which the negotiated features do not define");
+            return;
+        }
+        var role = _roles[queueIndex];
+        var queue = _transport.Queue(queueIndex);
+        var returned = false;
+        string? ringFault;
+        while (queue.TryPop(out var chain, out var chainFault, out ringFault))
+        {
+            if (chain is null)
+            {
+                _transport.Log.Warn(Name, chainFault!, $"queue {queueIndex} ({role}): chain dropped");
+                returned = true;
+                continue;
+            }
+            returned |= role switch
+            {
+                Role.Inflate => HandlePages(queue, chain, inflate: true),
+                Role.Deflate => HandlePages(queue, chain, inflate: false),
+                Role.Stats => HandleStats(queue, chain),
+                Role.FreePage => HandleFreePage(queue, chain),
+                Role.Reporting => HandleReport(queue, chain),
+                Role.FreeBitmap => HandleFreeBitmap(queue, chain),
+                _ => false,
+            };
+        }
+        if (ringFault is not null)
+            _transport.NeedsReset(ringFault, $"queue {queueIndex} ({role})");
+        if (returned)
+            _transport.SignalUsed();
+    }
+
+    /// <summary>Inflate or deflate: a PFN array, or with FERRY_F_PAGE_BITMAP a bitmap message.</summary>
+    private bool HandlePages(SplitQueue queue, DescriptorChain chain, bool inflate)
+    {
+        if (chain.WritableLength > 0 || chain.ReadableLength == 0)
+        {
+            _transport.Log.Warn(Name, VirtioFaults.WrongDirection, $"{(inflate ? "inflate" : "deflate")} buffer must be device-readable only");
+        }
+        else if (Has(FERRY_F_PAGE_BITMAP))
+        {
+            var data = queue.ReadAll(chain, BalloonBitmapMessage.HeaderSize + BalloonBitmapMessage.MaxBitmapBytes);
+            if (!BalloonBitmapMessage.TryParse(data, out var message, out var error) || message.Command != BalloonBitmapMessage.CommandPages)
+            {
+                _transport.Log.Warn(Name, VirtioFaults.BadRequest, error.Length > 0 ? error : $"command {message.Command} on the {(inflate ? "inflate" : "deflate")} queue");
+            }
+            else
+            {
+                _bitmapMessages++;
+                message.ForEachRun((pfn, count) => ApplyPages(pfn, count, inflate));
+            }
+        }
+        else
+        {
+            if (chain.ReadableLength > MaxPfnBufferBytes || chain.ReadableLength % 4 != 0)
+            {
+                _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"PFN buffer of {chain.ReadableLength} bytes (a multiple of 4 up to {MaxPfnBufferBytes})");
+            }
+            else
+            {
+                var data = queue.ReadAll(chain, MaxPfnBufferBytes);
+                ulong runStart = 0, runLength = 0;
+                for (var i = 0; i + 4 <= data.Length; i += 4)
+                {
+                    var pfn = (ulong)BinaryPrimitives.ReadUInt32LittleEndian(data.AsSpan(i));
+                    if (runLength != 0 && pfn == runStart + runLength)
+                    {
+                        runLength++;
+                        continue;
+                    }
+                    if (runLength != 0)
+                        ApplyPages(runStart, runLength, inflate);
+                    runStart = pfn;
+                    runLength = 1;
+                }
+                if (runLength != 0)
+                    ApplyPages(runStart, runLength, inflate);
+            }
+        }
+        queue.PushUsed(chain.Head, 0);
+        return true;
+    }
+
+    private void ApplyPages(ulong pfn, ulong count, bool inflate)
+    {
+        var dropped = _memory.ForEachRamRange(pfn << 12, count << 12, (block, offset, length) =>
+        {
+            var bitmap = _balloonBitmaps[IndexOf(block)];
+            if (inflate)
+            {
+                block.Discard(offset, length);
+                bitmap.SetRange(offset, length);
+                _inflated += length >> 12;
+            }
+            else
+            {
+                bitmap.ClearRange(offset, length);
+                _deflated += length >> 12;
+            }
+        });
+        if (dropped > 0)
+        {
+            _droppedPfns += dropped >> 12;
+            _transport.Log.Warn(Name, VirtioFaults.BufferOutsideRam, $"{dropped >> 12} PFNs from 0x{pfn:X} are outside guest RAM; dropped");
+        }
+    }
+
+    /// <summary>Free page reporting: discard the reported blocks when page poisoning allows it.</summary>
+    private bool HandleReport(SplitQueue queue, DescriptorChain chain)
+    {
+        var safe = !Has(PAGE_POISON) || _poisonValue == 0;
+        foreach (var segment in chain.Segments)
+        {
+            if (!segment.Writable || segment.Address % 4096 != 0 || segment.Length % 4096 != 0)
+            {
+                _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"reported range 0x{segment.Address:X}+0x{segment.Length:X} is not a page-aligned device-writable buffer");
+                continue;
+            }
+            _reported += segment.Length >> 12;
+            if (!safe)
+                continue;
+            _memory.ForEachRamRange(segment.Address, segment.Length, (block, offset, length) =>
+            {
+                // Pages the balloon already holds stay as they are; everything else becomes a hole.
+                block.Discard(offset, length);
+                _discardedReported += length >> 12;
+            });
+        }
+        queue.PushUsed(chain.Head, 0);
+        return true;
+    }
+}
