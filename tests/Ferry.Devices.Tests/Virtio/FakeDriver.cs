@@ -30,6 +30,9 @@ internal sealed class FakeDriver : IDisposable
         Balloon = new BalloonDevice(Memory);
         Transport = new VirtioMmioTransport(Balloon, Memory, Log);
         Balloon.Attach(Transport);
+        // Touch the driver's own rings and buffers now, so tests that measure host allocation see only the device.
+        Memory.GetWriteSpan(RingBase, 6 * 0x1_0000).Clear();
+        Memory.GetWriteSpan(BufferBase, 0x2_0000).Clear();
     }
 
     public GuestMemory Memory { get; }

@@ -1,0 +1,284 @@
+using System.Buffers.Binary;
+using Ferry.Devices.Virtio;
+using Ferry.Devices.Virtio.Balloon;
+using Xunit;
+
+namespace Ferry.Devices.Tests.Virtio;
+
+/// <summary>The balloon device's semantics, driven by a scripted driver over synthetic memory (no KVM).</summary>
+public sealed class BalloonDeviceTests
+{
+    // Queue numbers with every feature negotiated.
+    private const int Inflate = 0, Deflate = 1, Stats = 2, FreePage = 3, Reporting = 4, FreeBitmap = 5;
+    private static readonly ulong StandardOnly = FakeDriver.AllFeatures(62, 63);
+
+    private static void Touch(FakeDriver d, ulong address, ulong length) => d.Memory.GetWriteSpan(address, (int)length).Fill(0xA5);
+
+    [Fact]
+    public void Inflate_discards_pages_and_sets_the_bitmap_deflate_clears_it()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(StandardOnly, 6);
+        var block = d.Memory.Blocks[0];
+        Touch(d, 16 << 20, 1 << 20);
+        var before = block.AllocatedBytes();
+        var pfns = Enumerable.Range(4096, 256).Select(p => (uint)p).ToArray();
+        d.Post(Inflate, (d.PutPfns(pfns), 1024, false));
+        d.Kick(Inflate);
+        Assert.Single(d.TakeUsed(Inflate));
+        var bitmap = d.Balloon.BalloonBitmap(block);
+        Assert.Equal(256UL, bitmap.CountSet());
+        Assert.True(bitmap.Get(4096) && bitmap.Get(4351) && !bitmap.Get(4352));
+        Assert.True(before - block.AllocatedBytes() >= 1 << 20, "the inflated MiB was not given back to the host");
+        Assert.Equal(0, d.Memory.Read<byte>((16 << 20) + 77));
+
+        d.Post(Deflate, (d.PutPfns(pfns[..128]), 512, false));
+        d.Kick(Deflate);
+        Assert.Equal(128UL, bitmap.CountSet());
+        Assert.False(bitmap.Get(4096));
+        Assert.True(bitmap.Get(4351));
+    }
+
+    [Fact]
+    public void PFNs_outside_RAM_are_dropped_and_counted()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(StandardOnly, 6);
+        d.Post(Inflate, (d.PutPfns(10, 0x4_0000, 0xFFFF_FFFF, 11), 16, false));
+        d.Kick(Inflate);
+        Assert.Equal(2UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+        Assert.Equal(2UL, d.Balloon.Counters.DroppedPfns);
+        Assert.Equal(2, d.Log.Count(VirtioFaults.BufferOutsideRam));
+    }
+
+    [Fact]
+    public void Queue_numbers_count_only_negotiated_queues()
+    {
+        using var d = new FakeDriver();
+        // Without STATS_VQ and FREE_PAGE_HINT, reporting is queue 2.
+        d.Negotiate(FakeDriver.AllFeatures(1, 3, 62, 63), 3);
+        Touch(d, 8 << 20, 4 << 20);
+        var before = d.Memory.Blocks[0].AllocatedBytes();
+        d.Post(2, (8 << 20, 4 << 20, true));
+        d.Kick(2);
+        Assert.Equal(1024UL, d.Balloon.Counters.ReportedPages);
+        Assert.True(before - d.Memory.Blocks[0].AllocatedBytes() >= 4 << 20);
+    }
+
+    private static byte[] BitmapMessage(ushort command, ulong startPfn, IEnumerable<ulong> pfns, int bitmapBytes, ushort flags = 0, ulong requestId = 0, ushort pageShift = 12)
+    {
+        var message = new byte[32 + bitmapBytes];
+        BinaryPrimitives.WriteUInt16LittleEndian(message, command);
+        BinaryPrimitives.WriteUInt16LittleEndian(message.AsSpan(2), pageShift);
+        BinaryPrimitives.WriteUInt16LittleEndian(message.AsSpan(4), flags);
+        BinaryPrimitives.WriteUInt64LittleEndian(message.AsSpan(8), requestId);
+        BinaryPrimitives.WriteUInt64LittleEndian(message.AsSpan(16), startPfn);
+        BinaryPrimitives.WriteUInt64LittleEndian(message.AsSpan(24), (ulong)bitmapBytes);
+        foreach (var pfn in pfns)
+        {
+            var bit = pfn - startPfn;
+            message[32 + (int)(bit / 8)] |= (byte)(1 << (int)(bit % 8));
+        }
+        return message;
+    }
+
+    [Fact]
+    public void The_bitmap_extension_inflates_exactly_what_the_PFN_path_does()
+    {
+        var pfns = new ulong[] { 4096, 4097, 4098, 5000, 6001, 6002, 8191 };
+        using var viaPfns = new FakeDriver();
+        viaPfns.Negotiate(StandardOnly, 6);
+        viaPfns.Post(Inflate, (viaPfns.PutPfns([.. pfns.Select(p => (uint)p)]), (uint)(4 * pfns.Length), false));
+        viaPfns.Kick(Inflate);
+
+        using var viaBitmap = new FakeDriver();
+        viaBitmap.Negotiate(FakeDriver.AllFeatures(), 6);
+        var message = BitmapMessage(0, 4096, pfns, 512);
+        viaBitmap.Memory.Write(FakeDriver.BufferBase, message);
+        // Header and bitmap in two descriptors, as the guest's chunks arrive.
+        viaBitmap.Post(Inflate, (FakeDriver.BufferBase, 32, false), (FakeDriver.BufferBase + 32, 512, false));
+        viaBitmap.Kick(Inflate);
+
+        var a = viaPfns.Balloon.BalloonBitmap(viaPfns.Memory.Blocks[0]).EnumerateSet().ToArray();
+        var b = viaBitmap.Balloon.BalloonBitmap(viaBitmap.Memory.Blocks[0]).EnumerateSet().ToArray();
+        Assert.Equal(pfns, a);
+        Assert.Equal(a, b);
+        Assert.Equal(1UL, viaBitmap.Balloon.Counters.BitmapMessages);
+    }
+
+    [Theory]
+    [InlineData("shift")]
+    [InlineData("len-not-8")]
+    [InlineData("len-past-data")]
+    [InlineData("short")]
+    [InlineData("start-unaligned")]
+    public void Malformed_bitmap_messages_are_refused_and_apply_nothing(string damage)
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        var message = BitmapMessage(0, 4096, [4096, 4100], 64, pageShift: damage == "shift" ? (ushort)13 : (ushort)12);
+        if (damage == "len-not-8")
+            BinaryPrimitives.WriteUInt64LittleEndian(message.AsSpan(24), 60);
+        if (damage == "len-past-data")
+            BinaryPrimitives.WriteUInt64LittleEndian(message.AsSpan(24), 4096);
+        if (damage == "start-unaligned")
+            BinaryPrimitives.WriteUInt64LittleEndian(message.AsSpan(16), 4097);
+        var length = damage == "short" ? 20u : (uint)message.Length;
+        d.Memory.Write(FakeDriver.BufferBase, message);
+        d.Post(Inflate, (FakeDriver.BufferBase, length, false));
+        d.Kick(Inflate);
+        Assert.Single(d.TakeUsed(Inflate));
+        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+        Assert.Equal(1, d.Log.Count(VirtioFaults.BadRequest));
+    }
+
+    private static ulong PutStats(FakeDriver d, ulong address, params (ushort Tag, ulong Value)[] stats)
+    {
+        for (var i = 0; i < stats.Length; i++)
+        {
+            d.Memory.Write(address + 10UL * (ulong)i, stats[i].Tag);
+            d.Memory.Write(address + 10UL * (ulong)i + 2, stats[i].Value);
+        }
+        return address;
+    }
+
+    [Fact]
+    public async Task Stats_are_collected_from_the_held_buffer_on_request()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        var buffer = PutStats(d, FakeDriver.BufferBase, (4, 100), (5, 1000));
+        var head = d.Post(Stats, (buffer, 20, false));
+        d.Kick(Stats);
+        Assert.Empty(d.TakeUsed(Stats)); // held by the device
+        Assert.Equal(100UL, d.Balloon.LastStats.Stats[4]);
+
+        var request = d.Balloon.RequestStatsAsync(TimeSpan.FromSeconds(5));
+        Assert.Contains(d.TakeUsed(Stats), u => u.Head == head); // returned: "send fresh stats"
+        PutStats(d, buffer, (4, 42), (5, 1000));
+        d.Post(Stats, (buffer, 20, false));
+        d.Kick(Stats);
+        var stats = await request;
+        Assert.Equal(42UL, stats[4]);
+        Assert.Equal(1000UL, stats[5]);
+    }
+
+    private static void SendCmdId(FakeDriver d, uint id)
+    {
+        var address = FakeDriver.BufferBase + 0x1000;
+        d.Memory.Write(address, id);
+        d.Post(FreePage, (address, 4, false));
+        d.Kick(FreePage);
+    }
+
+    [Fact]
+    public void A_hint_run_delivers_validated_hints_drops_stale_ones_and_never_discards()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        var block = d.Memory.Blocks[0];
+        var hints = new List<FreePageHint>();
+        d.Balloon.FreePageHinted += hints.Add;
+        Touch(d, 32 << 20, 8 << 20);
+        var allocated = block.AllocatedBytes();
+
+        var id = d.Balloon.StartFreePageHinting();
+        Assert.True(id >= BalloonDevice.CmdIdMin);
+        Assert.Equal(id, d.ReadConfig32(8));
+        SendCmdId(d, id);
+        d.Post(FreePage, (32 << 20, 4 << 20, true));
+        d.Post(FreePage, (36 << 20, 4 << 20, true));
+        d.Kick(FreePage);
+        Assert.Equal(FreePageHintState.Active, d.Balloon.HintStatus.State);
+        Assert.Equal(2048UL, d.Balloon.HintStatus.HintedPages);
+        Assert.Equal(2, hints.Count);
+        Assert.All(hints, h => Assert.Equal(id, h.CommandId));
+        Assert.Equal(allocated, block.AllocatedBytes()); // hints never discard memory
+
+        // A hint under an older id is dropped.
+        SendCmdId(d, id - 1);
+        d.Post(FreePage, (48 << 20, 4 << 20, true));
+        d.Kick(FreePage);
+        Assert.Equal(2048UL, d.Balloon.HintStatus.HintedPages);
+        Assert.Equal(1UL, d.Balloon.HintStatus.DroppedStaleHints);
+
+        d.Balloon.StopFreePageHinting();
+        Assert.Equal(BalloonDevice.CmdIdStop, d.ReadConfig32(8));
+        d.Post(FreePage, (52 << 20, 4 << 20, true));
+        d.Kick(FreePage);
+        Assert.Equal(2048UL, d.Balloon.HintStatus.HintedPages);
+        d.Balloon.FinishFreePageHinting();
+        Assert.Equal(BalloonDevice.CmdIdDone, d.ReadConfig32(8));
+        var next = d.Balloon.StartFreePageHinting();
+        Assert.Equal(id + 1, next);
+    }
+
+    [Theory]
+    [InlineData(0u, true)]
+    [InlineData(0xAAAA_AAAAu, false)]
+    public void Reported_pages_are_discarded_only_when_poisoning_allows(uint poison, bool discarded)
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6, poisonValue: poison);
+        Assert.Equal(poison, d.Balloon.PoisonValue);
+        Touch(d, 8 << 20, 4 << 20);
+        var before = d.Memory.Blocks[0].AllocatedBytes();
+        d.Post(Reporting, (8 << 20, 2 << 20, true), (10 << 20, 2 << 20, true));
+        d.Kick(Reporting);
+        Assert.Single(d.TakeUsed(Reporting));
+        Assert.Equal(1024UL, d.Balloon.Counters.ReportedPages);
+        var freed = before - d.Memory.Blocks[0].AllocatedBytes();
+        if (discarded)
+            Assert.True(freed >= 4 << 20);
+        else
+            Assert.Equal(0UL, freed);
+    }
+
+    [Fact]
+    public async Task The_free_page_bitmap_is_requested_and_collected_by_request_id()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        var requestBuffer = FakeDriver.BufferBase + 0x10000;
+        var requestHead = d.Post(FreeBitmap, (requestBuffer, 16, true));
+        d.Kick(FreeBitmap);
+        var pending = d.Balloon.RequestFreePageBitmapAsync(dropCaches: true, TimeSpan.FromSeconds(5));
+        var used = d.TakeUsed(FreeBitmap);
+        Assert.Contains(used, u => u.Head == requestHead && u.Length == 16);
+        Assert.Equal(1, d.Memory.Read<ushort>(requestBuffer));          // GET_FREE_PAGES
+        Assert.Equal(1, d.Memory.Read<ushort>(requestBuffer + 2));      // drop caches
+        var requestId = d.Memory.Read<ulong>(requestBuffer + 8);
+
+        // A reply for another request is ignored; the real one (two windows) completes the request.
+        var wrong = BitmapMessage(1, 0, [100], 64, flags: 1, requestId: requestId + 7);
+        d.Memory.Write(FakeDriver.BufferBase, wrong);
+        d.Post(FreeBitmap, (FakeDriver.BufferBase, (uint)wrong.Length, false));
+        d.Kick(FreeBitmap);
+        Assert.False(pending.IsCompleted);
+        var first = BitmapMessage(1, 0, [100, 101, 102], 64, flags: 0, requestId: requestId);
+        d.Memory.Write(FakeDriver.BufferBase, first);
+        d.Post(FreeBitmap, (FakeDriver.BufferBase, (uint)first.Length, false));
+        d.Kick(FreeBitmap);
+        var last = BitmapMessage(1, 8192, [8192, 16383, 20000], 2048, flags: 1, requestId: requestId);
+        d.Memory.Write(FakeDriver.BufferBase, last);
+        d.Post(FreeBitmap, (FakeDriver.BufferBase, (uint)last.Length, false));
+        d.Kick(FreeBitmap);
+        var result = await pending;
+        Assert.Equal(requestId, result.RequestId);
+        Assert.Equal(5UL, result.FreePages);           // pfn 20000 lies past the 64 MiB of RAM
+        Assert.Equal(1UL, result.DroppedOutsideRamPages);
+        Assert.True(result.Blocks[0].Get(16383));
+    }
+
+    [Fact]
+    public void A_device_reset_forgets_the_balloon()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(StandardOnly, 6);
+        d.Post(Inflate, (d.PutPfns(4096, 4097), 8, false));
+        d.Kick(Inflate);
+        Assert.Equal(2UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+        d.SetReg(0x70, 0);
+        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+    }
+}
