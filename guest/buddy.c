@@ -1,7 +1,9 @@
 /* The buddy allocator: per-order doubly linked free lists threaded through the page_meta array. */
 #include "buddy.h"
 
+#include "buddy_internal.h"
 #include "config.h"
+#include "io.h"
 #include "lib.h"
 #include "panic.h"
 #include "spinlock.h"
@@ -10,18 +12,8 @@
 #define LOW_RESERVED_END 0x100000ull
 
 struct page_meta *page_meta;
-
-static struct {
-    struct spinlock lock;
-    uint32_t free_head[BUDDY_ORDER_COUNT];
-    uint64_t free_blocks[BUDDY_ORDER_COUNT];
-    uint64_t free_pages;
-    uint64_t total_pages;
-    uint64_t meta_entries; /* highest RAM pfn + 1 */
-    uint64_t meta_start, meta_end;
-    enum free_mode free_mode;
-    uint8_t poison;
-} buddy;
+uint32_t buddy_report_kick;
+struct buddy_state buddy;
 
 static uint64_t align_up(uint64_t value, uint64_t alignment)
 {
@@ -33,23 +25,34 @@ static uint64_t align_down(uint64_t value, uint64_t alignment)
     return value & ~(alignment - 1);
 }
 
-/* Pushes a free block on its order's list and makes its first page a free head. */
-static void free_list_push(uint32_t pfn, unsigned order)
+uint32_t buddy_now_ms(void)
+{
+    return (uint32_t)((rdtsc() - buddy.boot_tsc) / buddy.tsc_khz);
+}
+
+/* Links a free block into its order's list, at the head (after == PFN_NONE) or right after the free head
+ * `after`, and makes its first page a free head that has been free since `since_ms`. */
+void free_list_link(uint32_t pfn, unsigned order, uint32_t after, uint8_t extra_flags, uint32_t since_ms)
 {
     struct page_meta *meta = &page_meta[pfn];
-    uint32_t head = buddy.free_head[order];
-    meta->next = head;
-    meta->prev = PFN_NONE;
+    uint32_t next = after == PFN_NONE ? buddy.free_head[order] : page_meta[after].next;
+    meta->next = next;
+    meta->prev = after;
+    meta->generation = since_ms;
     meta->order = (uint8_t)order;
-    meta->flags = PAGE_FREE_HEAD;
-    if (head != PFN_NONE)
-        page_meta[head].prev = pfn;
-    buddy.free_head[order] = pfn;
+    meta->flags = (uint8_t)(PAGE_FREE_HEAD | extra_flags);
+    meta->owner = OWNER_NONE;
+    if (next != PFN_NONE)
+        page_meta[next].prev = pfn;
+    if (after == PFN_NONE)
+        buddy.free_head[order] = pfn;
+    else
+        page_meta[after].next = pfn;
     buddy.free_blocks[order]++;
 }
 
 /* Unlinks a free head from its list and returns its entry to all-zero. */
-static void free_list_remove(uint32_t pfn, unsigned order)
+void free_list_remove(uint32_t pfn, unsigned order)
 {
     struct page_meta *meta = &page_meta[pfn];
     if (meta->prev != PFN_NONE)
@@ -60,26 +63,33 @@ static void free_list_remove(uint32_t pfn, unsigned order)
         page_meta[meta->next].prev = meta->prev;
     meta->next = 0;
     meta->prev = 0;
+    meta->generation = 0;
     meta->order = 0;
     meta->flags = 0;
     buddy.free_blocks[order]--;
 }
 
-/* Inserts a free block, first merging it with its buddy for as long as the buddy is a free block of equal order. */
-static void free_block_coalescing(uint32_t pfn, unsigned order)
+/* Inserts a free block, first merging it with its buddy for as long as the buddy is a free block of equal order.
+ * A merged block counts as reported only if both halves were, and as free since the later of the two. */
+void free_block_coalescing(uint32_t pfn, unsigned order, bool reported, uint32_t since_ms)
 {
     while (order < BUDDY_MAX_ORDER) {
         uint32_t buddy_pfn = pfn ^ (1u << order);
         if (buddy_pfn >= buddy.meta_entries)
             break;
         const struct page_meta *other = &page_meta[buddy_pfn];
-        if (other->flags != PAGE_FREE_HEAD || other->order != order)
+        if ((other->flags & PAGE_FREE_HEAD) == 0 || other->order != order)
             break;
+        reported = reported && (other->flags & PAGE_REPORTED) != 0;
+        if ((int32_t)(other->generation - since_ms) > 0)
+            since_ms = other->generation;
         free_list_remove(buddy_pfn, order);
         pfn &= ~(1u << order);
         order++;
     }
-    free_list_push(pfn, order);
+    free_list_link(pfn, order, PFN_NONE, reported ? PAGE_REPORTED : 0, since_ms);
+    if (!reported && order >= buddy.report_kick_order && buddy_report_kick == 0)
+        buddy_report_kick = 1;
 }
 
 /* Frees the pages [start_pfn, end_pfn) as the largest naturally aligned blocks, highest addresses first so that
@@ -97,7 +107,7 @@ static void free_pfn_range(uint64_t start_pfn, uint64_t end_pfn)
             order--;
         }
         pfn -= 1ull << order;
-        free_block_coalescing((uint32_t)pfn, order);
+        free_block_coalescing((uint32_t)pfn, order, false, 0);
         buddy.total_pages += 1ull << order;
         buddy.free_pages += 1ull << order;
     }
@@ -128,6 +138,9 @@ const char *buddy_init(const struct boot_info *info, uint64_t image_start, uint6
 {
     buddy.free_mode = free_mode;
     buddy.poison = poison;
+    buddy.report_kick_order = BUDDY_ORDER_COUNT;
+    buddy.tsc_khz = info->tsc_khz;
+    buddy.boot_tsc = rdtsc();
     for (unsigned order = 0; order < BUDDY_ORDER_COUNT; order++)
         buddy.free_head[order] = PFN_NONE;
 
@@ -200,17 +213,21 @@ uint32_t buddy_alloc(unsigned order)
         return PFN_NONE;
     }
     uint32_t pfn = buddy.free_head[found];
+    uint8_t reported = page_meta[pfn].flags & PAGE_REPORTED;
+    uint32_t since_ms = page_meta[pfn].generation;
     free_list_remove(pfn, found);
-    /* Split down to the requested order; the upper halves go back on the free lists. */
+    /* Split down to the requested order; the upper halves go back on the free lists. They keep the block's
+     * reported mark: the host was told about all of it, and nobody has written them since. */
     while (found > order) {
         found--;
-        free_list_push(pfn + (1u << found), found);
+        free_list_link(pfn + (1u << found), found, PFN_NONE, reported, since_ms);
     }
     struct page_meta *meta = &page_meta[pfn];
     meta->next = PFN_NONE;
     meta->prev = PFN_NONE;
     meta->order = (uint8_t)order;
     meta->flags = PAGE_ALLOCATED;
+    meta->owner = OWNER_NONE;
     buddy.free_pages -= 1ull << order;
     spin_unlock(&buddy.lock);
     return pfn;
@@ -233,14 +250,28 @@ void buddy_free(uint32_t pfn)
     else if (buddy.free_mode == FREE_MODE_POISON)
         memset(address, buddy.poison, bytes);
 
+    uint32_t now_ms = buddy_now_ms();
     spin_lock(&buddy.lock);
     meta->next = 0;
     meta->prev = 0;
     meta->order = 0;
     meta->flags = 0;
-    free_block_coalescing(pfn, order);
+    meta->owner = OWNER_NONE;
+    free_block_coalescing(pfn, order, false, now_ms);
     buddy.free_pages += 1ull << order;
     spin_unlock(&buddy.lock);
+}
+
+uint32_t buddy_reserve(unsigned order)
+{
+    uint32_t pfn = buddy_alloc(order);
+    if (pfn == PFN_NONE)
+        return PFN_NONE;
+    spin_lock(&buddy.lock);
+    page_meta[pfn].owner = OWNER_DRIVER;
+    buddy.total_pages -= 1ull << order;
+    spin_unlock(&buddy.lock);
+    return pfn;
 }
 
 uint32_t buddy_split_allocated(uint32_t pfn)
@@ -257,6 +288,7 @@ uint32_t buddy_split_allocated(uint32_t pfn)
     upper->prev = PFN_NONE;
     upper->order = (uint8_t)order;
     upper->flags = (uint8_t)(upper->flags | PAGE_ALLOCATED); /* keeps PAGE_WORKLOAD if the owner set it */
+    upper->owner = lower->owner;
     spin_unlock(&buddy.lock);
     return upper_pfn;
 }
@@ -292,4 +324,9 @@ uint64_t buddy_meta_start(void)
 uint64_t buddy_meta_end(void)
 {
     return buddy.meta_end;
+}
+
+uint64_t buddy_pfn_end(void)
+{
+    return buddy.meta_entries;
 }

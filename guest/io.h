@@ -34,6 +34,19 @@ static inline void cpu_relax(void)
     __asm__ volatile("pause" : : : "memory");
 }
 
+/* MMIO at CPL3: plain 32-bit movs (KVM decodes and forwards them); "memory" keeps them ordered with RAM accesses. */
+static inline uint32_t mmio_read32(uint64_t address)
+{
+    uint32_t value;
+    __asm__ volatile("movl (%1), %0" : "=r"(value) : "r"(address) : "memory");
+    return value;
+}
+
+static inline void mmio_write32(uint64_t address, uint32_t value)
+{
+    __asm__ volatile("movl %0, (%1)" : : "r"(value), "r"(address) : "memory");
+}
+
 #define load_relaxed(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)

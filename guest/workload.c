@@ -7,11 +7,9 @@
 #include "config.h"
 #include "format.h"
 #include "io.h"
+#include "oom.h"
 #include "panic.h"
-
-/* The fill pattern (docs/guest-abi.md): word at address a of generation g = a * A + g * G (mod 2^64). */
-#define PATTERN_ADDRESS_FACTOR 0x9E3779B97F4A7C15ull
-#define PATTERN_GENERATION_FACTOR 0xC2B2AE3D27D4EB4Full
+#include "pattern.h"
 
 /* How long vCPU 0 waits for the other vCPUs to acknowledge a dirty mode change before declaring them dead. */
 #define ACK_TIMEOUT_MS 10000
@@ -84,7 +82,7 @@ void workload_init(unsigned cpus, uint64_t khz)
     working_set.head = PFN_NONE;
 }
 
-static uint32_t next_generation(void)
+uint32_t workload_next_generation(void)
 {
     uint32_t generation;
     do
@@ -112,19 +110,6 @@ static const char *out_of_memory(uint64_t requested_mib)
 }
 
 /* ---- the pattern ---- */
-
-/* Writes the pattern of `generation` over [address, address + bytes): one store and one add per word. */
-static void write_pattern(uint64_t address, uint64_t bytes, uint32_t generation)
-{
-    uint64_t *word = (uint64_t *)address;
-    uint64_t *end = word + bytes / sizeof(uint64_t);
-    uint64_t value = address * PATTERN_ADDRESS_FACTOR + generation * PATTERN_GENERATION_FACTOR;
-    const uint64_t step = sizeof(uint64_t) * PATTERN_ADDRESS_FACTOR;
-    while (word < end) {
-        *word++ = value;
-        value += step;
-    }
-}
 
 static void verify_page(uint32_t pfn, struct verify_result *result)
 {
@@ -275,7 +260,7 @@ static uint64_t pages_owed(struct dirty_cpu *cpu, uint64_t now)
 static void dirty_next_page(struct dirty_cpu *cpu)
 {
     uint32_t pfn = cpu->cursor_block + cpu->cursor_offset;
-    uint32_t generation = next_generation();
+    uint32_t generation = workload_next_generation();
     write_pattern((uint64_t)pfn << PAGE_SHIFT, PAGE_SIZE, generation);
     store_release(&page_meta[pfn].generation, generation); /* publish only after the contents */
     cpu->pace_pages++;
@@ -369,10 +354,10 @@ const char *workload_fill(uint64_t mib, struct fill_result *result)
 {
     uint64_t start = rdtsc();
     uint64_t pages = mib * PAGES_PER_MIB;
-    if (mib > UINT64_MAX / PAGES_PER_MIB || pages > buddy_free_pages())
+    if (mib > UINT64_MAX / PAGES_PER_MIB || !oom_make_room(pages, OOM_RECLAIM_ALL))
         return out_of_memory(mib);
     result->pages = pages;
-    result->generation = next_generation();
+    result->generation = workload_next_generation();
     result->range_count = 0;
     result->ranges_truncated = false;
     allocate_blocks(&fill_blocks, pages, result->generation, result);
@@ -437,7 +422,7 @@ const char *workload_dirty_start(uint64_t rate_mib_s, uint64_t wss_mib, uint64_t
     if (workload_cpu0_dirtying)
         return "dirty is already running (stop it first)";
     uint64_t pages = wss_mib * PAGES_PER_MIB;
-    if (wss_mib > UINT64_MAX / PAGES_PER_MIB || pages > buddy_free_pages())
+    if (wss_mib > UINT64_MAX / PAGES_PER_MIB || !oom_make_room(pages, OOM_RECLAIM_ALL))
         return out_of_memory(wss_mib);
 
     /* A stopped run's working set stays allocated and verifiable: it joins the fill blocks as the newest. */
@@ -446,7 +431,7 @@ const char *workload_dirty_start(uint64_t rate_mib_s, uint64_t wss_mib, uint64_t
         block_list_remove(&working_set, pfn);
         block_list_push(&fill_blocks, pfn);
     }
-    allocate_blocks(&working_set, pages, next_generation(), NULL);
+    allocate_blocks(&working_set, pages, workload_next_generation(), NULL);
 
     /* vCPU i owns pages [pages * i / n, pages * (i + 1) / n) of the working set, walked in list order, and
      * dirties them at its share of the rate. */

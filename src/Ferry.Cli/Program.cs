@@ -1,7 +1,5 @@
 using System.Diagnostics;
-using System.Net.Sockets;
 using System.Runtime.InteropServices;
-using System.Text;
 using Ferry.Control;
 using Ferry.Kvm;
 using Ferry.Machine;
@@ -23,8 +21,16 @@ public static class Program
                     --cmdline TEXT       guest command line (e.g. "free_mode=poison poison=0xaa")
           demo    boot a guest, run a memory workload in it, print what happened and exit
                     --memory SIZE (default 1G)  --cpus N (default 2)  --guest PATH
-          qmp     send one QMP command: ferry qmp unix:PATH COMMAND ['{"arg": ...}']
           help    this text
+
+        commands for a running VM (SOCK is its --qmp unix:PATH):
+          status SOCK | stop SOCK | cont SOCK | quit SOCK
+          balloon SOCK GUEST-SIZE   set the balloon so the guest has GUEST-SIZE (e.g. 1G), as QEMU's balloon
+          balloon-info SOCK         balloon state: target, actual, ballooned pages, host memory, counters
+          guest-stats SOCK          the guest's memory statistics from the balloon's stats queue
+          hint SOCK start|stop|done|status   run free page hinting by hand
+          free-bitmap SOCK [--drop-caches]   ask the guest for its free page bitmap (Ferry extension)
+          qmp SOCK COMMAND ['{"arg": ...}']   any QMP command; prints the JSON reply
         """;
 
     public static int Main(string[] args)
@@ -40,8 +46,8 @@ public static class Program
             {
                 "run" => Run(args[1..]),
                 "demo" => Demo.Run(args[1..]),
-                "qmp" => QmpClient(args[1..]),
-                _ => throw new UsageException($"unknown command '{args[0]}' (commands: run, demo, qmp, help)"),
+                var name when ControlCommands.Names.Contains(name) => ControlCommands.Run(name, args[1..]),
+                _ => throw new UsageException($"unknown command '{args[0]}' (commands: run, demo, {string.Join(", ", ControlCommands.Names)}, help)"),
             };
         }
         catch (UsageException e)
@@ -100,42 +106,6 @@ public static class Program
         qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
         Console.Error.WriteLine($"ferry: {exit.Message}");
         return exit.ExitCode;
-    }
-
-    private static int QmpClient(string[] args)
-    {
-        if (args.Length < 2 || !args[0].StartsWith("unix:", StringComparison.Ordinal))
-            throw new UsageException("ferry qmp: usage: ferry qmp unix:PATH COMMAND ['{\"arg\": ...}']");
-        var path = args[0][5..];
-        var arguments = args.Length > 2 ? args[2] : null;
-        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            socket.Connect(new UnixDomainSocketEndPoint(path));
-        }
-        catch (SocketException e)
-        {
-            Console.Error.WriteLine($"ferry: cannot connect to QMP socket {path}: {e.Message}");
-            return 1;
-        }
-        using var stream = new NetworkStream(socket);
-        using var reader = new StreamReader(stream, Encoding.UTF8);
-        using var writer = new StreamWriter(stream, new UTF8Encoding(false)) { AutoFlush = true, NewLine = "\n" };
-        reader.ReadLine(); // greeting
-        writer.WriteLine("{\"execute\":\"qmp_capabilities\"}");
-        reader.ReadLine();
-        writer.WriteLine(arguments is null
-            ? $"{{\"execute\":\"{args[1]}\"}}"
-            : $"{{\"execute\":\"{args[1]}\",\"arguments\":{arguments}}}");
-        string? line;
-        while ((line = reader.ReadLine()) is not null)
-        {
-            if (line.Contains("\"event\"", StringComparison.Ordinal))
-                continue;
-            Console.WriteLine(line);
-            return line.Contains("\"error\"", StringComparison.Ordinal) ? 1 : 0;
-        }
-        return 1;
     }
 
     internal static double Seconds(Stopwatch sw) => sw.Elapsed.TotalSeconds;

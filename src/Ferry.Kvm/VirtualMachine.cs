@@ -77,7 +77,7 @@ public sealed unsafe class VirtualMachine : IDisposable
             var kvmBitmap = (ulong*)NativeMemory.AlignedAlloc((nuint)(words.Length * 8), 64);
             try
             {
-                var log = new KvmDirtyLog { Slot = (uint)block.Slot, PageBitmap = (ulong)kvmBitmap };
+                var log = new KvmDirtyLog { Slot = (uint)block.Slot, DirtyBitmap = (ulong)kvmBitmap };
                 KvmSystem.Check(Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_DIRTY_LOG, &log), "KVM_GET_DIRTY_LOG");
                 var fromKvm = new ReadOnlySpan<ulong>(kvmBitmap, words.Length);
                 for (var i = 0; i < words.Length; i++)

@@ -212,7 +212,7 @@ public struct KvmUserspaceMemoryRegion
 public struct KvmDirtyLog
 {
     public uint Slot, Padding1;
-    public ulong PageBitmap;
+    public ulong DirtyBitmap;
 }
 
 [KvmStruct("kvm_clear_dirty_log")]
@@ -221,7 +221,7 @@ public struct KvmClearDirtyLog
 {
     public uint Slot, NumPages;
     public ulong FirstPage;
-    public ulong PageBitmap;
+    public ulong DirtyBitmap;
 }
 
 [KvmStruct("kvm_enable_cap")]
