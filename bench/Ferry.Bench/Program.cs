@@ -17,7 +17,7 @@ string Arg(string name, string fallback)
 switch (mode)
 {
     case "fill":
-        await FillBench.Run(ulong.Parse(Arg("mib", "1024"), CultureInfo.InvariantCulture), int.Parse(Arg("rounds", "3"), CultureInfo.InvariantCulture));
+        await FillBench.Run(ulong.Parse(Arg("mib", "1024"), CultureInfo.InvariantCulture), int.Parse(Arg("rounds", "3"), CultureInfo.InvariantCulture), args.Contains("--decompose"));
         break;
     case "dirtylog":
         await DirtyLogBench.Run(ulong.Parse(Arg("memory-gib", "8"), CultureInfo.InvariantCulture));
@@ -58,12 +58,14 @@ internal static class Guest
 
 internal static class FillBench
 {
-    public static async Task Run(ulong mib, int rounds)
+    public static async Task Run(ulong mib, int rounds, bool decompose)
     {
         var bytes = mib << 20;
         var host = new List<double>();
         var guestReported = new List<double>();
         var guestWall = new List<double>();
+        var guestPrefaulted = new List<double>();
+        var guestRefill = new List<double>();
         for (var r = 0; r < rounds; r++)
         {
             host.Add(HostFill(bytes));
@@ -74,6 +76,23 @@ internal static class FillBench
                 var reply = await Guest.Cmd(console, $"fill {mib}");
                 guestWall.Add(sw.Elapsed.TotalSeconds);
                 guestReported.Add(reply.GetProperty("ns").GetDouble() / 1e9);
+                if (decompose)
+                {
+                    // The same pages again: host pages and KVM's mappings both exist now.
+                    await Guest.Cmd(console, "free");
+                    guestRefill.Add((await Guest.Cmd(console, $"fill {mib}")).GetProperty("ns").GetDouble() / 1e9);
+                }
+            }
+            if (decompose)
+            {
+                // Host pages allocated in advance (MADV_POPULATE_WRITE), KVM mappings not: isolates KVM's fault cost.
+                (machine, console) = await Guest.Boot(bytes + (256UL << 20));
+                using (machine)
+                {
+                    foreach (var block in machine.Memory.Blocks)
+                        ErrnoException.Check(Libc.Madvise(block.Mapping.Address, (nuint)block.Size, 23), "madvise(MADV_POPULATE_WRITE)");
+                    guestPrefaulted.Add((await Guest.Cmd(console, $"fill {mib}")).GetProperty("ns").GetDouble() / 1e9);
+                }
             }
         }
         double GiBps(double seconds) => bytes / seconds / (1UL << 30);
@@ -84,7 +103,16 @@ internal static class FillBench
         Console.WriteLine($"  host fill (same pattern into a fresh memfd mapping): {GiBps(h),6:0.00} GiB/s  ({h * 1000:0} ms)");
         Console.WriteLine($"  guest fill, as the guest times it (TSC):             {GiBps(g),6:0.00} GiB/s  ({g * 1000:0} ms)");
         Console.WriteLine($"  guest fill, command round trip on the host:          {GiBps(gw),6:0.00} GiB/s  ({gw * 1000:0} ms)");
-        Console.WriteLine($"  guest / host: {h / g:0.00}x slower -> guest at {100 * h / g:0}% of the host rate");
+        Console.WriteLine($"  guest / host: guest at {100 * h / g:0}% of the host rate");
+        if (decompose)
+        {
+            var p = Guest.Median(guestPrefaulted);
+            var f = Guest.Median(guestRefill);
+            Console.WriteLine($"  decomposition (guest timings):");
+            Console.WriteLine($"    host pages pre-allocated, KVM mappings not:  {GiBps(p),6:0.00} GiB/s  ({p * 1000:0} ms)");
+            Console.WriteLine($"    refill of pages already mapped:              {GiBps(f),6:0.00} GiB/s  ({f * 1000:0} ms)");
+            Console.WriteLine($"    per 4 KiB page: host first touch {h / (bytes / 4096.0) * 1e6:0.00} us, guest first touch {g / (bytes / 4096.0) * 1e6:0.00} us, KVM mapping alone {(p - f) / (bytes / 4096.0) * 1e6:0.00} us");
+        }
     }
 
     /// <summary>Writes the guest's fill pattern into a fresh memfd (first touch included), as the guest does.</summary>
