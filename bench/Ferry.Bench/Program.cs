@@ -19,11 +19,14 @@ switch (mode)
     case "fill":
         await FillBench.Run(ulong.Parse(Arg("mib", "1024"), CultureInfo.InvariantCulture), int.Parse(Arg("rounds", "3"), CultureInfo.InvariantCulture), args.Contains("--decompose"));
         break;
+    case "balloon":
+        await BalloonBench.Run(ulong.Parse(Arg("memory-gib", "8"), CultureInfo.InvariantCulture));
+        break;
     case "dirtylog":
         await DirtyLogBench.Run(ulong.Parse(Arg("memory-gib", "8"), CultureInfo.InvariantCulture));
         break;
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] | dirtylog [--memory-gib G]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G]");
         return 2;
 }
 return 0;
@@ -32,10 +35,10 @@ internal static class Guest
 {
     public static readonly TimeSpan Timeout = TimeSpan.FromMinutes(10);
 
-    public static async Task<(Machine Machine, GuestConsole Console)> Boot(ulong memoryBytes, int cpus = 1)
+    public static async Task<(Machine Machine, GuestConsole Console)> Boot(ulong memoryBytes, int cpus = 1, string commandLine = "")
     {
         var console = new GuestConsole();
-        var machine = Machine.Create(new MachineConfig { MemoryBytes = memoryBytes, Cpus = cpus, GuestImagePath = GuestImageLocator.Locate() }, console);
+        var machine = Machine.Create(new MachineConfig { MemoryBytes = memoryBytes, Cpus = cpus, GuestImagePath = GuestImageLocator.Locate(), CommandLine = commandLine }, console);
         machine.Start();
         await console.WaitForEventAsync("ready", Timeout);
         return (machine, console);
@@ -177,6 +180,61 @@ internal static class DirtyLogBench
                 }
                 Console.WriteLine($"  {percent,4:0}% dirty ({dirty,8} pages reported): {Guest.Median(times),8:0.00} ms per sync");
             }
+        }
+    }
+}
+
+internal static class BalloonBench
+{
+    private static async Task WaitFor(Func<bool> condition)
+    {
+        while (!condition())
+            await Task.Delay(1);
+    }
+
+    private static async Task<(double Inflate, double Deflate)> InflateDeflate(ulong memoryGib, string commandLine)
+    {
+        var (machine, console) = await Guest.Boot(memoryGib << 30, commandLine: commandLine);
+        using (machine)
+        {
+            var balloon = machine.Balloon!;
+            await WaitFor(() => balloon.DriverReady);
+            var target = (uint)((memoryGib << 30) / 4096 * 7 / 8);
+            var sw = Stopwatch.StartNew();
+            balloon.SetTargetPages(target);
+            await WaitFor(() => balloon.ActualPages == target);
+            var inflate = sw.Elapsed.TotalMilliseconds;
+            sw.Restart();
+            balloon.SetTargetPages(0);
+            await WaitFor(() => balloon.ActualPages == 0);
+            return (inflate, sw.Elapsed.TotalMilliseconds);
+        }
+    }
+
+    public static async Task Run(ulong memoryGib)
+    {
+        Console.WriteLine($"balloon on a {memoryGib} GiB guest: inflate 7/8 of RAM, then deflate to 0 (time until the guest reports `actual`):");
+        var pfn = await InflateDeflate(memoryGib, "balloon_features=0x10000003f");
+        var bitmap = await InflateDeflate(memoryGib, "");
+        Console.WriteLine($"  PFN arrays (baseline, 256 PFNs per buffer): inflate {pfn.Inflate,8:0} ms, deflate {pfn.Deflate,8:0} ms, total {pfn.Inflate + pfn.Deflate,8:0} ms");
+        Console.WriteLine($"  page bitmaps (FERRY_F_PAGE_BITMAP):         inflate {bitmap.Inflate,8:0} ms, deflate {bitmap.Deflate,8:0} ms, total {bitmap.Inflate + bitmap.Deflate,8:0} ms");
+        Console.WriteLine($"  bitmaps / PFN arrays: {(bitmap.Inflate + bitmap.Deflate) / (pfn.Inflate + pfn.Deflate):0.00}x the time (seed 002 reported 4126 ms -> 590 ms, 0.14x)");
+
+        var (machine, console) = await Guest.Boot(memoryGib << 30);
+        using (machine)
+        {
+            var balloon = machine.Balloon!;
+            await WaitFor(() => balloon.DriverReady);
+            var usable = (await Guest.Cmd(console, "stats")).GetProperty("total_bytes").GetUInt64();
+            await Guest.Cmd(console, $"fill {usable * 4 / 10 >> 20}");
+            var free = (await Guest.Cmd(console, "stats")).GetProperty("free_bytes").GetUInt64();
+            var sw = Stopwatch.StartNew();
+            balloon.StartFreePageHinting();
+            await WaitFor(() => balloon.HintStatus.State == Ferry.Devices.Virtio.Balloon.FreePageHintState.Stopped);
+            var ms = sw.Elapsed.TotalMilliseconds;
+            var hinted = balloon.HintStatus.HintedPages * 4096;
+            balloon.FinishFreePageHinting();
+            Console.WriteLine($"free page hint run with {100.0 * free / usable:0}% of RAM free ({free >> 20} MiB): {ms:0} ms until the guest had no more free blocks; {hinted >> 20} MiB hinted ({100.0 * hinted / free:0.0}% of free)");
         }
     }
 }

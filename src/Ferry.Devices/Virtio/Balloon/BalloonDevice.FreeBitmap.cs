@@ -22,13 +22,29 @@ public sealed partial class BalloonDevice
 
     public async Task<FreePageBitmapResult> RequestFreePageBitmapAsync(bool dropCaches, TimeSpan timeout)
     {
+        // The driver re-posts its request buffer just after it sends the last window of the previous reply, so a
+        // request that follows closely may have to wait for it.
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            lock (_transport.SyncRoot)
+            {
+                if (!_transport.DriverOk || !Has(FERRY_F_FREE_PAGE_BITMAP))
+                    throw new InvalidOperationException("the guest's balloon driver has not negotiated the free page bitmap extension");
+                if (_outstandingRequest != 0)
+                    throw new InvalidOperationException("a free page bitmap request is already in progress");
+                if (_heldRequest is not null)
+                    break;
+            }
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException($"the guest did not post its free page bitmap request buffer within {timeout.TotalSeconds:0.#} s");
+            await Task.Delay(1).ConfigureAwait(false);
+        }
         Task<FreePageBitmapResult> wait;
         lock (_transport.SyncRoot)
         {
-            if (!_transport.DriverOk || !Has(FERRY_F_FREE_PAGE_BITMAP))
-                throw new InvalidOperationException("the guest's balloon driver has not negotiated the free page bitmap extension");
             if (_heldRequest is null || _outstandingRequest != 0)
-                throw new InvalidOperationException("a free page bitmap request is already in progress, or the guest has not posted its request buffer");
+                throw new InvalidOperationException("a free page bitmap request is already in progress");
             _outstandingRequest = _nextRequestId++;
             _freeResult = [.. _memory.Blocks.Select(b => new PageBitmap(b.PageCount))];
             _freeResultPages = _freeResultDropped = 0;
