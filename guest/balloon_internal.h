@@ -36,6 +36,7 @@
 #define REPORT_CAPACITY 32              /* blocks per report (Linux's PAGE_REPORTING_CAPACITY) */
 #define SLICE_US 1000                   /* longest stretch of driver work between two looks at the console */
 #define OUT_OF_PUFF_RETRY_MS 200        /* Linux's back-off when inflating finds no free page */
+#define OOM_DEFLATE_STEP 256            /* Linux's VIRTIO_BALLOON_OOM_NR_PAGES */
 
 /* Cookies of hint-queue buffers: a block's pfn, or one of these. */
 #define COOKIE_HINT_ID (1ull << 40)
@@ -126,7 +127,8 @@ void resize_step(uint64_t deadline);
 void hint_config_changed(uint32_t cmd_id);
 void hint_reap(void);
 void hint_step(uint64_t deadline);
-void hint_release_all(bool including_in_flight);
+/* Frees held hint blocks (newest first) until `pages` are freed; returns the pages freed. */
+uint64_t hint_release(uint64_t pages, bool including_in_flight);
 
 /* balloon_report.c */
 void report_step(uint64_t deadline);

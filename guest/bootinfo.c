@@ -46,6 +46,14 @@ static bool parse_byte(const char *s, size_t len, uint8_t *out)
     return true;
 }
 
+/* Accepts 0x-prefixed hex or decimal. */
+static bool parse_number(const char *s, size_t len, uint64_t *out)
+{
+    if (len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+        return parse_hex_u64(s + 2, len - 2, out);
+    return parse_decimal_u64(s, len, out);
+}
+
 static char option_error[128];
 
 static const char *bad_option(const char *word, size_t len)
@@ -62,6 +70,9 @@ const char *boot_info_parse_options(const struct boot_info *info, struct guest_o
 {
     options->free_mode = FREE_MODE_NONE;
     options->poison = 0xaa;
+    options->balloon_features = UINT64_MAX;
+    options->report_order = 9;
+    options->report_delay_ms = 2000;
 
     const char *cmdline = info->cmdline;
     size_t len = info->cmdline_len;
@@ -96,6 +107,19 @@ const char *boot_info_parse_options(const struct boot_info *info, struct guest_o
         } else if (word_equals(word, eq, "poison")) {
             if (!parse_byte(value, value_len, &options->poison))
                 return bad_option(word, word_len);
+        } else if (word_equals(word, eq, "balloon_features")) {
+            if (!parse_number(value, value_len, &options->balloon_features))
+                return bad_option(word, word_len);
+        } else if (word_equals(word, eq, "report_order")) {
+            uint64_t order;
+            if (!parse_number(value, value_len, &order) || order > 10)
+                return bad_option(word, word_len);
+            options->report_order = (unsigned)order;
+        } else if (word_equals(word, eq, "report_delay_ms")) {
+            uint64_t ms;
+            if (!parse_number(value, value_len, &ms) || ms > 86400000)
+                return bad_option(word, word_len);
+            options->report_delay_ms = (uint32_t)ms;
         }
     }
     return NULL;

@@ -60,6 +60,9 @@ enum free_mode {
 struct guest_options {
     enum free_mode free_mode;
     uint8_t poison;
+    uint64_t balloon_features; /* mask of the virtio-balloon features the driver may accept (default all) */
+    unsigned report_order;     /* free page reporting: smallest block order reported (default 9 = 2 MiB) */
+    uint32_t report_delay_ms;  /* how long a block stays free before it is reported (default 2000) */
 };
 
 /* Checks the header fields the guest relies on. Returns NULL if usable, else a message for the panic event. */

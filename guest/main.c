@@ -1,6 +1,7 @@
 /* guest_main: vCPU 0 initialises the OS and runs the console loop; the other vCPUs run dirty workers. */
 #include <stdint.h>
 
+#include "balloon.h"
 #include "bootinfo.h"
 #include "buddy.h"
 #include "config.h"
@@ -17,10 +18,17 @@
 /* Set (release) by vCPU 0 once the allocator and workload are ready; the other vCPUs wait for it. */
 static uint32_t boot_complete;
 
+/*
+ * The idle path of this loop writes no memory: no calls (a call pushes a return address), state in registers,
+ * and the balloon driver is entered only when the device raised InterruptStatus, when it asked for a wake-up
+ * time, or when the allocator has a new block to report.
+ */
 __attribute__((noreturn)) static void console_loop(uint64_t tsc_khz)
 {
     const uint64_t poll_cycles = tsc_khz * CONSOLE_POLL_INTERVAL_US / 1000;
+    const uint64_t isr_cycles = tsc_khz * BALLOON_ISR_POLL_US / 1000;
     uint64_t next_poll = rdtsc();
+    uint64_t next_isr = next_poll;
     for (;;) {
         uint64_t now = rdtsc();
         if (now >= next_poll) {
@@ -32,6 +40,14 @@ __attribute__((noreturn)) static void console_loop(uint64_t tsc_khz)
         /* vCPU 0's share of a dirty run, done between polls so the console stays responsive. */
         if (workload_cpu0_dirtying)
             workload_cpu0_step(next_poll);
+        if (now >= next_isr) {
+            next_isr = now + isr_cycles;
+            uint32_t isr = balloon_isr_peek();
+            if (isr != 0)
+                balloon_service(isr);
+        }
+        if (now >= load_relaxed(&balloon_wake_tsc) || load_relaxed(&buddy_report_kick) != 0)
+            balloon_service(0);
         cpu_relax();
     }
 }
@@ -65,6 +81,8 @@ void guest_main(const struct boot_info *info, uint64_t cpu_index)
     if (error != NULL)
         panic(error);
     workload_init(info->cpu_count, info->tsc_khz);
+    /* Before "ready": the driver's rings are reserved memory, not part of usable_bytes. */
+    balloon_init(info, &options);
     shell_init(info);
 
     store_release(&boot_complete, 1);

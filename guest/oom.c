@@ -16,7 +16,7 @@ bool oom_make_room(uint64_t pages, enum oom_reclaim how)
     if (free_pages + reclaimable < pages)
         return false;
 
-    balloon_release_hints();
+    balloon_release_hints(pages - free_pages);
     free_pages = buddy_free_pages();
     if (how == OOM_RECLAIM_ALL && free_pages < pages) {
         cache_drop(pages - free_pages);

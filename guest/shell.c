@@ -4,7 +4,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "balloon.h"
 #include "buddy.h"
+#include "cache.h"
 #include "config.h"
 #include "format.h"
 #include "io.h"
@@ -218,6 +220,9 @@ static const char *cmd_stats(const struct word *args, unsigned arg_count, struct
     for (unsigned cpu = 0; cpu < boot_info->cpu_count; cpu++)
         total_dirtied += workload_pages_dirtied(cpu);
     out_field_u64(reply, "pages_dirtied", total_dirtied);
+    out_field_u64(reply, "cache_bytes", cache_pages() * PAGE_SIZE);
+    out_field_u64(reply, "balloon_bytes", balloon_pages() * PAGE_SIZE);
+    out_field_u64(reply, "hinted_bytes", balloon_hinted_pages() * PAGE_SIZE);
     out_field_u64(reply, "verify_failures", workload_verify_failures_total());
     out_field_bool(reply, "dirty_running", workload_dirty_running());
     out_key(reply, "cpus");
@@ -243,6 +248,52 @@ static const char *cmd_info(const struct word *args, unsigned arg_count, struct 
     out_field_u64(reply, "stacks_end", (uint64_t)__stacks_end);
     out_field_u64(reply, "meta_start", buddy_meta_start());
     out_field_u64(reply, "meta_end", buddy_meta_end());
+    out_field_u64(reply, "driver_start", balloon_driver_start());
+    out_field_u64(reply, "driver_end", balloon_driver_end());
+    return NULL;
+}
+
+static const char *cmd_balloon(const struct word *args, unsigned arg_count, struct out *reply)
+{
+    (void)args;
+    (void)arg_count;
+    struct balloon_info info;
+    balloon_get_info(&info);
+    out_field_bool(reply, "present", info.present);
+    out_field_bool(reply, "broken", info.broken);
+    out_field_u64(reply, "features", info.features);
+    out_field_u64(reply, "num_pages", info.num_pages);
+    out_field_u64(reply, "actual", info.actual);
+    out_field_u64(reply, "hint_cmd_id", info.hint_cmd_id);
+    out_field_u64(reply, "hinted_pages", info.hinted_pages);
+    out_field_u64(reply, "hint_runs", info.hint_runs);
+    out_field_u64(reply, "reported_pages", info.reported_pages);
+    out_field_u64(reply, "oom_deflated_pages", info.oom_deflated_pages);
+    out_field_bool(reply, "bitmap_mode", info.bitmap_mode);
+    out_field_u64(reply, "free_bitmap_requests", info.free_bitmap_requests);
+    return NULL;
+}
+
+/* `cache MIB` adds reclaimable pages; `cache drop` frees them all. */
+static const char *cmd_cache(const struct word *args, unsigned arg_count, struct out *reply)
+{
+    (void)arg_count;
+    if (args[0].len == 4 && memcmp(args[0].text, "drop", 4) == 0) {
+        out_field_u64(reply, "pages", cache_drop(UINT64_MAX));
+        return NULL;
+    }
+    uint64_t mib;
+    const char *error = parse_number("MIB", &args[0], 1, UINT32_MAX, &mib);
+    if (error != NULL)
+        return error;
+    uint32_t generation;
+    error = cache_add(mib * PAGES_PER_MIB, &generation);
+    if (error != NULL)
+        return error;
+    out_field_u64(reply, "mib", mib);
+    out_field_u64(reply, "pages", mib * PAGES_PER_MIB);
+    out_field_u64(reply, "generation", generation);
+    out_field_u64(reply, "cache_bytes", cache_pages() * PAGE_SIZE);
     return NULL;
 }
 
@@ -265,6 +316,8 @@ static const struct command commands[] = {
     {"verify", 0, 0, "verify", cmd_verify},
     {"stats", 0, 0, "stats", cmd_stats},
     {"info", 0, 0, "info", cmd_info},
+    {"balloon", 0, 0, "balloon", cmd_balloon},
+    {"cache", 1, 1, "cache MIB|drop", cmd_cache},
     {"poweroff", 0, 0, "poweroff", cmd_poweroff},
 };
 
@@ -322,7 +375,7 @@ static void execute_line(char *text, size_t len)
         out_str(&out, "unknown command '");
         for (size_t i = 0; i < name->len && i < 64; i++)
             out_char(&out, name->text[i]);
-        out_str(&out, "' (commands: fill free dirty stop verify stats info poweroff)");
+        out_str(&out, "' (commands: fill free dirty stop verify stats info balloon cache poweroff)");
         out_terminate(&out);
         reply_error(name, error_buf);
         return;

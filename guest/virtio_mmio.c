@@ -9,7 +9,7 @@
 #include "serial.h"
 
 /* How long the driver waits for a buffer it needs back before it declares the device dead. */
-#define WAIT_TIMEOUT_MS 10000
+#define WAIT_TIMEOUT_MS 2000
 
 static uint32_t reg_read(const struct virtio_dev *dev, unsigned offset)
 {

@@ -151,7 +151,7 @@ void virtq_kick(struct virtq *q);
  * (reported, device now broken). */
 int virtq_get_used(struct virtq *q, uint64_t *cookie, uint32_t *len);
 
-/* Polls until one chain comes back (reading memory only). Gives up after 10 s of guest running time (device
+/* Polls until one chain comes back (reading memory only). Gives up after 2 s of guest running time (device
  * broken). Returns true with its cookie and length. */
 bool virtq_wait_used(struct virtq *q, uint64_t *cookie, uint32_t *len);
 
