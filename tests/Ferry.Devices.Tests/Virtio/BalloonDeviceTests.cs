@@ -282,3 +282,48 @@ public sealed class BalloonDeviceTests
         Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
     }
 }
+
+public sealed class BalloonActivationTests
+{
+    [Fact]
+    public void Buffers_posted_before_DRIVER_OK_are_read_when_the_driver_becomes_ready()
+    {
+        using var d = new FakeDriver();
+        // Negotiate, set up the stats queue and post a buffer, kick, and only then set DRIVER_OK (Linux's order).
+        d.SetReg(0x70, 0);
+        d.SetReg(0x70, 3);
+        d.SetReg(0x24, 1);
+        d.SetReg(0x20, 1);            // VERSION_1
+        d.SetReg(0x24, 0);
+        d.SetReg(0x20, 0x3);          // MUST_TELL_HOST | STATS_VQ
+        d.SetReg(0x70, 11);
+        for (var q = 0; q < 3; q++)
+        {
+            var ring = FakeDriver.DescTable(q);
+            d.SetReg(0x30, (uint)q);
+            d.SetReg(0x38, FakeDriver.QueueSize);
+            d.SetReg(0x80, (uint)ring);
+            d.SetReg(0x90, (uint)(ring + 0x1000));
+            d.SetReg(0xA0, (uint)(ring + 0x2000));
+            d.SetReg(0x44, 1);
+        }
+        d.Memory.Write(FakeDriver.BufferBase, (ushort)4);
+        d.Memory.Write(FakeDriver.BufferBase + 2, 12345UL);
+        d.Post(2, (FakeDriver.BufferBase, 10, false));
+        d.Kick(2);
+        Assert.Empty(d.Balloon.LastStats.Stats);
+        d.SetReg(0x70, 15);
+        Assert.Equal(12345UL, d.Balloon.LastStats.Stats[4]);
+    }
+
+    [Fact]
+    public void Setting_the_same_target_again_signals_the_driver_again()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        d.Balloon.SetTargetPages(100);
+        var generation = d.Reg(0xFC);
+        d.Balloon.SetTargetPages(100);
+        Assert.Equal(generation + 1, d.Reg(0xFC));
+    }
+}

@@ -81,8 +81,12 @@ internal sealed class FakeDriver : IDisposable
         var status = Reg(0x70);
         if ((status & 8) == 0)
             return status;
+        Array.Clear(_availIndex);
+        Array.Clear(_usedSeen);
+        _nextDesc = 0;
         for (var q = 0; q < queues; q++)
         {
+            Memory.GetWriteSpan(RingBase + (ulong)q * 0x1_0000, 0x3000).Clear(); // fresh, zeroed rings
             SetReg(0x30, (uint)q);
             SetReg(0x38, QueueSize);
             var ring = RingBase + (ulong)q * 0x1_0000;

@@ -57,11 +57,13 @@ public sealed partial class BalloonDevice
 
     private bool HandleStats(SplitQueue queue, DescriptorChain chain)
     {
+        var returnedOld = false;
         if (_heldStats is not null)
         {
             // Only one buffer may be outstanding; return the older one unread.
             _transport.Log.Warn(Name, VirtioFaults.BadRequest, "a second stats buffer while one is held");
             queue.PushUsed(_heldStats.Head, 0);
+            returnedOld = true;
         }
         var length = chain.ReadableLength;
         if (chain.WritableLength > 0 || length % 10 != 0 || length > MaxStatsBytes)
@@ -77,7 +79,7 @@ public sealed partial class BalloonDevice
         var waiter = _statsWaiter;
         _statsWaiter = null;
         waiter?.TrySetResult(stats);
-        return false;
+        return returnedOld;
     }
 
     private void ResetStats()

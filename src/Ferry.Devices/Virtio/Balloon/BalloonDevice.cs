@@ -136,8 +136,9 @@ public sealed partial class BalloonDevice : IVirtioDevice
     {
         lock (_transport.SyncRoot)
         {
-            if (pages == _numPages)
-                return;
+            // Signal even when the target is unchanged (as QEMU does): after a deflate on OOM the driver stops
+            // chasing the target until the next configuration change, and re-issuing the same size is how a user
+            // asks it to try again.
             _numPages = pages;
             _transport.SignalConfigChange();
         }
@@ -191,6 +192,13 @@ public sealed partial class BalloonDevice : IVirtioDevice
         if (Has(FERRY_F_FREE_PAGE_BITMAP))
             roles.Add(Role.FreeBitmap);
         _roles = [.. roles];
+        // Drivers may post buffers before DRIVER_OK (Linux kicks its first stats buffer during probe); the transport
+        // ignores notifications until then, so look at every queue now.
+        for (var q = 0; q < _roles.Length; q++)
+        {
+            if (_transport.Queue(q).Ready)
+                QueueNotify(q);
+        }
     }
 
     public void Reset()
