@@ -32,13 +32,14 @@ public sealed class DirtyLogTests
         var dirty = log.EnumerateSet().ToHashSet();
         Assert.Empty(filled.Except(dirty));
 
-        // Everything else the guest wrote is its own bookkeeping: .data/.bss (globals, its stacks) and the
-        // allocator's per-page metadata. Nothing else may show up.
+        // Everything else the guest wrote is its own bookkeeping: .data/.bss (globals, its stacks), the
+        // allocator's per-page metadata and the virtio driver's rings. Nothing else may show up.
         ulong P(string name) => info.GetProperty(name).GetUInt64() / 4096;
         bool IsBookkeeping(ulong page) =>
             (page >= P("data_start") && page < (info.GetProperty("image_end").GetUInt64() + 4095) / 4096) ||
             (page >= P("stacks_start") && page < P("stacks_end")) ||
-            (page >= P("meta_start") && page < (info.GetProperty("meta_end").GetUInt64() + 4095) / 4096);
+            (page >= P("meta_start") && page < (info.GetProperty("meta_end").GetUInt64() + 4095) / 4096) ||
+            (page >= P("driver_start") && page < (info.GetProperty("driver_end").GetUInt64() + 4095) / 4096);
         var bookkeeping = dirty.Except(filled).ToList();
         Assert.All(bookkeeping, page => Assert.True(IsBookkeeping(page), $"page 0x{page * 4096:X} is dirty but neither filled nor bookkeeping"));
         Assert.InRange(bookkeeping.Count, 1, 64);
