@@ -175,3 +175,60 @@ public sealed class CliArgumentsTests
         Assert.Contains("takes no value", Assert.Throws<UsageException>(() => CliArguments.Parse(["--paused=1"], "run", [], ["paused"])).Message, StringComparison.Ordinal);
     }
 }
+
+public sealed class CliControlTests
+{
+    [KvmFact]
+    public async Task Balloon_subcommands_print_readable_results()
+    {
+        var socketPath = Path.Combine(Path.GetTempPath(), $"ferry-cli-{Guid.NewGuid():N}.sock");
+        var psi = new ProcessStartInfo("dotnet", [typeof(Program).Assembly.Location, "run", "--memory", "256M", "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+        };
+        using var ferry = Process.Start(psi)!;
+        try
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (!File.Exists(socketPath) && DateTime.UtcNow < deadline)
+                await Task.Delay(50);
+            string Run(params string[] args)
+            {
+                var (code, stdout, stderr) = CliTests.Ferry("", null, args);
+                Assert.True(code == 0, $"ferry {string.Join(' ', args)} failed: {stderr}");
+                return stdout;
+            }
+            var sock = $"unix:{socketPath}";
+            // The driver needs a moment after boot; balloon-info says when it is ready.
+            static string Field(string output, string name) =>
+                output.Split('\n').First(l => l.StartsWith(name + ":", StringComparison.Ordinal))[(name.Length + 1)..].Trim();
+            while (Field(Run("balloon-info", sock), "driver-ready") != "true")
+            {
+                Assert.True(DateTime.UtcNow < deadline, "the balloon driver did not become ready");
+                await Task.Delay(50);
+            }
+            Assert.Contains("balloon target set: guest size 128 MiB", Run("balloon", sock, "128M"), StringComparison.Ordinal);
+            while (Field(Run("balloon-info", sock), "guest size now") != "128.0 MiB")
+            {
+                Assert.True(DateTime.UtcNow < deadline, "the balloon did not reach 128 MiB");
+                await Task.Delay(50);
+            }
+            Assert.Contains("free-memory:", Run("guest-stats", sock), StringComparison.Ordinal);
+            Assert.Contains("free page hint run started, cmd_id 0x8000", Run("hint", sock, "start"), StringComparison.Ordinal);
+            Assert.Contains("hinting:", Run("hint", sock, "status"), StringComparison.Ordinal);
+            Run("hint", sock, "done");
+            Assert.Contains("guest free pages (request 1)", Run("free-bitmap", sock), StringComparison.Ordinal);
+            var (code, _, stderr) = CliTests.Ferry("", null, "balloon", sock, "lots");
+            Assert.NotEqual(0, code);
+            Assert.Contains("'lots' is not a size", stderr, StringComparison.Ordinal);
+            Assert.Contains("VM quitting", Run("quit", sock), StringComparison.Ordinal);
+            Assert.True(ferry.WaitForExit(30_000));
+        }
+        finally
+        {
+            if (!ferry.HasExited)
+                ferry.Kill(entireProcessTree: true);
+        }
+    }
+}
