@@ -327,3 +327,22 @@ public sealed class BalloonActivationTests
         Assert.Equal(generation + 1, d.Reg(0xFC));
     }
 }
+
+public sealed class DeviceWritesTests
+{
+    [Fact]
+    public void Used_ring_and_buffer_writes_by_the_device_are_in_the_VMM_dirty_bitmap()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        var block = d.Memory.Blocks[0];
+        block.VmmDirty.Clear();
+        d.Post(5, (FakeDriver.BufferBase + 0x10000, 16, true));  // free-bitmap request buffer, held by the device
+        d.Kick(5);
+        block.VmmDirty.Clear();                                    // the fake driver's own writes are not the point
+        _ = d.Balloon.RequestFreePageBitmapAsync(false, TimeSpan.FromSeconds(1));
+        var usedRingPage = (FakeDriver.DescTable(5) + 0x2000) / 4096;
+        var bufferPage = (FakeDriver.BufferBase + 0x10000) / 4096;
+        Assert.Equal(new[] { bufferPage, usedRingPage }.Order(), block.VmmDirty.EnumerateSet());
+    }
+}
