@@ -15,14 +15,15 @@ public sealed class GuestConsole : ISerialOutput
     private readonly StringBuilder _partial = new();
     private readonly Lock _lock = new();
     private readonly TextWriter? _echo;
-    private Serial16550? _serial;
+    private Action<byte[]>? _input;
 
     public GuestConsole(TextWriter? echo = null) => _echo = echo;
 
     /// <summary>Every line the guest printed, in order (for diagnostics).</summary>
     public List<string> Transcript { get; } = [];
 
-    internal void Attach(Serial16550 serial) => _serial = serial;
+    /// <summary>Where typed lines go: a Ferry machine's UART, or another VMM's serial port (QEMU's stdin).</summary>
+    public void AttachInput(Action<byte[]> input) => _input = input;
 
     public void Write(ReadOnlySpan<byte> data)
     {
@@ -48,8 +49,8 @@ public sealed class GuestConsole : ISerialOutput
 
     public void SendLine(string line)
     {
-        var serial = _serial ?? throw new InvalidOperationException("console is not attached to a machine");
-        serial.EnqueueInput(Encoding.ASCII.GetBytes(line + "\n"));
+        var input = _input ?? throw new InvalidOperationException("console is not attached to a machine");
+        input(Encoding.ASCII.GetBytes(line + "\n"));
     }
 
     public async Task<string> ReadLineAsync(TimeSpan timeout)

@@ -107,7 +107,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
                 vm.AddMemory(block);
             var machine = new Machine(config, kvm, vm, memory, console);
             if (console is GuestConsole lines)
-                lines.Attach(machine.Serial);
+                lines.AttachInput(bytes => machine.Serial.EnqueueInput(bytes));
             machine.Boot(image);
             return machine;
         }
