@@ -22,11 +22,19 @@ switch (mode)
     case "balloon":
         await BalloonBench.Run(ulong.Parse(Arg("memory-gib", "8"), CultureInfo.InvariantCulture));
         break;
+    case "qemu":
+        await QemuBench.Run(
+            Arg("memory-gib", "4,8").Split(',').Select(g => ulong.Parse(g, CultureInfo.InvariantCulture)).ToArray(),
+            Arg("profiles", "idle-fresh,fill-free,balloon10,dirty").Split(','),
+            Arg("hint", "on,off").Split(',').Select(h => h == "on").ToArray(),
+            long.Parse(Arg("downtime-ms", "300"), CultureInfo.InvariantCulture),
+            int.Parse(Arg("repeat", "3"), CultureInfo.InvariantCulture));
+        break;
     case "dirtylog":
         await DirtyLogBench.Run(ulong.Parse(Arg("memory-gib", "8"), CultureInfo.InvariantCulture));
         break;
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3]");
         return 2;
 }
 return 0;
@@ -235,6 +243,71 @@ internal static class BalloonBench
             var hinted = balloon.HintStatus.HintedPages * 4096;
             balloon.FinishFreePageHinting();
             Console.WriteLine($"free page hint run with {100.0 * free / usable:0}% of RAM free ({free >> 20} MiB): {ms:0} ms until the guest had no more free blocks; {hinted >> 20} MiB hinted ({100.0 * hinted / free:0.0}% of free)");
+        }
+    }
+}
+
+/// <summary>
+/// QEMU's own migration figures for Ferry's guest (issue 4): two QEMU processes on loopback, max-bandwidth at its
+/// maximum. The migration benchmark calls <see cref="Measure"/> to set Ferry's figures beside these.
+/// </summary>
+internal static class QemuBench
+{
+    /// <summary>Boots the guest under QEMU, prepares the profile, migrates once and returns QEMU's figures.</summary>
+    public static async Task<Ferry.Qemu.QemuMigrationResult> Measure(ulong memoryGib, string profile, bool hint, long downtimeMs)
+    {
+        var options = new Ferry.Qemu.QemuOptions { MemoryMib = memoryGib * 1024, FreePageHint = hint };
+        using var source = Ferry.Qemu.QemuGuest.Start(options);
+        var ready = await source.WaitReadyAsync();
+        var usableMib = ready.GetProperty("usable_bytes").GetUInt64() >> 20;
+        switch (profile)
+        {
+            case "idle-fresh":
+                break;
+            case "fill-free":
+                await source.Cmd($"fill {usableMib * 6 / 10}");
+                await source.Cmd("free");
+                break;
+            case "balloon10":
+                await source.BalloonTo(memoryGib * 1024 * 1024 * 1024 / 10);
+                break;
+            case "dirty":
+                await source.Cmd("dirty 200 1024");
+                await Task.Delay(500);
+                break;
+            default:
+                throw new ArgumentException($"unknown profile '{profile}' (idle-fresh, fill-free, balloon10, dirty)");
+        }
+        var (destination, result) = await Ferry.Qemu.QemuMigration.MigrateAsync(source, options, downtimeMs);
+        using (destination)
+        {
+            if (profile == "dirty")
+                await destination.Cmd("stop");
+            var verify = await destination.Cmd("verify");
+            if (!verify.GetProperty("passed").GetBoolean())
+                throw new InvalidOperationException($"verify failed on the QEMU destination: {verify}");
+        }
+        return result;
+    }
+
+    public static async Task Run(ulong[] sizes, string[] profiles, bool[] hints, long downtimeMs, int repeat)
+    {
+        Console.WriteLine($"QEMU {Ferry.Qemu.QemuGuest.Version()} migrating Ferry's guest between two QEMU processes on loopback; max-bandwidth at its maximum, downtime-limit {downtimeMs} ms; median of {repeat} (by total time)");
+        Console.WriteLine($"| size | profile | hint | total ms | downtime ms | transferred MiB | zero pages | normal pages | mbps |");
+        Console.WriteLine($"|---|---|---|---|---|---|---|---|---|");
+        foreach (var size in sizes)
+        {
+            foreach (var profile in profiles)
+            {
+                foreach (var hint in hints)
+                {
+                    var runs = new List<Ferry.Qemu.QemuMigrationResult>();
+                    for (var i = 0; i < repeat; i++)
+                        runs.Add(await Measure(size, profile, hint, downtimeMs));
+                    var r = runs.OrderBy(x => x.TotalTimeMs).ElementAt(runs.Count / 2);
+                    Console.WriteLine($"| {size} GiB | {profile} | {(hint ? "on" : "off")} | {r.TotalTimeMs} | {r.DowntimeMs} | {r.TransferredBytes / 1048576.0:0.0} | {r.ZeroPages} | {r.NormalPages} | {r.Mbps:0} |");
+                }
+            }
         }
     }
 }
