@@ -41,16 +41,19 @@ public sealed class Serial16550 : IPortDevice
         lock (_lock)
         {
             foreach (var b in data)
-            {
-                if (_input.Count >= InputCapacity)
-                {
-                    _overrun = true;
-                    DroppedInputBytes++;
-                    continue;
-                }
-                _input.Enqueue(b);
-            }
+                EnqueueLocked(b);
         }
+    }
+
+    private void EnqueueLocked(byte b)
+    {
+        if (_input.Count >= InputCapacity)
+        {
+            _overrun = true;
+            DroppedInputBytes++;
+            return;
+        }
+        _input.Enqueue(b);
     }
 
     public void Read(ushort offset, Span<byte> data)
@@ -124,7 +127,7 @@ public sealed class Serial16550 : IPortDevice
                     if (dlab)
                         _dll = value;
                     else if ((_mcr & McrLoop) != 0)
-                        _input.Enqueue(value);
+                        EnqueueLocked(value);
                     else
                         _output.Write([value]);
                     break;

@@ -133,7 +133,8 @@ public sealed class SplitQueue
                 fault = VirtioFaults.IndirectNotNegotiated;
                 return null;
             }
-            if (length > 0 && !_memory.TryTranslate(address, length, out _, out _))
+            // Zero-length buffers are checked too: their address is used (as an empty span) like any other.
+            if (!_memory.TryTranslate(address, length, out _, out _))
             {
                 fault = VirtioFaults.BufferOutsideRam;
                 return null;
@@ -169,6 +170,8 @@ public sealed class SplitQueue
             if (offset >= total)
                 break;
             var n = (int)Math.Min(s.Length, (uint)(total - offset));
+            if (n == 0)
+                continue;
             _memory.Read(s.Address, data.AsSpan(offset, n));
             offset += n;
         }
@@ -184,6 +187,8 @@ public sealed class SplitQueue
             if (offset >= data.Length)
                 break;
             var n = (int)Math.Min(s.Length, (uint)(data.Length - offset));
+            if (n == 0)
+                continue;
             _memory.Write(s.Address, data.Slice(offset, n));
             offset += n;
         }

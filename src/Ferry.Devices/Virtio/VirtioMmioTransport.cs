@@ -226,6 +226,12 @@ public sealed class VirtioMmioTransport : IMmioDevice, IVirtioTransport
         }
         if (value == 0)
         {
+            // Without VIRTIO_F_RING_RESET a driver may not take a live queue away: the device may hold its buffers.
+            if (queue.Ready && (_status & VirtioBits.StatusDriverOk) != 0)
+            {
+                NeedsReset(VirtioFaults.BadQueueConfig, $"QueueReady=0 for live queue {_queueSel}");
+                return;
+            }
             queue.Ready = false;
             return;
         }
@@ -242,6 +248,13 @@ public sealed class VirtioMmioTransport : IMmioDevice, IVirtioTransport
         if (value == 0)
         {
             Reset();
+            return;
+        }
+        if ((_status & ~value & 0x0F) != 0)
+        {
+            // Status bits only ever get set until a reset; clearing one would renegotiate features under a device
+            // that holds state from the old ones (e.g. a balloon bitmap trusted only with MUST_TELL_HOST).
+            NeedsReset(VirtioFaults.BadRequest, $"Status write 0x{value:X} clears bits of 0x{_status:X} without a reset");
             return;
         }
         if ((value & VirtioBits.StatusFeaturesOk) != 0 && (_status & VirtioBits.StatusFeaturesOk) == 0)

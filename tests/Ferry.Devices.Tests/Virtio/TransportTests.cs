@@ -206,3 +206,58 @@ public sealed class TransportTests
         Assert.InRange(lines.Count, 5, 10); // at most 5 per second; the loop may straddle a second boundary
     }
 }
+
+/// <summary>Faults found in review: each used to throw into the vCPU thread or to leave the device inconsistent.</summary>
+public sealed class ReviewedFaultTests
+{
+    [Fact]
+    public void A_zero_length_descriptor_outside_RAM_drops_the_chain_instead_of_throwing()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(62), 6);
+        var head = d.Post(0, (0xFFFF_FFFF_0000_0000, 0, false), (d.PutPfns(5), 4, false));
+        d.Kick(0);
+        Assert.Equal(1, d.Log.Count(VirtioFaults.BufferOutsideRam));
+        Assert.Contains(d.TakeUsed(0), u => u.Head == head && u.Length == 0);
+        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+    }
+
+    [Fact]
+    public async Task Taking_a_live_queue_away_sets_needs_reset_and_host_requests_fail_cleanly()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        d.Post(2, (FakeDriver.BufferBase, 10, false));   // stats buffer, now held by the device
+        d.Kick(2);
+        d.SetReg(0x30, 2);
+        d.SetReg(0x44, 0);
+        Assert.Equal(0x40u, d.Reg(0x70) & 0x40);
+        await Assert.ThrowsAsync<InvalidOperationException>(() => d.Balloon.RequestStatsAsync(TimeSpan.FromSeconds(1)));
+    }
+
+    [Fact]
+    public void Clearing_status_bits_without_a_reset_cannot_renegotiate_features()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(0, 62), 6);       // without MUST_TELL_HOST
+        d.Post(0, (d.PutPfns(7), 4, false));
+        d.Kick(0);
+        d.SetReg(0x70, 3);                                    // try to go back to feature negotiation
+        Assert.Equal(0x40u, d.Reg(0x70) & 0x40);
+        Assert.False(d.Balloon.MustTellHost);
+    }
+
+    [Fact]
+    public void Serial_loopback_output_is_capped_like_input()
+    {
+        var serial = new Ferry.Devices.Legacy.Serial16550(new NullOutput());
+        serial.Write(4, [0x10]);                              // MCR.LOOP
+        serial.Write(0, new byte[100_000]);                    // one rep outsb
+        Assert.Equal(100_000 - 64 * 1024, serial.DroppedInputBytes);
+    }
+
+    private sealed class NullOutput : Ferry.Devices.Legacy.ISerialOutput
+    {
+        public void Write(ReadOnlySpan<byte> data) { }
+    }
+}

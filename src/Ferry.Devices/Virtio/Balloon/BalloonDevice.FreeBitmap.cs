@@ -45,6 +45,9 @@ public sealed partial class BalloonDevice
         {
             if (_heldRequest is null || _outstandingRequest != 0)
                 throw new InvalidOperationException("a free page bitmap request is already in progress");
+            var queue = _transport.Queue(_freeBitmapQueue);
+            if (!queue.Ready)
+                throw new InvalidOperationException("the guest's free bitmap queue is not live");
             _outstandingRequest = _nextRequestId++;
             _freeResult = [.. _memory.Blocks.Select(b => new PageBitmap(b.PageCount))];
             _freeResultPages = _freeResultDropped = 0;
@@ -54,9 +57,21 @@ public sealed partial class BalloonDevice
             BinaryPrimitives.WriteUInt16LittleEndian(request, BalloonBitmapMessage.CommandFreePages);
             BinaryPrimitives.WriteUInt16LittleEndian(request[2..], dropCaches ? (ushort)1 : (ushort)0);
             BinaryPrimitives.WriteUInt64LittleEndian(request[8..], _outstandingRequest);
-            var queue = _transport.Queue(_freeBitmapQueue);
-            var written = queue.WriteAll(_heldRequest, request);
-            queue.PushUsed(_heldRequest.Head, written);
+            try
+            {
+                var written = queue.WriteAll(_heldRequest, request);
+                queue.PushUsed(_heldRequest.Head, written);
+            }
+            catch (GuestMemoryException e)
+            {
+                // Buffers were validated when posted; if guest memory still refuses, give up on this request
+                // rather than leave it outstanding for ever.
+                _outstandingRequest = 0;
+                _freeWaiter = null;
+                _heldRequest = null;
+                _transport.NeedsReset(VirtioFaults.BufferOutsideRam, $"free bitmap request buffer: {e.Message}");
+                throw new InvalidOperationException("the guest's free bitmap request buffer is not usable", e);
+            }
             _heldRequest = null;
             _transport.SignalUsed();
         }

@@ -38,9 +38,11 @@ public sealed partial class BalloonDevice
                 throw new InvalidOperationException("the guest's balloon driver has not negotiated the stats queue");
             if (_heldStats is null)
                 throw new InvalidOperationException("the guest has no stats buffer posted yet");
+            var queue = _transport.Queue(_statsQueue);
+            if (!queue.Ready)
+                throw new InvalidOperationException("the guest's stats queue is not live");
             _statsWaiter ??= new TaskCompletionSource<IReadOnlyDictionary<ushort, ulong>>(TaskCreationOptions.RunContinuationsAsynchronously);
             wait = _statsWaiter.Task;
-            var queue = _transport.Queue(_statsQueue);
             queue.PushUsed(_heldStats.Head, 0);
             _heldStats = null;
             _transport.SignalUsed();
