@@ -109,6 +109,9 @@ internal sealed class UnixSocketConsole : ConsoleBackend
                 {
                     return;
                 }
+                // A client that stops reading must not block the vCPU thread writing guest output: sends give up
+                // after 200 ms and the client is dropped.
+                client.SendTimeout = 200;
                 lock (_lock)
                     _client = client;
                 try

@@ -95,7 +95,14 @@ public static class Program
             qmp = new QmpServer(qmpSpec[5..]);
             MachineCommands.Register(qmp, machine);
             BalloonCommands.Register(qmp, machine);
-            qmp.Start();
+            try
+            {
+                qmp.Start();
+            }
+            catch (IOException e)
+            {
+                throw new UsageException($"ferry run: --qmp {qmpSpec}: {e.Message}");
+            }
         }
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; machine.Stop("interrupted (SIGINT)"); });
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; machine.Stop("terminated (SIGTERM)"); });

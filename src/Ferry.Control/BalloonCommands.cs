@@ -18,7 +18,24 @@ public static class BalloonCommands
         BalloonDevice Device() => balloon ?? throw new QmpException("DeviceNotActive", "No balloon device has been activated");
         ulong GuestBytes(uint pages) => ram - Math.Min(ram, (ulong)pages * 4096);
 
-        balloon?.ActualChanged += actual => server.Emit("BALLOON_CHANGE", new JsonObject { ["actual"] = GuestBytes(actual) });
+        if (balloon is not null)
+        {
+            // The guest decides how often `actual` changes; like QEMU, report it at most once a second (the latest
+            // value), from a timer rather than from the vCPU thread that holds the device lock.
+            var latest = -1L;
+            var reported = -1L;
+            var timer = new Timer(_ =>
+            {
+                var value = Interlocked.Read(ref latest);
+                if (value >= 0 && value != reported)
+                {
+                    reported = value;
+                    server.Emit("BALLOON_CHANGE", new JsonObject { ["actual"] = GuestBytes((uint)value) });
+                }
+            }, null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
+            server.Disposing += timer.Dispose;
+            balloon.ActualChanged += actual => Interlocked.Exchange(ref latest, actual);
+        }
 
         server.Register("balloon", args =>
         {

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using System.Text;
+using System.Threading.Channels;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
@@ -17,6 +18,8 @@ public delegate JsonNode? QmpHandler(JsonObject? arguments);
 public sealed class QmpServer : IAsyncDisposable
 {
     private const int MaxRequestBytes = 1 << 20;
+    private const int MaxConnections = 16;
+    private const int MaxQueuedMessages = 256;
 
     private readonly Dictionary<string, QmpHandler> _commands = new(StringComparer.Ordinal);
     private readonly List<Connection> _connections = [];
@@ -24,6 +27,7 @@ public sealed class QmpServer : IAsyncDisposable
     private readonly CancellationTokenSource _stopping = new();
     private Socket? _listener;
     private Task? _acceptLoop;
+    private readonly List<Task> _serving = [];
     private int _disposed;
 
     public QmpServer(string socketPath)
@@ -35,6 +39,9 @@ public sealed class QmpServer : IAsyncDisposable
 
     public string SocketPath { get; }
 
+    /// <summary>Raised when the server is disposed (command sets release their timers).</summary>
+    public event Action? Disposing;
+
     public void Register(string name, QmpHandler handler) => _commands[name] = handler;
 
     public void Start()
@@ -42,7 +49,15 @@ public sealed class QmpServer : IAsyncDisposable
         if (File.Exists(SocketPath))
             File.Delete(SocketPath);
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        listener.Bind(new UnixDomainSocketEndPoint(SocketPath));
+        try
+        {
+            listener.Bind(new UnixDomainSocketEndPoint(SocketPath));
+        }
+        catch (SocketException e)
+        {
+            listener.Dispose();
+            throw new IOException($"cannot listen on the QMP socket {SocketPath}: {e.Message}", e);
+        }
         listener.Listen(8);
         _listener = listener;
         _acceptLoop = Task.Run(AcceptLoopAsync);
@@ -80,12 +95,22 @@ public sealed class QmpServer : IAsyncDisposable
             }
             catch (SocketException)
             {
+                // Out of descriptors or a transient error: back off instead of spinning.
+                await Task.Delay(100).ConfigureAwait(false);
                 continue;
             }
-            var connection = new Connection(client);
             lock (_lock)
+            {
+                if (_connections.Count >= MaxConnections)
+                {
+                    client.Dispose();
+                    continue;
+                }
+                var connection = new Connection(client);
                 _connections.Add(connection);
-            _ = Task.Run(() => ServeAsync(connection));
+                _serving.RemoveAll(t => t.IsCompleted);
+                _serving.Add(Task.Run(() => ServeAsync(connection)));
+            }
         }
     }
 
@@ -106,10 +131,30 @@ public sealed class QmpServer : IAsyncDisposable
                 },
             }).ConfigureAwait(false);
             using var stream = new NetworkStream(connection.Socket, ownsSocket: false);
-            using var reader = new StreamReader(stream, Encoding.UTF8);
+            var reader = new BoundedLineReader(stream, MaxRequestBytes);
             while (!_stopping.IsCancellationRequested)
             {
-                var line = await reader.ReadLineAsync(_stopping.Token).ConfigureAwait(false);
+                var (line, overLong) = await reader.ReadLineAsync(_stopping.Token).ConfigureAwait(false);
+                if (overLong)
+                {
+                    // Nothing more from this client can be trusted to be framed correctly: answer, stop sending, and
+                    // drain its input for a moment so closing does not reset the connection before it reads the answer.
+                    var error = new JsonObject { ["error"] = new JsonObject { ["class"] = QmpException.GenericError, ["desc"] = $"request over the {MaxRequestBytes}-byte limit; closing" } };
+                    await connection.Socket.SendAsync(Encoding.UTF8.GetBytes(error.ToJsonString() + "\r\n"), SocketFlags.None).ConfigureAwait(false);
+                    connection.Socket.Shutdown(SocketShutdown.Send);
+                    using var drain = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+                    var sink = new byte[64 * 1024];
+                    try
+                    {
+                        while (await stream.ReadAsync(sink, drain.Token).ConfigureAwait(false) > 0)
+                        {
+                        }
+                    }
+                    catch (OperationCanceledException)
+                    {
+                    }
+                    return;
+                }
                 if (line is null)
                     return;
                 if (string.IsNullOrWhiteSpace(line))
@@ -168,8 +213,9 @@ public sealed class QmpServer : IAsyncDisposable
         {
             return WithId(new JsonObject { ["error"] = new JsonObject { ["class"] = e.Class, ["desc"] = e.Message } }, id);
         }
-        catch (Exception e) when (e is InvalidOperationException or ArgumentException or TimeoutException or FormatException)
+        catch (Exception e)
         {
+            // Whatever a handler throws becomes an error reply: the client always gets an answer.
             return WithId(new JsonObject { ["error"] = new JsonObject { ["class"] = QmpException.GenericError, ["desc"] = e.Message } }, id);
         }
     }
@@ -185,15 +231,22 @@ public sealed class QmpServer : IAsyncDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
             return;
+        Disposing?.Invoke();
         await _stopping.CancelAsync().ConfigureAwait(false);
         _listener?.Dispose();
         if (_acceptLoop is not null)
             await _acceptLoop.ConfigureAwait(false);
         Connection[] open;
+        Task[] serving;
         lock (_lock)
+        {
             open = [.. _connections];
+            serving = [.. _serving];
+        }
         foreach (var c in open)
             c.Socket.Dispose();
+        // Handlers in flight finish before the caller tears the machine down under them.
+        await Task.WhenAll(serving).WaitAsync(TimeSpan.FromSeconds(15)).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         _stopping.Dispose();
         try
         {
@@ -204,35 +257,87 @@ public sealed class QmpServer : IAsyncDisposable
         }
     }
 
-    internal sealed class Connection(Socket socket) : IDisposable
+    /// <summary>
+    /// One client. Outgoing messages go through a bounded queue drained by one writer, so a client that does not
+    /// read cannot make the server hold an unbounded backlog (the oldest events are dropped).
+    /// </summary>
+    internal sealed class Connection : IDisposable
     {
-        private readonly SemaphoreSlim _sendLock = new(1, 1);
+        private readonly Channel<byte[]> _outgoing = Channel.CreateBounded<byte[]>(new BoundedChannelOptions(MaxQueuedMessages)
+        {
+            FullMode = BoundedChannelFullMode.DropOldest,
+            SingleReader = true,
+        });
 
-        public Socket Socket { get; } = socket;
+        public Connection(Socket socket)
+        {
+            Socket = socket;
+            _ = Task.Run(WriteLoopAsync);
+        }
+
+        public Socket Socket { get; }
 
         public bool Negotiated { get; set; }
 
-        public void Dispose()
+        public Task SendAsync(JsonObject message)
         {
-            Socket.Dispose();
-            _sendLock.Dispose();
+            _outgoing.Writer.TryWrite(Encoding.UTF8.GetBytes(message.ToJsonString() + "\r\n"));
+            return Task.CompletedTask;
         }
 
-        public async Task SendAsync(JsonObject message)
+        private async Task WriteLoopAsync()
         {
-            var bytes = Encoding.UTF8.GetBytes(message.ToJsonString() + "\r\n");
-            await _sendLock.WaitAsync().ConfigureAwait(false);
             try
             {
-                await Socket.SendAsync(bytes, SocketFlags.None).ConfigureAwait(false);
+                await foreach (var bytes in _outgoing.Reader.ReadAllAsync().ConfigureAwait(false))
+                    await Socket.SendAsync(bytes, SocketFlags.None).ConfigureAwait(false);
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException)
             {
             }
-            finally
+        }
+
+        public void Dispose()
+        {
+            _outgoing.Writer.TryComplete();
+            Socket.Dispose();
+        }
+    }
+}
+
+/// <summary>Reads '\n'-terminated UTF-8 lines, refusing any line longer than a limit before buffering it.</summary>
+internal sealed class BoundedLineReader(Stream stream, int maxBytes)
+{
+    private readonly byte[] _buffer = new byte[64 * 1024];
+    private readonly System.Buffers.ArrayBufferWriter<byte> _line = new();
+    private int _start, _end;
+
+    /// <summary>The next line (without "\r\n"), null at end of stream, or OverLong when the limit was passed.</summary>
+    public async Task<(string? Line, bool OverLong)> ReadLineAsync(CancellationToken cancel)
+    {
+        _line.ResetWrittenCount();
+        while (true)
+        {
+            if (_start == _end)
             {
-                _sendLock.Release();
+                _start = 0;
+                _end = await stream.ReadAsync(_buffer, cancel).ConfigureAwait(false);
+                if (_end == 0)
+                    return (_line.WrittenCount > 0 ? Decode() : null, false);
+            }
+            var newline = Array.IndexOf(_buffer, (byte)'\n', _start, _end - _start);
+            var take = (newline >= 0 ? newline : _end) - _start;
+            if (_line.WrittenCount + take > maxBytes)
+                return (null, true);
+            System.Buffers.BuffersExtensions.Write(_line, _buffer.AsSpan(_start, take));
+            _start += take;
+            if (newline >= 0)
+            {
+                _start++;
+                return (Decode(), false);
             }
         }
     }
+
+    private string Decode() => Encoding.UTF8.GetString(_line.WrittenSpan).TrimEnd('\r');
 }

@@ -83,6 +83,23 @@ public sealed unsafe class VcpuRunner : IDisposable
         }
     }
 
+    /// <summary>Waits until the thread has left its parked state (or stopped). Returns false on timeout.</summary>
+    public bool WaitResumed(TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        lock (_gate)
+        {
+            while (_state == RunnerState.Paused && !_pauseRequested)
+            {
+                var left = deadline - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero)
+                    return false;
+                Monitor.Wait(_gate, left);
+            }
+            return true;
+        }
+    }
+
     /// <summary>Asks the thread to stop for good; safe to call from the vCPU thread itself (e.g. on power-off).</summary>
     public void RequestStop()
     {
@@ -94,14 +111,20 @@ public sealed unsafe class VcpuRunner : IDisposable
         Kick();
     }
 
-    public bool Join(TimeSpan timeout) => _thread.ThreadState == ThreadState.Unstarted || _thread.Join(timeout);
+    public bool Join(TimeSpan timeout) => (_thread.ThreadState & ThreadState.Unstarted) != 0 || _thread.Join(timeout);
 
     private void Kick()
     {
-        Vcpu.SetImmediateExit(true);
-        var tid = _tid;
-        if (tid != 0)
-            VcpuKick.Send(tid);
+        // Under the gate, so the thread cannot exit (and its tid be reused) between the check and the signal.
+        lock (_gate)
+        {
+            if (_state == RunnerState.Stopped)
+                return;
+            Vcpu.SetImmediateExit(true);
+            var tid = _tid;
+            if (tid != 0)
+                VcpuKick.Send(tid);
+        }
     }
 
     private void SetState(RunnerState state)
@@ -129,7 +152,12 @@ public sealed unsafe class VcpuRunner : IDisposable
         }
         finally
         {
-            SetState(RunnerState.Stopped);
+            lock (_gate)
+            {
+                _tid = 0;
+                _state = RunnerState.Stopped;
+                Monitor.PulseAll(_gate);
+            }
         }
     }
 
@@ -172,7 +200,10 @@ public sealed unsafe class VcpuRunner : IDisposable
             while (_pauseRequested && !_stopRequested)
                 Monitor.Wait(_gate);
             if (!_stopRequested)
+            {
                 _state = RunnerState.Running;
+                Monitor.PulseAll(_gate);
+            }
         }
         VcpuKick.ConsumePending();
         if (!_stopRequested)

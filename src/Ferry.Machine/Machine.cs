@@ -25,6 +25,8 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     private readonly List<VcpuRunner> _runners = [];
     private readonly TaskCompletionSource<MachineExit> _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Lock _stateLock = new();
+    // Held for a whole pause or resume, so concurrent callers (QMP clients, migration) see each one complete.
+    private readonly Lock _lifecycle = new();
     private uint[]? _savedMsrs;
     private bool _started;
     private bool _paused;
@@ -151,43 +153,70 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
         }
         foreach (var runner in _runners)
             runner.Start(paused);
-        if (paused)
-            WaitAllPaused();
+        if (paused && !WaitAllPaused())
+            throw new TimeoutException("the vCPU threads did not start");
     }
 
-    /// <summary>Takes every vCPU out of the guest and parks it; returns once all are parked (bounded).</summary>
+    /// <summary>
+    /// Takes every vCPU out of the guest and parks it; returns once all are parked. Bounded: if they are not all
+    /// parked within 5 s the machine is resumed and the pause fails.
+    /// </summary>
     public void Pause()
     {
-        lock (_stateLock)
+        lock (_lifecycle)
         {
-            if (_paused || _exited.Task.IsCompleted)
-                return;
-            _paused = true;
+            lock (_stateLock)
+            {
+                if (_paused || _exited.Task.IsCompleted)
+                    return;
+            }
+            foreach (var runner in _runners)
+                runner.RequestPause();
+            if (!WaitAllPaused())
+            {
+                foreach (var runner in _runners)
+                    runner.Resume();
+                throw new TimeoutException($"the vCPUs did not pause within {PauseTimeout.TotalSeconds} s");
+            }
+            lock (_stateLock)
+                _paused = true;
         }
-        foreach (var runner in _runners)
-            runner.RequestPause();
-        WaitAllPaused();
     }
 
-    private void WaitAllPaused()
+    /// <summary>Waits, against one deadline for all, until every runner is parked or stopped.</summary>
+    private bool WaitAllPaused()
     {
+        var deadline = DateTime.UtcNow + PauseTimeout;
         foreach (var runner in _runners)
         {
-            if (!runner.WaitPaused(PauseTimeout))
-                throw new TimeoutException($"vCPU {runner.Vcpu.Index} did not pause within {PauseTimeout.TotalSeconds} s");
+            var left = deadline - DateTime.UtcNow;
+            if (!runner.WaitPaused(left > TimeSpan.Zero ? left : TimeSpan.Zero))
+                return false;
         }
+        return true;
     }
 
     public void Resume()
     {
-        lock (_stateLock)
+        lock (_lifecycle)
         {
-            if (!_paused || _exited.Task.IsCompleted)
-                return;
-            _paused = false;
+            lock (_stateLock)
+            {
+                if (!_paused || _exited.Task.IsCompleted)
+                    return;
+                _paused = false;
+            }
+            foreach (var runner in _runners)
+                runner.Resume();
+            // Return once every vCPU is back in the guest, so a `cont` that answered means running.
+            var deadline = DateTime.UtcNow + PauseTimeout;
+            foreach (var runner in _runners)
+            {
+                var left = deadline - DateTime.UtcNow;
+                if (!runner.WaitResumed(left > TimeSpan.Zero ? left : TimeSpan.Zero))
+                    throw new TimeoutException($"vCPU {runner.Vcpu.Index} did not resume within {PauseTimeout.TotalSeconds} s");
+            }
         }
-        foreach (var runner in _runners)
-            runner.Resume();
     }
 
     /// <summary>The vCPU state of every vCPU; the machine must be paused.</summary>
@@ -249,8 +278,17 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     public void Dispose()
     {
         Finish(new MachineExit(MachineExitKind.Quit, 0, "machine disposed"));
+        var joined = true;
         foreach (var runner in _runners)
-            runner.Join(TimeSpan.FromSeconds(5));
+            joined &= runner.Join(TimeSpan.FromSeconds(5));
+        if (!joined)
+        {
+            // A vCPU thread is stuck (e.g. blocked writing console output): unmapping its kvm_run page or guest RAM
+            // under it would turn a hang into memory corruption, so leak them instead.
+            Console.Error.WriteLine("ferry: warning: a vCPU thread did not stop within 5 s; leaving its resources in place");
+            _kvm.Dispose();
+            return;
+        }
         foreach (var vcpu in _vcpus)
             vcpu.Dispose();
         Vm.Dispose();

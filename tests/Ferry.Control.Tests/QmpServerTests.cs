@@ -101,3 +101,60 @@ public sealed class QmpServerTests : IAsyncLifetime, IDisposable
         Assert.NotNull(evt["timestamp"]?["seconds"]);
     }
 }
+
+public sealed class QmpHostileClientTests : IAsyncLifetime, IDisposable
+{
+    private readonly string _path = Path.Combine(Path.GetTempPath(), $"ferry-qmp-{Guid.NewGuid():N}.sock");
+    private QmpServer _server = null!;
+
+    public Task InitializeAsync()
+    {
+        _server = new QmpServer(_path);
+        _server.Register("boom", _ => throw new NullReferenceException("a handler bug"));
+        _server.Start();
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync() => await _server.DisposeAsync();
+
+    public void Dispose() => _server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+
+    [Fact]
+    public async Task A_line_over_the_limit_is_refused_before_it_is_buffered()
+    {
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await socket.ConnectAsync(new UnixDomainSocketEndPoint(_path));
+        using var stream = new NetworkStream(socket);
+        using var reader = new StreamReader(stream, Encoding.UTF8);
+        await reader.ReadLineAsync(); // greeting
+        var chunk = new byte[64 * 1024];
+        Array.Fill(chunk, (byte)'x');
+        try
+        {
+            for (var i = 0; i < 64; i++) // 4 MiB, no newline
+                await stream.WriteAsync(chunk);
+        }
+        catch (IOException)
+        {
+            // The server may close the connection while we are still sending.
+        }
+        var reply = await reader.ReadLineAsync();
+        Assert.Contains("over the", reply, StringComparison.Ordinal);
+        Assert.Null(await reader.ReadLineAsync()); // and the connection is closed
+    }
+
+    [Fact]
+    public async Task A_handler_that_throws_anything_still_gets_the_client_an_error_reply()
+    {
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await socket.ConnectAsync(new UnixDomainSocketEndPoint(_path));
+        using var stream = new NetworkStream(socket);
+        using var reader = new StreamReader(stream, Encoding.UTF8);
+        using var writer = new StreamWriter(stream, new UTF8Encoding(false)) { AutoFlush = true };
+        await reader.ReadLineAsync();
+        await writer.WriteAsync("{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"boom\"}\n");
+        await reader.ReadLineAsync();
+        var reply = await reader.ReadLineAsync();
+        Assert.Contains("a handler bug", reply, StringComparison.Ordinal);
+    }
+}

@@ -69,3 +69,37 @@ public sealed class PauseAndStateTests
         Assert.True(verify.GetProperty("pages_checked").GetUInt64() >= 4096 + 2048);
     }
 }
+
+public sealed class LifecycleTests
+{
+    [KvmFact]
+    public void A_machine_that_was_never_started_disposes_cleanly()
+    {
+        var machine = Machine.Create(new MachineConfig { MemoryBytes = 64UL << 20, GuestImagePath = GuestImageLocator.Locate() }, new GuestConsole());
+        machine.Dispose();
+        Assert.Equal("shutdown", machine.Status);
+    }
+
+    [KvmFact]
+    public async Task Concurrent_pause_and_resume_calls_leave_every_vcpu_in_the_state_the_machine_reports()
+    {
+        using var guest = await BootedGuest.StartAsync(memoryMib: 128, cpus: 2);
+        await guest.Cmd("dirty 50 8");
+        for (var round = 0; round < 20; round++)
+        {
+            var calls = Enumerable.Range(0, 4).Select(i => Task.Run(() =>
+            {
+                if ((i + round) % 2 == 0)
+                    guest.Machine.Pause();
+                else
+                    guest.Machine.Resume();
+            })).ToArray();
+            await Task.WhenAll(calls);
+            var expected = guest.Machine.Status == "paused" ? VcpuRunner.RunnerState.Paused : VcpuRunner.RunnerState.Running;
+            Assert.All(guest.Machine.Runners, r => Assert.Equal(expected, r.State));
+        }
+        guest.Machine.Resume();
+        await guest.Cmd("stop");
+        Assert.True((await guest.Cmd("verify")).GetProperty("passed").GetBoolean());
+    }
+}
