@@ -31,8 +31,9 @@ public sealed class QemuGuest : IDisposable
     private readonly Thread _reader;
     private QmpClient? _qmp;
 
-    private QemuGuest(Process process, string qmpPath, GuestConsole console)
+    private QemuGuest(Process process, string qmpPath, GuestConsole console, QemuOptions options)
     {
+        Options = options;
         _process = process;
         _qmpPath = qmpPath;
         Console = console;
@@ -60,6 +61,8 @@ public sealed class QemuGuest : IDisposable
     }
 
     public GuestConsole Console { get; }
+
+    public QemuOptions Options { get; }
 
     public bool HasExited => _process.HasExited;
 
@@ -134,7 +137,7 @@ public sealed class QemuGuest : IDisposable
                 System.Console.Error.WriteLine($"qemu: {e.Data}");
         };
         process.BeginErrorReadLine();
-        return new QemuGuest(process, qmpPath, new GuestConsole());
+        return new QemuGuest(process, qmpPath, new GuestConsole(), options);
     }
 
     /// <summary>QMP, connected on first use (the socket appears once QEMU has started).</summary>
@@ -178,8 +181,11 @@ public sealed class QemuGuest : IDisposable
     public async Task BalloonTo(ulong guestBytes)
     {
         Qmp.Execute("balloon", new JsonObject { ["value"] = guestBytes });
+        // QEMU keeps the target in whole pages: num_pages = (ram - value) >> 12, and reports ram - actual pages.
+        var ram = Options.MemoryMib << 20;
+        var expected = ram - (ram - guestBytes) / 4096 * 4096;
         var deadline = DateTime.UtcNow + Timeout;
-        while (Qmp.Execute("query-balloon")!["actual"]!.GetValue<ulong>() != guestBytes)
+        while (Qmp.Execute("query-balloon")!["actual"]!.GetValue<ulong>() != expected)
         {
             if (DateTime.UtcNow > deadline)
                 throw new TimeoutException($"QEMU's balloon did not reach a guest size of {guestBytes} bytes");
