@@ -174,6 +174,7 @@ void balloon_init(const struct boot_info *info, const struct guest_options *opti
     uint64_t offered;
     const char *error = virtio_start(&balloon.dev, &offered);
     if (error == NULL) {
+        balloon.offered = offered;
         uint64_t wanted = DRIVER_FEATURES & options->balloon_features;
         /* poison_val describes what freed pages hold: only meaningful when the allocator poisons them. */
         if (options->free_mode != FREE_MODE_POISON)
@@ -278,6 +279,7 @@ void balloon_get_info(struct balloon_info *info)
     if (!balloon.present)
         return;
     info->features = balloon.features;
+    info->offered = balloon.offered;
     info->num_pages = balloon.dev.broken ? balloon.target
                                          : virtio_config_read32(&balloon.dev, BALLOON_CFG_NUM_PAGES);
     info->actual = (uint32_t)balloon.pages;

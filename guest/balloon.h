@@ -35,6 +35,7 @@ struct balloon_info {
     bool present;
     bool broken;
     uint64_t features;
+    uint64_t offered; /* what the device offered */
     uint32_t num_pages;
     uint32_t actual;
     uint32_t hint_cmd_id;

@@ -65,6 +65,7 @@ struct balloon {
     struct virtio_dev dev;
     bool present; /* negotiated and running (it may have broken since: dev.broken) */
     uint64_t features;
+    uint64_t offered; /* the device's features, before the driver's choice */
     uint64_t tsc_khz;
     struct virtq *inflate_q, *deflate_q, *stats_q, *hint_q, *report_q, *fbmap_q;
     uint8_t *chunks; /* BITMAP_MAX_CHUNKS at most, contiguous, BITMAP_CHUNK_BYTES each */

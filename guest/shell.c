@@ -262,6 +262,7 @@ static const char *cmd_balloon(const struct word *args, unsigned arg_count, stru
     out_field_bool(reply, "present", info.present);
     out_field_bool(reply, "broken", info.broken);
     out_field_u64(reply, "features", info.features);
+    out_field_u64(reply, "offered", info.offered);
     out_field_u64(reply, "num_pages", info.num_pages);
     out_field_u64(reply, "actual", info.actual);
     out_field_u64(reply, "hint_cmd_id", info.hint_cmd_id);

@@ -26,7 +26,8 @@ bool virtio_find(const struct boot_info *info, uint32_t device_id, struct virtio
     unsigned count = info->device_count < BOOT_INFO_MAX_DEVICES ? info->device_count : BOOT_INFO_MAX_DEVICES;
     for (unsigned i = 0; i < count; i++) {
         const struct boot_device *d = &info->devices[i];
-        if (d->kind != 1 || d->size < 0x200 || (d->base & 0xfff) != 0)
+        /* Ferry's devices are 4 KiB apart, QEMU microvm's transports 512 bytes. */
+        if (d->kind != 1 || d->size < 0x200 || (d->base & 0x1ff) != 0)
             continue;
         struct virtio_dev probe = {.base = d->base, .tsc_khz = info->tsc_khz};
         if (reg_read(&probe, VIRTIO_MMIO_MAGIC_VALUE) != VIRTIO_MMIO_MAGIC)
