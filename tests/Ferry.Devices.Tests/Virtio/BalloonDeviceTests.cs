@@ -52,11 +52,27 @@ public sealed class BalloonDeviceTests
     }
 
     [Fact]
-    public void Queue_numbers_count_only_negotiated_queues()
+    public void The_spec_s_fixed_queue_numbers_are_understood()
     {
         using var d = new FakeDriver();
-        // Without STATS_VQ and FREE_PAGE_HINT, reporting is queue 2.
+        // Without STATS_VQ and FREE_PAGE_HINT, a driver following the spec puts reporting at queue 4.
+        d.Negotiate(FakeDriver.AllFeatures(1, 3, 62, 63), [0, 1, 4]);
+        Assert.True(d.Balloon.UsesFixedQueueNumbers);
+        Touch(d, 8 << 20, 4 << 20);
+        var before = d.Memory.Blocks[0].AllocatedBytes();
+        d.Post(4, (8 << 20, 4 << 20, true));
+        d.Kick(4);
+        Assert.Equal(1024UL, d.Balloon.Counters.ReportedPages);
+        Assert.True(before - d.Memory.Blocks[0].AllocatedBytes() >= 4 << 20);
+    }
+
+    [Fact]
+    public void Compacted_queue_numbers_of_older_Linux_drivers_are_understood()
+    {
+        using var d = new FakeDriver();
+        // Without STATS_VQ and FREE_PAGE_HINT, Linux before 6.11 puts reporting at queue 2.
         d.Negotiate(FakeDriver.AllFeatures(1, 3, 62, 63), 3);
+        Assert.False(d.Balloon.UsesFixedQueueNumbers);
         Touch(d, 8 << 20, 4 << 20);
         var before = d.Memory.Blocks[0].AllocatedBytes();
         d.Post(2, (8 << 20, 4 << 20, true));
@@ -183,7 +199,7 @@ public sealed class BalloonDeviceTests
         var allocated = block.AllocatedBytes();
 
         var id = d.Balloon.StartFreePageHinting();
-        Assert.True(id >= BalloonDevice.CmdIdMin);
+        Assert.Equal(0x8000_0001u, id); // QEMU's first cmd_id
         Assert.Equal(id, d.ReadConfig32(8));
         SendCmdId(d, id);
         d.Post(FreePage, (32 << 20, 4 << 20, true));

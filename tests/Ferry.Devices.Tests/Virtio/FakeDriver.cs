@@ -68,7 +68,11 @@ internal sealed class FakeDriver : IDisposable
     }
 
     /// <summary>The whole init sequence; returns the status read back after FEATURES_OK.</summary>
-    public uint Negotiate(ulong features, int queues, uint poisonValue = 0)
+    public uint Negotiate(ulong features, int queues, uint poisonValue = 0) =>
+        Negotiate(features, Enumerable.Range(0, queues).ToArray(), poisonValue);
+
+    /// <summary>The init sequence, making ready exactly the given queue indices.</summary>
+    public uint Negotiate(ulong features, int[] queueIndices, uint poisonValue = 0)
     {
         SetReg(0x70, 0);
         SetReg(0x70, 1);
@@ -84,7 +88,7 @@ internal sealed class FakeDriver : IDisposable
         Array.Clear(_availIndex);
         Array.Clear(_usedSeen);
         _nextDesc = 0;
-        for (var q = 0; q < queues; q++)
+        foreach (var q in queueIndices)
         {
             Memory.GetWriteSpan(RingBase + (ulong)q * 0x1_0000, 0x3000).Clear(); // fresh, zeroed rings
             SetReg(0x30, (uint)q);

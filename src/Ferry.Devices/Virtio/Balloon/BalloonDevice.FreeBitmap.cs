@@ -89,7 +89,7 @@ public sealed partial class BalloonDevice
 
     private bool HandleFreeBitmap(SplitQueue queue, DescriptorChain chain)
     {
-        _freeBitmapQueue = Array.IndexOf(_roles, Role.FreeBitmap);
+        _freeBitmapQueue = QueueOf(Role.FreeBitmap);
         if (chain.WritableLength > 0 && chain.ReadableLength == 0)
         {
             if (chain.WritableLength < 16 || _heldRequest is not null)

@@ -10,7 +10,8 @@ namespace Ferry.Devices.Virtio.Balloon;
 /// </summary>
 public sealed partial class BalloonDevice
 {
-    private uint _nextCmdId = CmdIdMin;
+    // QEMU increments before use, so its first run is 0x80000001; after 0xFFFFFFFF it wraps to 0x80000000.
+    private uint _lastCmdId = CmdIdMin;
     private uint _driverCmdId;
     private FreePageHintState _hintState = FreePageHintState.Idle;
     private ulong _hintedPages, _staleHints, _hintBytesOutsideRam;
@@ -35,15 +36,15 @@ public sealed partial class BalloonDevice
             return _hintBitmaps?[IndexOf(block)];
     }
 
-    /// <summary>Starts a hint run with a fresh cmd_id (0x80000000 upward, wrapping back to 0x80000000).</summary>
+    /// <summary>Starts a hint run with a fresh cmd_id, as QEMU numbers them (0x80000001 first, wrapping to 0x80000000).</summary>
     public uint StartFreePageHinting()
     {
         lock (_transport.SyncRoot)
         {
             if (!_transport.DriverOk || !Has(FREE_PAGE_HINT))
                 throw new InvalidOperationException("the guest's balloon driver has not negotiated free page hinting");
-            var id = _nextCmdId;
-            _nextCmdId = id == uint.MaxValue ? CmdIdMin : id + 1;
+            var id = _lastCmdId == uint.MaxValue ? CmdIdMin : _lastCmdId + 1;
+            _lastCmdId = id;
             _configCmdId = id;
             _hintState = FreePageHintState.Requested;
             _hintedPages = 0;

@@ -77,7 +77,7 @@ public sealed partial class BalloonDevice
         _lastStats = stats;
         _lastStatsTime = DateTimeOffset.UtcNow;
         _heldStats = chain;
-        _statsQueue = Array.IndexOf(_roles, Role.Stats);
+        _statsQueue = QueueOf(Role.Stats);
         var waiter = _statsWaiter;
         _statsWaiter = null;
         waiter?.TrySetResult(stats);

@@ -40,7 +40,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
 
     private readonly GuestMemory _memory;
     private readonly PageBitmap[] _balloonBitmaps;
-    private Role[] _roles = [];
+    private Role?[] _roleByQueue = [];
     private IVirtioTransport _transport = null!;
 
     private uint _numPages;
@@ -83,6 +83,11 @@ public sealed partial class BalloonDevice : IVirtioDevice
     public bool MustTellHost => Has(MUST_TELL_HOST);
 
     public bool Has(int feature) => VirtioBits.Has(_transport.NegotiatedFeatures, feature);
+
+    /// <summary>Whether the driver numbered its queues as the spec fixes them (true) or compacted them (false).</summary>
+    public bool UsesFixedQueueNumbers { get; private set; }
+
+    private int QueueOf(Role role) => Array.IndexOf(_roleByQueue, role);
 
     public ulong NegotiatedFeatures => _transport.NegotiatedFeatures;
 
@@ -180,23 +185,33 @@ public sealed partial class BalloonDevice : IVirtioDevice
         _poisonValue = BinaryPrimitives.ReadUInt32LittleEndian(config[12..]);
     }
 
+    /// <summary>
+    /// Maps queue indices to roles. The spec fixes the indices (an absent queue keeps its number); Linux before 6.11
+    /// numbered only the negotiated queues. The device offers every queue, so the two schemes differ only when the
+    /// driver leaves a feature out; the queues it made ready tell which scheme it used.
+    /// </summary>
     public void Activate()
     {
-        var roles = new List<Role> { Role.Inflate, Role.Deflate };
-        if (Has(STATS_VQ))
-            roles.Add(Role.Stats);
-        if (Has(FREE_PAGE_HINT))
-            roles.Add(Role.FreePage);
-        if (Has(REPORTING))
-            roles.Add(Role.Reporting);
-        if (Has(FERRY_F_FREE_PAGE_BITMAP))
-            roles.Add(Role.FreeBitmap);
-        _roles = [.. roles];
+        Role?[] fixedRoles = [Role.Inflate, Role.Deflate, Role.Stats, Role.FreePage, Role.Reporting, Role.FreeBitmap];
+        bool Negotiated(Role role) => role switch
+        {
+            Role.Stats => Has(STATS_VQ),
+            Role.FreePage => Has(FREE_PAGE_HINT),
+            Role.Reporting => Has(REPORTING),
+            Role.FreeBitmap => Has(FERRY_F_FREE_PAGE_BITMAP),
+            _ => true,
+        };
+        var compacted = fixedRoles.Where(r => Negotiated(r!.Value)).ToArray();
+        var fixedNumbering = fixedRoles.Select(r => Negotiated(r!.Value) ? r : null).ToArray();
+        bool MatchesReadyQueues(Role?[] mapping) => Enumerable.Range(0, QueueCount)
+            .All(q => (q < mapping.Length && mapping[q] is not null) == _transport.Queue(q).Ready);
+        UsesFixedQueueNumbers = MatchesReadyQueues(fixedNumbering) || !MatchesReadyQueues(compacted);
+        _roleByQueue = UsesFixedQueueNumbers ? fixedNumbering : compacted;
         // Drivers may post buffers before DRIVER_OK (Linux kicks its first stats buffer during probe); the transport
         // ignores notifications until then, so look at every queue now.
-        for (var q = 0; q < _roles.Length; q++)
+        for (var q = 0; q < _roleByQueue.Length; q++)
         {
-            if (_transport.Queue(q).Ready)
+            if (_roleByQueue[q] is not null && _transport.Queue(q).Ready)
                 QueueNotify(q);
         }
     }
@@ -207,7 +222,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
         // them may be used again without a deflate.
         foreach (var bitmap in _balloonBitmaps)
             bitmap.Clear();
-        _roles = [];
+        _roleByQueue = [];
         _actual = 0;
         _poisonValue = 0;
         _configCmdId = 0;
@@ -218,12 +233,11 @@ public sealed partial class BalloonDevice : IVirtioDevice
 
     public void QueueNotify(int queueIndex)
     {
-        if (queueIndex >= _roles.Length)
+        if (queueIndex >= _roleByQueue.Length || _roleByQueue[queueIndex] is not { } role)
         {
             _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"notify for queue {queueIndex}, which the negotiated features do not define");
             return;
         }
-        var role = _roles[queueIndex];
         var queue = _transport.Queue(queueIndex);
         var returned = false;
         string? ringFault;
