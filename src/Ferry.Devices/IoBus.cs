@@ -14,25 +14,17 @@ public interface IPortDevice
 /// </summary>
 public sealed class IoBus
 {
-    private readonly List<(ushort Base, ushort Length, IPortDevice Device)> _ranges = [];
+    private readonly RangeMap<IPortDevice> _devices = new();
 
     public long UnclaimedAccesses;
 
-    public void Register(ushort basePort, ushort length, IPortDevice device)
-    {
-        foreach (var (b, l, _) in _ranges)
-        {
-            if (basePort < b + l && b < basePort + length)
-                throw new ArgumentException($"ports 0x{basePort:X}+{length} overlap a device at 0x{b:X}+{l}");
-        }
-        _ranges.Add((basePort, length, device));
-    }
+    public void Register(ushort basePort, ushort length, IPortDevice device) => _devices.Add(basePort, length, device, "ports");
 
     public void Read(ushort port, Span<byte> data)
     {
-        if (TryFind(port, out var device, out var offset))
+        if (_devices.TryFind(port, out var device, out var offset))
         {
-            device.Read(offset, data);
+            device.Read((ushort)offset, data);
             return;
         }
         Interlocked.Increment(ref UnclaimedAccesses);
@@ -41,25 +33,9 @@ public sealed class IoBus
 
     public void Write(ushort port, ReadOnlySpan<byte> data)
     {
-        if (TryFind(port, out var device, out var offset))
-            device.Write(offset, data);
+        if (_devices.TryFind(port, out var device, out var offset))
+            device.Write((ushort)offset, data);
         else
             Interlocked.Increment(ref UnclaimedAccesses);
-    }
-
-    private bool TryFind(ushort port, out IPortDevice device, out ushort offset)
-    {
-        foreach (var (b, l, d) in _ranges)
-        {
-            if (port >= b && port < b + l)
-            {
-                device = d;
-                offset = (ushort)(port - b);
-                return true;
-            }
-        }
-        device = null!;
-        offset = 0;
-        return false;
     }
 }

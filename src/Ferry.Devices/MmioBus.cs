@@ -11,29 +11,18 @@ public interface IMmioDevice
 /// <summary>Routes MMIO exits to devices; unclaimed addresses read as all ones and ignore writes.</summary>
 public sealed class MmioBus
 {
-    private readonly List<(ulong Base, ulong Length, IMmioDevice Device)> _ranges = [];
+    private readonly RangeMap<IMmioDevice> _devices = new();
 
     public long UnclaimedAccesses;
 
-    public void Register(ulong baseAddress, ulong length, IMmioDevice device)
-    {
-        foreach (var (b, l, _) in _ranges)
-        {
-            if (baseAddress < b + l && b < baseAddress + length)
-                throw new ArgumentException($"MMIO range 0x{baseAddress:X}+0x{length:X} overlaps a device at 0x{b:X}");
-        }
-        _ranges.Add((baseAddress, length, device));
-    }
+    public void Register(ulong baseAddress, ulong length, IMmioDevice device) => _devices.Add(baseAddress, length, device, "MMIO range");
 
     public void Read(ulong address, Span<byte> data)
     {
-        foreach (var (b, l, d) in _ranges)
+        if (_devices.TryFind(address, out var device, out var offset))
         {
-            if (address >= b && address - b < l)
-            {
-                d.Read(address - b, data);
-                return;
-            }
+            device.Read(offset, data);
+            return;
         }
         Interlocked.Increment(ref UnclaimedAccesses);
         data.Fill(0xFF);
@@ -41,14 +30,9 @@ public sealed class MmioBus
 
     public void Write(ulong address, ReadOnlySpan<byte> data)
     {
-        foreach (var (b, l, d) in _ranges)
-        {
-            if (address >= b && address - b < l)
-            {
-                d.Write(address - b, data);
-                return;
-            }
-        }
-        Interlocked.Increment(ref UnclaimedAccesses);
+        if (_devices.TryFind(address, out var device, out var offset))
+            device.Write(offset, data);
+        else
+            Interlocked.Increment(ref UnclaimedAccesses);
     }
 }
