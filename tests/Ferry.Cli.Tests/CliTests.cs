@@ -34,6 +34,22 @@ public sealed class CliTests
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 
+    /// <summary>Starts `ferry run` with its console and QMP on Unix sockets; returns once the QMP socket exists.</summary>
+    internal static async Task<(Process Ferry, string QmpSocket)> StartWithQmp(string memory)
+    {
+        var socketPath = Path.Combine(Path.GetTempPath(), $"ferry-cli-{Guid.NewGuid():N}.sock");
+        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", memory, "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+        };
+        var ferry = Process.Start(psi)!;
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (!File.Exists(socketPath) && DateTime.UtcNow < deadline && !ferry.HasExited)
+            await Task.Delay(50);
+        return (ferry, socketPath);
+    }
+
     private static void AssertOneLineError(int code, string stderr, string expected)
     {
         Assert.NotEqual(0, code);
@@ -119,18 +135,10 @@ public sealed class CliTests
     [KvmFact]
     public async Task The_QMP_socket_answers_status_stop_cont_and_quit()
     {
-        var socketPath = Path.Combine(Path.GetTempPath(), $"ferry-cli-{Guid.NewGuid():N}.sock");
-        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", "64M", "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])
-        {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-        };
-        using var ferry = Process.Start(psi)!;
+        var (started, socketPath) = await StartWithQmp("64M");
+        using var ferry = started;
         try
         {
-            var deadline = DateTime.UtcNow.AddSeconds(60);
-            while (!File.Exists(socketPath) && DateTime.UtcNow < deadline)
-                await Task.Delay(50);
             using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath));
             using var stream = new NetworkStream(socket);
@@ -190,18 +198,11 @@ public sealed class CliControlTests
     [KvmFact]
     public async Task Balloon_subcommands_print_readable_results()
     {
-        var socketPath = Path.Combine(Path.GetTempPath(), $"ferry-cli-{Guid.NewGuid():N}.sock");
-        var psi = new ProcessStartInfo("dotnet", [typeof(Program).Assembly.Location, "run", "--memory", "256M", "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])
-        {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-        };
-        using var ferry = Process.Start(psi)!;
+        var (started, socketPath) = await CliTests.StartWithQmp("256M");
+        using var ferry = started;
         try
         {
             var deadline = DateTime.UtcNow.AddSeconds(60);
-            while (!File.Exists(socketPath) && DateTime.UtcNow < deadline)
-                await Task.Delay(50);
             string Run(params string[] args)
             {
                 var (code, stdout, stderr) = CliTests.Ferry("", null, args);
