@@ -47,7 +47,7 @@
 
 /* Without 1 GiB pages the stub maps at most this many GiB with 2 MiB pages (one page directory each, in .bss,
  * untouched otherwise); pvh.c clamps RAM to what is mapped. */
-#define FALLBACK_MAX_GIB 8
+#define FALLBACK_MAX_GIB 64
 /* With 2 MiB pages, the device window is the top 32 MiB below 4 GiB: QEMU microvm's virtio-mmio transports
  * (0xfeb00000), IOAPIC (0xfec00000) and local APIC (0xfee00000). With 1 GiB pages it is all of [3 GiB, 4 GiB). */
 #define WINDOW_2M_PAGES 16
