@@ -28,7 +28,7 @@ internal static class Demo
         machine.Start();
         var ready = await WaitReady(console, machine).ConfigureAwait(false);
         Console.WriteLine($"booted: {config.Cpus} vCPU(s), {MachineConfig.FormatSize(config.MemoryBytes)} RAM, guest shell ready {sw.ElapsedMilliseconds} ms after start");
-        Console.WriteLine($"  guest manages {Mib(ready, "usable_bytes")} MiB; {Mib(ready, "reserved_bytes")} MiB reserved (VMM structures, guest image and stacks, allocator metadata)");
+        Console.WriteLine($"  guest manages {Mib(ready, "usable_bytes")} MiB; {Mib(ready, "reserved_bytes")} MiB reserved (VMM structures, guest image and stacks, allocator metadata, virtio rings)");
 
         var fillMib = (ulong)(config.MemoryBytes / GuestLayout.MiB / 2);
         machine.Vm.SetDirtyLogging(true);
