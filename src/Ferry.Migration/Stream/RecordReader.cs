@@ -1,0 +1,229 @@
+using System.Buffers.Binary;
+using System.Text;
+
+namespace Ferry.Migration.Stream;
+
+/// <summary>One validated record. Data points into the reader's buffer: valid until the next read.</summary>
+public readonly record struct Record(
+    RecordType Type, int Block, ulong PageOffset, ulong PageCount, ReadOnlyMemory<byte> Data,
+    StateKind StateKind = 0, ushort StateIndex = 0, string StateName = "", uint Pass = 0);
+
+/// <summary>
+/// Reads and validates one channel of a migration stream against the destination's own RAM blocks. Every field is
+/// hostile: a record that is malformed, corrupted, out of range or out of sequence raises
+/// <see cref="StreamFormatException"/> naming the fault; nothing is returned that has not been checked.
+/// </summary>
+public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDescriptor> localBlocks)
+{
+    private byte[] _buffer = new byte[64 * 1024];
+    private int[] _blockMap = [];
+    private uint _expectedSequence;
+    private ulong _pages, _zeroPages, _ballooned;
+    private bool _ended;
+
+    /// <summary>Reads the stream header and maps its blocks onto the local ones (same names and sizes).</summary>
+    public StreamHeader ReadHeader()
+    {
+        Span<byte> start = stackalloc byte[16];
+        ReadExactly(start, "stream header");
+        if (!start[..8].SequenceEqual(StreamHeader.Magic))
+            throw new StreamFormatException("not a Ferry migration stream (bad magic)");
+        var version = BinaryPrimitives.ReadUInt32LittleEndian(start[8..]);
+        if (version != StreamHeader.Version)
+            throw new StreamFormatException($"stream version {version} is not supported (this Ferry reads version {StreamHeader.Version})");
+        var length = BinaryPrimitives.ReadUInt32LittleEndian(start[12..]);
+        var maxLength = 16 + 8 + 4 + 4 + StreamHeader.MaxBlocks * (2 + StreamHeader.MaxNameBytes + 8) + 4;
+        if (length < 16 + 16 + 4 || length > maxLength)
+            throw new StreamFormatException($"stream header length {length} is outside 36..{maxLength}");
+        var header = new byte[length];
+        start.CopyTo(header);
+        ReadExactly(header.AsSpan(16), "stream header");
+        var crc = BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan((int)length - 4));
+        if (crc != Crc32C.Compute(header.AsSpan(0, (int)length - 4)))
+            throw new StreamFormatException("stream header checksum mismatch");
+        var span = header.AsSpan(16, (int)length - 20);
+        var capabilities = BinaryPrimitives.ReadUInt64LittleEndian(span);
+        var channels = BinaryPrimitives.ReadUInt32LittleEndian(span[8..]);
+        var count = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
+        if (channels is < 1 or > StreamHeader.MaxChannels)
+            throw new StreamFormatException($"channel count {channels} is outside 1..{StreamHeader.MaxChannels}");
+        if (count is < 1 or > StreamHeader.MaxBlocks)
+            throw new StreamFormatException($"RAM block count {count} is outside 1..{StreamHeader.MaxBlocks}");
+        span = span[16..];
+        var blocks = new List<BlockDescriptor>();
+        for (var i = 0; i < count; i++)
+        {
+            if (span.Length < 2)
+                throw new StreamFormatException("stream header ends inside the block table");
+            var nameLength = BinaryPrimitives.ReadUInt16LittleEndian(span);
+            if (nameLength is 0 or > StreamHeader.MaxNameBytes || span.Length < 2 + nameLength + 8)
+                throw new StreamFormatException($"block {i}: name length {nameLength} is bad or runs past the header");
+            var name = Encoding.UTF8.GetString(span.Slice(2, nameLength));
+            var size = BinaryPrimitives.ReadUInt64LittleEndian(span[(2 + nameLength)..]);
+            blocks.Add(new BlockDescriptor(name, size));
+            span = span[(2 + nameLength + 8)..];
+        }
+        if (span.Length != 0)
+            throw new StreamFormatException($"{span.Length} unexpected bytes after the block table");
+        _blockMap = new int[blocks.Count];
+        for (var i = 0; i < blocks.Count; i++)
+        {
+            var local = localBlocks.Select((b, index) => (b, index)).FirstOrDefault(x => x.b.Name == blocks[i].Name);
+            if (local.b is null)
+                throw new StreamFormatException($"the stream has RAM block '{blocks[i].Name}', which this machine does not");
+            if (local.b.Size != blocks[i].Size)
+                throw new StreamFormatException($"RAM block '{blocks[i].Name}' is {blocks[i].Size} bytes in the stream and {local.b.Size} here");
+            _blockMap[i] = local.index;
+        }
+        if (localBlocks.Any(l => blocks.All(b => b.Name != l.Name)))
+            throw new StreamFormatException("this machine has RAM blocks the stream does not");
+        return new StreamHeader(capabilities, (int)channels, blocks);
+    }
+
+    /// <summary>The next record, validated. END is returned once (totals checked); reading past it is an error.</summary>
+    public Record ReadRecord()
+    {
+        if (_ended)
+            throw new StreamFormatException("read past END");
+        Span<byte> frame = stackalloc byte[StreamLimits.FrameHeaderSize];
+        ReadExactly(frame, "record header (the stream ended before END)");
+        var type = (RecordType)BinaryPrimitives.ReadUInt16LittleEndian(frame);
+        var length = BinaryPrimitives.ReadUInt32LittleEndian(frame[4..]);
+        var crc = BinaryPrimitives.ReadUInt32LittleEndian(frame[8..]);
+        var sequence = BinaryPrimitives.ReadUInt32LittleEndian(frame[12..]);
+        var where = $"record {sequence} ({type})";
+        if (!Enum.IsDefined(type))
+            throw new StreamFormatException($"record {sequence}: unknown type {(ushort)type}");
+        if (BinaryPrimitives.ReadUInt16LittleEndian(frame[2..]) != 0)
+            throw new StreamFormatException($"{where}: flags must be 0");
+        if (length > StreamLimits.MaxPayload)
+            throw new StreamFormatException($"{where}: payload length {length} is over the {StreamLimits.MaxPayload}-byte limit");
+        if (_buffer.Length < length)
+            _buffer = new byte[Math.Max(length, (uint)_buffer.Length * 2)];
+        var payload = _buffer.AsSpan(0, (int)length);
+        ReadExactly(payload, where);
+        if (crc != Crc32C.Append(Crc32C.Compute(frame[..8]), payload))
+            throw new StreamFormatException($"{where}: checksum mismatch");
+        if (sequence != _expectedSequence)
+            throw new StreamFormatException($"{where}: sequence {sequence}, expected {_expectedSequence}");
+        _expectedSequence++;
+        return Decode(type, payload, where);
+    }
+
+    private Record Decode(RecordType type, ReadOnlySpan<byte> p, string where)
+    {
+        switch (type)
+        {
+            case RecordType.Pages:
+            case RecordType.ZeroRun:
+            {
+                RequireLength(p, 16, type == RecordType.Pages ? -1 : 16, where);
+                var block = Block(BinaryPrimitives.ReadUInt16LittleEndian(p), where);
+                var count = BinaryPrimitives.ReadUInt32LittleEndian(p[4..]);
+                var offset = BinaryPrimitives.ReadUInt64LittleEndian(p[8..]);
+                if (count == 0 || (type == RecordType.Pages && count > StreamLimits.MaxPagesPerRecord))
+                    throw new StreamFormatException($"{where}: page count {count} is outside 1..{(type == RecordType.Pages ? StreamLimits.MaxPagesPerRecord : uint.MaxValue)}");
+                CheckRange(block, offset, count, where);
+                if (type == RecordType.Pages)
+                {
+                    if ((ulong)(p.Length - 16) != count * (ulong)StreamLimits.PageSize)
+                        throw new StreamFormatException($"{where}: {p.Length - 16} data bytes for {count} pages");
+                    _pages += count;
+                    return new Record(type, block, offset, count, _buffer.AsMemory(16, p.Length - 16));
+                }
+                _zeroPages += count;
+                return new Record(type, block, offset, count, ReadOnlyMemory<byte>.Empty);
+            }
+            case RecordType.BalloonBitmap:
+            {
+                RequireLength(p, 16, -1, where);
+                var block = Block(BinaryPrimitives.ReadUInt16LittleEndian(p), where);
+                var bytes = BinaryPrimitives.ReadUInt32LittleEndian(p[4..]);
+                var first = BinaryPrimitives.ReadUInt64LittleEndian(p[8..]);
+                if (bytes == 0 || bytes % 8 != 0 || bytes > StreamLimits.MaxBitmapBytes || (ulong)(p.Length - 16) != bytes)
+                    throw new StreamFormatException($"{where}: bitmap of {bytes} bytes (a multiple of 8 up to {StreamLimits.MaxBitmapBytes}, all present)");
+                if (first % 64 != 0)
+                    throw new StreamFormatException($"{where}: first page {first} is not a multiple of 64");
+                var bitmap = p[16..];
+                var lastSet = LastSetBit(bitmap);
+                if (lastSet >= 0)
+                    CheckRange(block, first * StreamLimits.PageSize, (ulong)lastSet + 1, where + " (the bitmap claims pages past its block)");
+                foreach (var b in bitmap)
+                    _ballooned += (ulong)System.Numerics.BitOperations.PopCount(b);
+                return new Record(type, block, first * StreamLimits.PageSize, bytes * 8UL, _buffer.AsMemory(16, (int)bytes));
+            }
+            case RecordType.State:
+            {
+                RequireLength(p, 12, -1, where);
+                var kind = (StateKind)BinaryPrimitives.ReadUInt16LittleEndian(p);
+                var index = BinaryPrimitives.ReadUInt16LittleEndian(p[2..]);
+                var nameLength = BinaryPrimitives.ReadUInt16LittleEndian(p[4..]);
+                var blobLength = BinaryPrimitives.ReadUInt32LittleEndian(p[8..]);
+                if (!Enum.IsDefined(kind))
+                    throw new StreamFormatException($"{where}: unknown state kind {(ushort)kind}");
+                if (nameLength > StreamLimits.MaxStateNameBytes || blobLength > StreamLimits.MaxStateBlobBytes || (ulong)p.Length != 12UL + nameLength + blobLength)
+                    throw new StreamFormatException($"{where}: name of {nameLength} and blob of {blobLength} bytes do not fill the {p.Length}-byte payload");
+                var name = Encoding.UTF8.GetString(p.Slice(12, nameLength));
+                return new Record(type, -1, 0, 0, _buffer.AsMemory(12 + nameLength, (int)blobLength), kind, index, name);
+            }
+            case RecordType.PassEnd:
+                RequireLength(p, 8, 8, where);
+                return new Record(type, -1, 0, 0, ReadOnlyMemory<byte>.Empty, Pass: BinaryPrimitives.ReadUInt32LittleEndian(p));
+            default: // End
+            {
+                RequireLength(p, 24, 24, where);
+                var pages = BinaryPrimitives.ReadUInt64LittleEndian(p);
+                var zero = BinaryPrimitives.ReadUInt64LittleEndian(p[8..]);
+                var ballooned = BinaryPrimitives.ReadUInt64LittleEndian(p[16..]);
+                if (pages != _pages || zero != _zeroPages || ballooned != _ballooned)
+                    throw new StreamFormatException($"{where}: END counts {pages}/{zero}/{ballooned} pages (data/zero/ballooned), the stream carried {_pages}/{_zeroPages}/{_ballooned}");
+                _ended = true;
+                return new Record(type, -1, 0, 0, ReadOnlyMemory<byte>.Empty);
+            }
+        }
+    }
+
+    private static void RequireLength(ReadOnlySpan<byte> payload, int min, int exact, string where)
+    {
+        if (payload.Length < min || (exact >= 0 && payload.Length != exact))
+            throw new StreamFormatException($"{where}: payload of {payload.Length} bytes, {(exact >= 0 ? $"expected {exact}" : $"at least {min} required")}");
+    }
+
+    private int Block(ushort streamIndex, string where)
+    {
+        if (streamIndex >= _blockMap.Length)
+            throw new StreamFormatException($"{where}: block index {streamIndex} is outside the {_blockMap.Length} blocks of the header");
+        return _blockMap[streamIndex];
+    }
+
+    private void CheckRange(int block, ulong byteOffset, ulong pages, string where)
+    {
+        var size = localBlocks[block].Size;
+        if (byteOffset % StreamLimits.PageSize != 0)
+            throw new StreamFormatException($"{where}: offset 0x{byteOffset:X} is not page-aligned");
+        if (byteOffset > size || pages > (size - byteOffset) / StreamLimits.PageSize)
+            throw new StreamFormatException($"{where}: {pages} pages at offset 0x{byteOffset:X} run past the end of block '{localBlocks[block].Name}' ({size} bytes)");
+    }
+
+    private static long LastSetBit(ReadOnlySpan<byte> bitmap)
+    {
+        for (var i = bitmap.Length - 1; i >= 0; i--)
+        {
+            if (bitmap[i] != 0)
+                return i * 8L + 7 - System.Numerics.BitOperations.LeadingZeroCount((uint)bitmap[i]) + 24;
+        }
+        return -1;
+    }
+
+    private void ReadExactly(Span<byte> destination, string what)
+    {
+        try
+        {
+            input.ReadExactly(destination);
+        }
+        catch (EndOfStreamException)
+        {
+            throw new StreamFormatException($"stream truncated inside {what}");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+using System.Buffers.Binary;
+using System.Text;
+
+namespace Ferry.Migration.Stream;
+
+/// <summary>Counts of what a stream carried; END repeats them so the destination can cross-check.</summary>
+public readonly record struct StreamTotals(ulong Pages, ulong ZeroPages, ulong BalloonedPages);
+
+/// <summary>Writes one channel of a migration stream (docs/migration-stream.md). Not thread-safe: one writer per channel.</summary>
+public sealed class RecordWriter(System.IO.Stream output)
+{
+    private readonly byte[] _frame = new byte[StreamLimits.FrameHeaderSize + 32];
+    private uint _sequence;
+    private ulong _pages, _zeroPages, _ballooned;
+
+    public StreamTotals Totals => new(_pages, _zeroPages, _ballooned);
+
+    public void WriteHeader(StreamHeader header) => output.Write(HeaderCodec.Encode(header));
+
+    public void WritePages(ushort block, ulong pageOffset, ReadOnlySpan<byte> pages)
+    {
+        if (pages.Length == 0 || pages.Length % StreamLimits.PageSize != 0 || pages.Length > StreamLimits.MaxPagesPerRecord * StreamLimits.PageSize)
+            throw new ArgumentException($"a PAGES record carries 1..{StreamLimits.MaxPagesPerRecord} whole pages, not {pages.Length} bytes", nameof(pages));
+        var count = (uint)(pages.Length / StreamLimits.PageSize);
+        Span<byte> fixedPart = stackalloc byte[16];
+        BinaryPrimitives.WriteUInt16LittleEndian(fixedPart, block);
+        BinaryPrimitives.WriteUInt32LittleEndian(fixedPart[4..], count);
+        BinaryPrimitives.WriteUInt64LittleEndian(fixedPart[8..], pageOffset);
+        Write(RecordType.Pages, fixedPart, pages);
+        _pages += count;
+    }
+
+    public void WriteZeroRun(ushort block, ulong pageOffset, uint count)
+    {
+        Span<byte> payload = stackalloc byte[16];
+        BinaryPrimitives.WriteUInt16LittleEndian(payload, block);
+        BinaryPrimitives.WriteUInt32LittleEndian(payload[4..], count);
+        BinaryPrimitives.WriteUInt64LittleEndian(payload[8..], pageOffset);
+        Write(RecordType.ZeroRun, payload, []);
+        _zeroPages += count;
+    }
+
+    public void WriteBalloonBitmap(ushort block, ulong firstPage, ReadOnlySpan<byte> bitmap)
+    {
+        Span<byte> fixedPart = stackalloc byte[16];
+        BinaryPrimitives.WriteUInt16LittleEndian(fixedPart, block);
+        BinaryPrimitives.WriteUInt32LittleEndian(fixedPart[4..], (uint)bitmap.Length);
+        BinaryPrimitives.WriteUInt64LittleEndian(fixedPart[8..], firstPage);
+        Write(RecordType.BalloonBitmap, fixedPart, bitmap);
+        foreach (var b in bitmap)
+            _ballooned += (ulong)System.Numerics.BitOperations.PopCount(b);
+    }
+
+    public void WriteState(StateKind kind, ushort index, string name, ReadOnlySpan<byte> blob)
+    {
+        var nameBytes = Encoding.UTF8.GetBytes(name);
+        var fixedPart = new byte[12 + nameBytes.Length];
+        BinaryPrimitives.WriteUInt16LittleEndian(fixedPart, (ushort)kind);
+        BinaryPrimitives.WriteUInt16LittleEndian(fixedPart.AsSpan(2), index);
+        BinaryPrimitives.WriteUInt16LittleEndian(fixedPart.AsSpan(4), (ushort)nameBytes.Length);
+        BinaryPrimitives.WriteUInt32LittleEndian(fixedPart.AsSpan(8), (uint)blob.Length);
+        nameBytes.CopyTo(fixedPart, 12);
+        Write(RecordType.State, fixedPart, blob);
+    }
+
+    public void WritePassEnd(uint pass)
+    {
+        Span<byte> payload = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt32LittleEndian(payload, pass);
+        Write(RecordType.PassEnd, payload, []);
+    }
+
+    /// <summary>Ends the stream with the totals of everything written through this writer.</summary>
+    public void WriteEnd()
+    {
+        Span<byte> payload = stackalloc byte[24];
+        BinaryPrimitives.WriteUInt64LittleEndian(payload, _pages);
+        BinaryPrimitives.WriteUInt64LittleEndian(payload[8..], _zeroPages);
+        BinaryPrimitives.WriteUInt64LittleEndian(payload[16..], _ballooned);
+        Write(RecordType.End, payload, []);
+        output.Flush();
+    }
+
+    private void Write(RecordType type, ReadOnlySpan<byte> fixedPart, ReadOnlySpan<byte> data)
+    {
+        var frame = _frame.AsSpan(0, StreamLimits.FrameHeaderSize);
+        BinaryPrimitives.WriteUInt16LittleEndian(frame, (ushort)type);
+        BinaryPrimitives.WriteUInt16LittleEndian(frame[2..], 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(frame[4..], (uint)(fixedPart.Length + data.Length));
+        var crc = Crc32C.Append(Crc32C.Append(Crc32C.Compute(frame[..8]), fixedPart), data);
+        BinaryPrimitives.WriteUInt32LittleEndian(frame[8..], crc);
+        BinaryPrimitives.WriteUInt32LittleEndian(frame[12..], _sequence++);
+        output.Write(frame);
+        output.Write(fixedPart);
+        output.Write(data);
+    }
+}
+
+public enum StateKind : ushort
+{
+    Vcpu = 1,
+    Device = 2,
+    Machine = 3,
+}

@@ -1,0 +1,104 @@
+using System.Buffers.Binary;
+using System.Text;
+
+namespace Ferry.Migration.Stream;
+
+/// <summary>Record types of docs/migration-stream.md.</summary>
+public enum RecordType : ushort
+{
+    Pages = 1,
+    ZeroRun = 2,
+    BalloonBitmap = 3,
+    State = 4,
+    PassEnd = 5,
+    End = 6,
+}
+
+/// <summary>A RAM block as the stream names it: never a guest-physical address.</summary>
+public sealed record BlockDescriptor(string Name, ulong Size);
+
+/// <summary>The stream header: version, offered capabilities, channel count and the RAM block table.</summary>
+public sealed record StreamHeader(ulong Capabilities, int Channels, IReadOnlyList<BlockDescriptor> Blocks)
+{
+    public const uint Version = 1;
+    public const int MaxBlocks = 16;
+    public const int MaxChannels = 64;
+    public const int MaxNameBytes = 64;
+    public static ReadOnlySpan<byte> Magic => "FERRYMIG"u8;
+}
+
+/// <summary>A stream the destination refuses; the message names what was wrong and where.</summary>
+public sealed class StreamFormatException : Exception
+{
+    public StreamFormatException() { }
+
+    public StreamFormatException(string message) : base(message) { }
+
+    public StreamFormatException(string message, Exception inner) : base(message, inner) { }
+}
+
+/// <summary>Sizes and limits shared by the writer and the reader.</summary>
+public static class StreamLimits
+{
+    public const int FrameHeaderSize = 16;
+    public const int PageSize = 4096;
+    public const int MaxPagesPerRecord = 256;
+    public const int MaxBitmapBytes = 1 << 20;
+    public const int MaxStateBlobBytes = 16 << 20;
+    public const int MaxStateNameBytes = 64;
+
+    /// <summary>The largest payload any record type may have.</summary>
+    public const int MaxPayload = MaxStateBlobBytes + 12 + MaxStateNameBytes;
+}
+
+/// <summary>CRC32C (hardware-accelerated in box) over byte spans.</summary>
+public static class Crc32C
+{
+    public static uint Append(uint crc, ReadOnlySpan<byte> data)
+    {
+        var c = ~crc;
+        while (data.Length >= 8)
+        {
+            c = System.Numerics.BitOperations.Crc32C(c, BinaryPrimitives.ReadUInt64LittleEndian(data));
+            data = data[8..];
+        }
+        foreach (var b in data)
+            c = System.Numerics.BitOperations.Crc32C(c, b);
+        return ~c;
+    }
+
+    public static uint Compute(ReadOnlySpan<byte> data) => Append(0, data);
+}
+
+internal static class HeaderCodec
+{
+    public static byte[] Encode(StreamHeader header)
+    {
+        using var body = new MemoryStream();
+        Span<byte> scratch = stackalloc byte[8];
+        body.Write(StreamHeader.Magic);
+        BinaryPrimitives.WriteUInt32LittleEndian(scratch, StreamHeader.Version);
+        body.Write(scratch[..4]);
+        body.Write(scratch[..4]); // length, patched below
+        BinaryPrimitives.WriteUInt64LittleEndian(scratch, header.Capabilities);
+        body.Write(scratch);
+        BinaryPrimitives.WriteUInt32LittleEndian(scratch, (uint)header.Channels);
+        body.Write(scratch[..4]);
+        BinaryPrimitives.WriteUInt32LittleEndian(scratch, (uint)header.Blocks.Count);
+        body.Write(scratch[..4]);
+        foreach (var block in header.Blocks)
+        {
+            var name = Encoding.UTF8.GetBytes(block.Name);
+            BinaryPrimitives.WriteUInt16LittleEndian(scratch, (ushort)name.Length);
+            body.Write(scratch[..2]);
+            body.Write(name);
+            BinaryPrimitives.WriteUInt64LittleEndian(scratch, block.Size);
+            body.Write(scratch);
+        }
+        var bytes = new byte[body.Length + 4];
+        body.GetBuffer().AsSpan(0, (int)body.Length).CopyTo(bytes);
+        BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(12), (uint)bytes.Length);
+        BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(bytes.Length - 4), Crc32C.Compute(bytes.AsSpan(0, bytes.Length - 4)));
+        return bytes;
+    }
+}
