@@ -73,6 +73,32 @@ public sealed unsafe class RamBlock : IDisposable
         return (ulong)stat.Blocks * 512;
     }
 
+    /// <summary>
+    /// The byte ranges of this block the host has allocated (memfd data, found with SEEK_DATA/SEEK_HOLE), in order.
+    /// Everything else is a hole: never touched, or discarded, and reads as zero. Walking these instead of the
+    /// whole block is how a migration pass avoids reading (and so allocating) memory that holds nothing.
+    /// </summary>
+    public IEnumerable<(ulong Offset, ulong Length)> DataExtents()
+    {
+        ulong position = 0;
+        while (position < Size)
+        {
+            var data = Libc.Lseek(Memfd.Fd, (long)position, Libc.SEEK_DATA);
+            if (data < 0)
+            {
+                if (Libc.LastErrno == Libc.ENXIO)
+                    yield break; // no data after position
+                ErrnoException.ThrowLast("lseek(SEEK_DATA)");
+            }
+            var hole = ErrnoException.Check(Libc.Lseek(Memfd.Fd, data, Libc.SEEK_HOLE), "lseek(SEEK_HOLE)");
+            var end = Math.Min((ulong)hole, Size);
+            if ((ulong)data >= end)
+                yield break;
+            yield return ((ulong)data, end - (ulong)data);
+            position = end;
+        }
+    }
+
     /// <summary>Gives the pages in [offset, offset + length) back to the host: they read as zero afterwards.</summary>
     public void Discard(ulong offset, ulong length)
     {
