@@ -46,13 +46,6 @@ static bool parse_byte(const char *s, size_t len, uint8_t *out)
     return true;
 }
 
-/* Accepts 0x-prefixed hex or decimal. */
-static bool parse_number(const char *s, size_t len, uint64_t *out)
-{
-    if (len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
-        return parse_hex_u64(s + 2, len - 2, out);
-    return parse_decimal_u64(s, len, out);
-}
 
 static char option_error[128];
 
@@ -108,16 +101,16 @@ const char *boot_info_parse_options(const struct boot_info *info, struct guest_o
             if (!parse_byte(value, value_len, &options->poison))
                 return bad_option(word, word_len);
         } else if (word_equals(word, eq, "balloon_features")) {
-            if (!parse_number(value, value_len, &options->balloon_features))
+            if (!parse_hex_or_decimal_u64(value, value_len, &options->balloon_features))
                 return bad_option(word, word_len);
         } else if (word_equals(word, eq, "report_order")) {
             uint64_t order;
-            if (!parse_number(value, value_len, &order) || order > 10)
+            if (!parse_hex_or_decimal_u64(value, value_len, &order) || order > 10)
                 return bad_option(word, word_len);
             options->report_order = (unsigned)order;
         } else if (word_equals(word, eq, "report_delay_ms")) {
             uint64_t ms;
-            if (!parse_number(value, value_len, &ms) || ms > 86400000)
+            if (!parse_hex_or_decimal_u64(value, value_len, &ms) || ms > 86400000)
                 return bad_option(word, word_len);
             options->report_delay_ms = (uint32_t)ms;
         }

@@ -148,3 +148,10 @@ bool parse_hex_u64(const char *s, size_t len, uint64_t *value)
     *value = result;
     return true;
 }
+
+bool parse_hex_or_decimal_u64(const char *s, size_t len, uint64_t *value)
+{
+    if (len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+        return parse_hex_u64(s + 2, len - 2, value);
+    return parse_decimal_u64(s, len, value);
+}

@@ -34,5 +34,7 @@ void out_key(struct out *out, const char *key); /* writes `,"key":` */
 /* Whole-string parsers: false on empty input, a non-digit or overflow. */
 bool parse_decimal_u64(const char *s, size_t len, uint64_t *value);
 bool parse_hex_u64(const char *s, size_t len, uint64_t *value);
+/* 0x-prefixed hex or decimal, the whole of [s, s + len). */
+bool parse_hex_or_decimal_u64(const char *s, size_t len, uint64_t *value);
 
 #endif

@@ -120,13 +120,6 @@ static bool word_is_key(const char *word, size_t len, const char *key, const cha
     return true;
 }
 
-/* 0x-prefixed hex or decimal, the whole of [s, s + len). */
-static bool parse_number(const char *s, size_t len, uint64_t *out)
-{
-    if (len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
-        return parse_hex_u64(s + 2, len - 2, out);
-    return parse_decimal_u64(s, len, out);
-}
 
 /* Length of the number at the start of [s, s + len): 0x-prefixed hex digits or decimal digits. */
 static size_t number_length(const char *s, size_t len)
@@ -235,7 +228,7 @@ static void parse_virtio_device(const char *word, size_t word_len, const char *v
 {
     uint64_t size, base, irq;
     size_t n = number_length(v, len);
-    if (n == 0 || !parse_number(v, n, &size))
+    if (n == 0 || !parse_hex_or_decimal_u64(v, n, &size))
         fail("bad virtio_mmio.device", word, word_len);
     v += n;
     len -= n;
@@ -252,7 +245,7 @@ static void parse_virtio_device(const char *word, size_t word_len, const char *v
     v++;
     len--;
     n = number_length(v, len);
-    if (n == 0 || !parse_number(v, n, &base))
+    if (n == 0 || !parse_hex_or_decimal_u64(v, n, &base))
         fail("bad virtio_mmio.device", word, word_len);
     v += n;
     len -= n;
@@ -261,7 +254,7 @@ static void parse_virtio_device(const char *word, size_t word_len, const char *v
     v++;
     len--;
     n = number_length(v, len);
-    if (n == 0 || !parse_number(v, n, &irq) || irq > UINT32_MAX)
+    if (n == 0 || !parse_hex_or_decimal_u64(v, n, &irq) || irq > UINT32_MAX)
         fail("bad virtio_mmio.device", word, word_len);
     v += n;
     len -= n;
@@ -413,7 +406,7 @@ const struct boot_info *pvh_boot_info(void)
         const char *word = cmdline + start, *value;
         size_t word_len = pos - start, value_len;
         if (word_is_key(word, word_len, "tsc_khz", &value, &value_len)) {
-            if (!parse_number(value, value_len, &tsc_khz) || tsc_khz == 0 || tsc_khz > 100000000)
+            if (!parse_hex_or_decimal_u64(value, value_len, &tsc_khz) || tsc_khz == 0 || tsc_khz > 100000000)
                 fail("bad command line option", word, word_len);
         } else if (word_is_key(word, word_len, "virtio_mmio.device", &value, &value_len)) {
             parse_virtio_device(word, word_len, value, value_len);
