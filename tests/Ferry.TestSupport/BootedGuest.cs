@@ -23,7 +23,7 @@ public sealed class BootedGuest : IDisposable
     /// <summary>The guest's "ready" event.</summary>
     public JsonElement Ready { get; }
 
-    public static async Task<BootedGuest> StartAsync(ulong memoryMib = 256, int cpus = 1, string commandLine = "")
+    public static async Task<BootedGuest> StartAsync(ulong memoryMib = 256, int cpus = 1, string commandLine = "", bool balloon = true)
     {
         var console = new GuestConsole();
         var config = new MachineConfig
@@ -32,6 +32,7 @@ public sealed class BootedGuest : IDisposable
             Cpus = cpus,
             GuestImagePath = GuestImageLocator.Locate(),
             CommandLine = commandLine,
+            Balloon = balloon,
         };
         var machine = Ferry.Machine.Machine.Create(config, console);
         try

@@ -1,0 +1,95 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using Ferry.Interop.Kvm;
+
+namespace Ferry.Kvm;
+
+/// <summary>
+/// <see cref="VcpuState"/> as bytes, for the migration stream's STATE records and for snapshot files. Decoding
+/// treats the bytes as hostile: every length is checked before use.
+/// </summary>
+public static class VcpuStateCodec
+{
+    private const uint Version = 1;
+    private const int MaxMsrs = 1024;
+    private const int MaxXsave = 1 << 20;
+
+    public static byte[] Encode(VcpuState s)
+    {
+        using var ms = new MemoryStream();
+        void U32(uint v)
+        {
+            Span<byte> b = stackalloc byte[4];
+            BinaryPrimitives.WriteUInt32LittleEndian(b, v);
+            ms.Write(b);
+        }
+        void Raw<T>(T value) where T : unmanaged => ms.Write(MemoryMarshal.AsBytes(new ReadOnlySpan<T>(in value)));
+        U32(Version);
+        U32((uint)s.Index);
+        U32(s.TscKhz);
+        Raw(s.MpState);
+        Raw(s.Regs);
+        Raw(s.Sregs);
+        Raw(s.Xcrs);
+        Raw(s.DebugRegs);
+        Raw(s.Events);
+        U32((uint)s.Xsave.Length);
+        ms.Write(s.Xsave);
+        U32((uint)s.Msrs.Length);
+        ms.Write(MemoryMarshal.AsBytes(s.Msrs.AsSpan()));
+        return ms.ToArray();
+    }
+
+    public static VcpuState Decode(ReadOnlySpan<byte> data)
+    {
+        var reader = new Reader(data);
+        var version = reader.U32();
+        if (version != Version)
+            throw new InvalidDataException($"vCPU state version {version} is not {Version}");
+        var index = reader.U32();
+        var tsc = reader.U32();
+        var mp = reader.Raw<KvmMpState>();
+        var regs = reader.Raw<KvmRegs>();
+        var sregs = reader.Raw<KvmSregs>();
+        var xcrs = reader.Raw<KvmXcrs>();
+        var debug = reader.Raw<KvmDebugRegs>();
+        var events = reader.Raw<KvmVcpuEvents>();
+        var xsaveLength = reader.U32();
+        if (xsaveLength < 4096 || xsaveLength > MaxXsave)
+            throw new InvalidDataException($"vCPU state: XSAVE area of {xsaveLength} bytes is outside 4096..{MaxXsave}");
+        var xsave = reader.Bytes((int)xsaveLength).ToArray();
+        var msrCount = reader.U32();
+        if (msrCount > MaxMsrs)
+            throw new InvalidDataException($"vCPU state: {msrCount} MSRs is over {MaxMsrs}");
+        var msrs = MemoryMarshal.Cast<byte, KvmMsrEntry>(reader.Bytes((int)msrCount * Marshal.SizeOf<KvmMsrEntry>())).ToArray();
+        if (!reader.AtEnd)
+            throw new InvalidDataException("vCPU state: unexpected bytes at the end");
+        if (index > 1024)
+            throw new InvalidDataException($"vCPU state: index {index} is out of range");
+        return new VcpuState
+        {
+            Index = (int)index, TscKhz = tsc, MpState = mp, Regs = regs, Sregs = sregs, Xcrs = xcrs,
+            DebugRegs = debug, Events = events, Xsave = xsave, Msrs = msrs,
+        };
+    }
+
+    private ref struct Reader(ReadOnlySpan<byte> data)
+    {
+        private ReadOnlySpan<byte> _rest = data;
+
+        public readonly bool AtEnd => _rest.IsEmpty;
+
+        public ReadOnlySpan<byte> Bytes(int count)
+        {
+            if (count < 0 || count > _rest.Length)
+                throw new InvalidDataException($"vCPU state truncated: needed {count} more bytes, {_rest.Length} left");
+            var result = _rest[..count];
+            _rest = _rest[count..];
+            return result;
+        }
+
+        public uint U32() => BinaryPrimitives.ReadUInt32LittleEndian(Bytes(4));
+
+        public T Raw<T>() where T : unmanaged => MemoryMarshal.Read<T>(Bytes(Marshal.SizeOf<T>()));
+    }
+}
