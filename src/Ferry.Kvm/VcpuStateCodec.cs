@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Ferry.Interop.Kvm;
 
@@ -14,35 +13,16 @@ public static class VcpuStateCodec
     private const int MaxMsrs = 1024;
     private const int MaxXsave = 1 << 20;
 
-    public static byte[] Encode(VcpuState s)
-    {
-        using var ms = new MemoryStream();
-        void U32(uint v)
-        {
-            Span<byte> b = stackalloc byte[4];
-            BinaryPrimitives.WriteUInt32LittleEndian(b, v);
-            ms.Write(b);
-        }
-        void Raw<T>(T value) where T : unmanaged => ms.Write(MemoryMarshal.AsBytes(new ReadOnlySpan<T>(in value)));
-        U32(Version);
-        U32((uint)s.Index);
-        U32(s.TscKhz);
-        Raw(s.MpState);
-        Raw(s.Regs);
-        Raw(s.Sregs);
-        Raw(s.Xcrs);
-        Raw(s.DebugRegs);
-        Raw(s.Events);
-        U32((uint)s.Xsave.Length);
-        ms.Write(s.Xsave);
-        U32((uint)s.Msrs.Length);
-        ms.Write(MemoryMarshal.AsBytes(s.Msrs.AsSpan()));
-        return ms.ToArray();
-    }
+    public static byte[] Encode(VcpuState s) => new StateWriter()
+        .U32(Version).U32((uint)s.Index).U32(s.TscKhz)
+        .Raw(s.MpState).Raw(s.Regs).Raw(s.Sregs).Raw(s.Xcrs).Raw(s.DebugRegs).Raw(s.Events)
+        .U32((uint)s.Xsave.Length).Bytes(s.Xsave)
+        .U32((uint)s.Msrs.Length).Bytes(MemoryMarshal.AsBytes(s.Msrs.AsSpan()))
+        .ToArray();
 
     public static VcpuState Decode(ReadOnlySpan<byte> data)
     {
-        var reader = new Reader(data);
+        var reader = new StateReader(data, "vCPU state");
         var version = reader.U32();
         if (version != Version)
             throw new InvalidDataException($"vCPU state version {version} is not {Version}");
@@ -62,8 +42,7 @@ public static class VcpuStateCodec
         if (msrCount > MaxMsrs)
             throw new InvalidDataException($"vCPU state: {msrCount} MSRs is over {MaxMsrs}");
         var msrs = MemoryMarshal.Cast<byte, KvmMsrEntry>(reader.Bytes((int)msrCount * Marshal.SizeOf<KvmMsrEntry>())).ToArray();
-        if (!reader.AtEnd)
-            throw new InvalidDataException("vCPU state: unexpected bytes at the end");
+        reader.End();
         if (index > 1024)
             throw new InvalidDataException($"vCPU state: index {index} is out of range");
         return new VcpuState
@@ -71,25 +50,5 @@ public static class VcpuStateCodec
             Index = (int)index, TscKhz = tsc, MpState = mp, Regs = regs, Sregs = sregs, Xcrs = xcrs,
             DebugRegs = debug, Events = events, Xsave = xsave, Msrs = msrs,
         };
-    }
-
-    private ref struct Reader(ReadOnlySpan<byte> data)
-    {
-        private ReadOnlySpan<byte> _rest = data;
-
-        public readonly bool AtEnd => _rest.IsEmpty;
-
-        public ReadOnlySpan<byte> Bytes(int count)
-        {
-            if (count < 0 || count > _rest.Length)
-                throw new InvalidDataException($"vCPU state truncated: needed {count} more bytes, {_rest.Length} left");
-            var result = _rest[..count];
-            _rest = _rest[count..];
-            return result;
-        }
-
-        public uint U32() => BinaryPrimitives.ReadUInt32LittleEndian(Bytes(4));
-
-        public T Raw<T>() where T : unmanaged => MemoryMarshal.Read<T>(Bytes(Marshal.SizeOf<T>()));
     }
 }
