@@ -8,7 +8,7 @@ namespace Ferry.Devices.Virtio;
 /// hostile input: read-only registers ignore writes, sizes are checked, FEATURES_OK is refused without VERSION_1
 /// or with features the device does not offer, rings outside RAM set DEVICE_NEEDS_RESET.
 /// </summary>
-public sealed class VirtioMmioTransport : IMmioDevice, IVirtioTransport
+public sealed partial class VirtioMmioTransport : IMmioDevice, IVirtioTransport
 {
     public const uint MagicValue = 0x74726976;   // "virt"
     public const uint VendorId = 0x46455259;     // "FERY"

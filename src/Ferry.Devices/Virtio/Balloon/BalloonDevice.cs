@@ -185,12 +185,8 @@ public sealed partial class BalloonDevice : IVirtioDevice
         _poisonValue = BinaryPrimitives.ReadUInt32LittleEndian(config[12..]);
     }
 
-    /// <summary>
-    /// Maps queue indices to roles. The spec fixes the indices (an absent queue keeps its number); Linux before 6.11
-    /// numbered only the negotiated queues. The device offers every queue, so the two schemes differ only when the
-    /// driver leaves a feature out; the queues it made ready tell which scheme it used.
-    /// </summary>
-    public void Activate()
+    /// <summary>Queue roles under the spec's fixed numbering and under compacted numbering, for the negotiated features.</summary>
+    private (Role?[] Fixed, Role?[] Compacted) RoleMappings()
     {
         Role?[] fixedRoles = [Role.Inflate, Role.Deflate, Role.Stats, Role.FreePage, Role.Reporting, Role.FreeBitmap];
         bool Negotiated(Role role) => role switch
@@ -201,8 +197,17 @@ public sealed partial class BalloonDevice : IVirtioDevice
             Role.FreeBitmap => Has(FERRY_F_FREE_PAGE_BITMAP),
             _ => true,
         };
-        var compacted = fixedRoles.Where(r => Negotiated(r!.Value)).ToArray();
-        var fixedNumbering = fixedRoles.Select(r => Negotiated(r!.Value) ? r : null).ToArray();
+        return ([.. fixedRoles.Select(r => Negotiated(r!.Value) ? r : null)], [.. fixedRoles.Where(r => Negotiated(r!.Value))]);
+    }
+
+    /// <summary>
+    /// Maps queue indices to roles. The spec fixes the indices (an absent queue keeps its number); Linux before 6.11
+    /// numbered only the negotiated queues. The device offers every queue, so the two schemes differ only when the
+    /// driver leaves a feature out; the queues it made ready tell which scheme it used.
+    /// </summary>
+    public void Activate()
+    {
+        var (fixedNumbering, compacted) = RoleMappings();
         bool MatchesReadyQueues(Role?[] mapping) => Enumerable.Range(0, QueueCount)
             .All(q => (q < mapping.Length && mapping[q] is not null) == _transport.Queue(q).Ready);
         UsesFixedQueueNumbers = MatchesReadyQueues(fixedNumbering) || !MatchesReadyQueues(compacted);
