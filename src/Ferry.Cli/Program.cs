@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Ferry.Control;
 using Ferry.Kvm;
@@ -115,5 +114,4 @@ public static class Program
         return exit.ExitCode;
     }
 
-    internal static double Seconds(Stopwatch sw) => sw.Elapsed.TotalSeconds;
 }

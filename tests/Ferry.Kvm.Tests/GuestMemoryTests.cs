@@ -128,3 +128,26 @@ public sealed class KvmSystemErrorTests
         Assert.Contains("permission denied", KvmSystem.OpenError("/dev/kvm", Ferry.Interop.Libc.EACCES).Message, StringComparison.Ordinal);
     }
 }
+
+public sealed class BitmapRunsTests
+{
+    [Fact]
+    public void Runs_cover_exactly_the_set_bits_and_are_maximal()
+    {
+        var random = new Random(7);
+        for (var trial = 0; trial < 200; trial++)
+        {
+            var bitmap = new byte[random.Next(1, 40)];
+            random.NextBytes(bitmap);
+            for (var i = 0; i < bitmap.Length; i++)
+                bitmap[i] &= (byte)random.Next(256); // sparser
+            var runs = new List<(ulong Start, ulong Count)>();
+            BitmapRuns.ForEach(bitmap, 1000, (start, count) => runs.Add((start, count)));
+            var fromRuns = runs.SelectMany(r => Enumerable.Range(0, (int)r.Count).Select(k => r.Start + (ulong)k)).ToList();
+            var naive = Enumerable.Range(0, bitmap.Length * 8).Where(b => (bitmap[b / 8] & (1 << (b % 8))) != 0).Select(b => 1000UL + (ulong)b).ToList();
+            Assert.Equal(naive, fromRuns);
+            for (var r = 1; r < runs.Count; r++)
+                Assert.True(runs[r].Start > runs[r - 1].Start + runs[r - 1].Count, "two runs touch: they should have been one");
+        }
+    }
+}

@@ -116,13 +116,9 @@ public static class RamLoader
             case RecordType.BalloonBitmap:
             {
                 var block = memory.Blocks[record.Block];
-                var message = record.Data.Span;
-                var firstPage = record.PageOffset / ZeroPage.Size;
-                for (var bit = 0UL; bit < (ulong)message.Length * 8; bit++)
-                {
-                    if ((message[(int)(bit / 8)] & (1 << (int)(bit % 8))) != 0)
-                        block.Discard((firstPage + bit) * ZeroPage.Size, ZeroPage.Size);
-                }
+                // One hole punch per run of ballooned pages, not one per page.
+                BitmapRuns.ForEach(record.Data.Span, record.PageOffset / ZeroPage.Size,
+                    (page, count) => block.Discard(page * ZeroPage.Size, count * ZeroPage.Size));
                 return true;
             }
             default:

@@ -47,32 +47,5 @@ public readonly record struct BalloonBitmapMessage(ushort Command, ushort Flags,
     }
 
     /// <summary>Calls <paramref name="run"/> for each run of consecutive set bits: (first pfn, page count).</summary>
-    public void ForEachRun(Action<ulong, ulong> run)
-    {
-        var bits = Bitmap.Span;
-        ulong runStart = 0, runLength = 0;
-        for (var byteIndex = 0; byteIndex < bits.Length; byteIndex++)
-        {
-            var b = bits[byteIndex];
-            if (b == 0 && runLength == 0)
-                continue;
-            for (var bit = 0; bit < 8; bit++)
-            {
-                var pfn = StartPfn + (ulong)byteIndex * 8 + (ulong)bit;
-                if ((b & (1 << bit)) != 0)
-                {
-                    if (runLength == 0)
-                        runStart = pfn;
-                    runLength++;
-                }
-                else if (runLength != 0)
-                {
-                    run(runStart, runLength);
-                    runLength = 0;
-                }
-            }
-        }
-        if (runLength != 0)
-            run(runStart, runLength);
-    }
+    public void ForEachRun(Action<ulong, ulong> run) => Ferry.Kvm.BitmapRuns.ForEach(Bitmap.Span, StartPfn, run);
 }

@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Ferry.Kvm;
 
 namespace Ferry.Devices.Virtio.Balloon;

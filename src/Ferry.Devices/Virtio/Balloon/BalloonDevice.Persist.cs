@@ -65,11 +65,7 @@ public sealed partial class BalloonDevice
     public void ApplyBalloonBitmap(RamBlock block, ulong firstPage, ReadOnlySpan<byte> bitmap)
     {
         var target = BalloonBitmap(block);
-        for (var bit = 0UL; bit < (ulong)bitmap.Length * 8; bit++)
-        {
-            if ((bitmap[(int)(bit / 8)] & (1 << (int)(bit % 8))) != 0)
-                target.Set(firstPage + bit);
-        }
+        BitmapRuns.ForEach(bitmap, firstPage, (page, count) => target.SetRange(page * 4096, count * 4096));
     }
 
     private static void WriteChain(StateWriter w, DescriptorChain? chain)
