@@ -1,3 +1,4 @@
+using Stopwatch = System.Diagnostics.Stopwatch;
 using Ferry.Interop;
 using Ferry.Interop.Kvm;
 
@@ -5,7 +6,8 @@ namespace Ferry.Kvm;
 
 /// <summary>
 /// Runs one vCPU on its own thread. Other threads can pause it (within a bounded time, even while the guest
-/// spins without exits: the kick signal plus immediate_exit force it out of KVM_RUN), resume it and stop it.
+/// spins without exits: the kick signal plus immediate_exit force it out of KVM_RUN), resume it, stop it and
+/// throttle it (make it sleep outside the guest for a while, as QEMU's cpu_throttle does).
 /// </summary>
 public sealed unsafe class VcpuRunner : IDisposable
 {
@@ -16,6 +18,10 @@ public sealed unsafe class VcpuRunner : IDisposable
     private volatile bool _pauseRequested;
     private volatile bool _stopRequested;
     private volatile int _tid;
+    // The throttle sleep the thread takes at its next kick, in TimeSpan ticks (0 = none); written by any thread.
+    private long _throttleSleepTicks;
+    // Bumped (under the gate) by CancelThrottleSleep, so a sleep already under way ends at once.
+    private int _throttleCancelEpoch;
     private RunnerState _state = RunnerState.Starting;
 
     public VcpuRunner(Vcpu vcpu, IVcpuExitHandler handler, Action<VcpuFault> onFault)
@@ -43,6 +49,12 @@ public sealed unsafe class VcpuRunner : IDisposable
     /// <summary>Exits handled, by reason; read for statistics and tests.</summary>
     public long ExitCount;
 
+    /// <summary>
+    /// Time spent in throttle sleeps, in TimeSpan ticks (Interlocked), added when each sleep ends; read for
+    /// statistics and tests.
+    /// </summary>
+    public long ThrottledTicks;
+
     /// <summary>Starts the thread. With <paramref name="paused"/> it parks before first entering the guest.</summary>
     public void Start(bool paused)
     {
@@ -53,8 +65,38 @@ public sealed unsafe class VcpuRunner : IDisposable
     /// <summary>Asks the vCPU to leave the guest and park. Does not wait; see <see cref="WaitPaused"/>.</summary>
     public void RequestPause()
     {
-        _pauseRequested = true;
+        lock (_gate)
+        {
+            _pauseRequested = true;
+            // Wakes a throttle sleep, so a pause never waits for one to run out.
+            Monitor.PulseAll(_gate);
+        }
         Kick();
+    }
+
+    /// <summary>
+    /// Asks the vCPU to leave the guest and sleep for <paramref name="sleep"/> before entering it again. Does not
+    /// wait. A newer request replaces one not yet taken; a pause or stop ends the sleep early, and one requested
+    /// before a pause is dropped when the vCPU resumes.
+    /// </summary>
+    public void RequestThrottleSleep(TimeSpan sleep)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(sleep, TimeSpan.Zero);
+        if (sleep == TimeSpan.Zero)
+            return;
+        Volatile.Write(ref _throttleSleepTicks, sleep.Ticks);
+        Kick();
+    }
+
+    /// <summary>Drops a throttle sleep not yet taken and ends one under way (throttling switched off).</summary>
+    public void CancelThrottleSleep()
+    {
+        lock (_gate)
+        {
+            Volatile.Write(ref _throttleSleepTicks, 0);
+            _throttleCancelEpoch++;
+            Monitor.PulseAll(_gate);
+        }
     }
 
     /// <summary>Waits until the vCPU is parked (or stopped). Returns false on timeout.</summary>
@@ -178,6 +220,8 @@ public sealed unsafe class VcpuRunner : IDisposable
                 VcpuKick.ConsumePending();
                 if (!_pauseRequested && !_stopRequested)
                     Vcpu.SetImmediateExit(false);
+                if (Volatile.Read(ref _throttleSleepTicks) != 0)
+                    TakeThrottleSleep();
                 continue;
             }
             if (errno != 0)
@@ -208,6 +252,35 @@ public sealed unsafe class VcpuRunner : IDisposable
         VcpuKick.ConsumePending();
         if (!_stopRequested)
             Vcpu.SetImmediateExit(false);
+        // A throttle slice asked for before the pause belongs to time that has passed.
+        Interlocked.Exchange(ref _throttleSleepTicks, 0);
+    }
+
+    /// <summary>
+    /// Sleeps outside the guest for the pending throttle sleep. Waits on the gate rather than Thread.Sleep, so
+    /// RequestPause, RequestStop and CancelThrottleSleep end it at once and Machine.Pause stays bounded.
+    /// </summary>
+    private void TakeThrottleSleep()
+    {
+        lock (_gate)
+        {
+            if (_pauseRequested || _stopRequested)
+                return; // the sleep stays pending; Park drops it
+            var sleepTicks = Interlocked.Exchange(ref _throttleSleepTicks, 0);
+            if (sleepTicks <= 0)
+                return;
+            var epoch = _throttleCancelEpoch;
+            var start = Stopwatch.GetTimestamp();
+            while (!_pauseRequested && !_stopRequested && epoch == _throttleCancelEpoch)
+            {
+                var leftTicks = sleepTicks - Stopwatch.GetElapsedTime(start).Ticks;
+                if (leftTicks <= 0)
+                    break;
+                // Rounded up to whole milliseconds: Monitor.Wait truncates, and a 0 ms wait would spin.
+                Monitor.Wait(_gate, (int)((leftTicks + TimeSpan.TicksPerMillisecond - 1) / TimeSpan.TicksPerMillisecond));
+            }
+            Interlocked.Add(ref ThrottledTicks, Stopwatch.GetElapsedTime(start).Ticks);
+        }
     }
 
     /// <summary>Handles one exit; false when the vCPU cannot continue.</summary>

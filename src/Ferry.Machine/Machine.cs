@@ -27,6 +27,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     private readonly Lock _stateLock = new();
     // Held for a whole pause or resume, so concurrent callers (QMP clients, migration) see each one complete.
     private readonly Lock _lifecycle = new();
+    private readonly VcpuThrottle _throttle;
     private uint[]? _savedMsrs;
     private bool _started;
     private bool _paused;
@@ -37,6 +38,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
         _kvm = kvm;
         Vm = vm;
         Memory = memory;
+        _throttle = new VcpuThrottle(_runners);
         Serial = new Serial16550(console);
         IoBus.Register(Serial16550.Com1Base, Serial16550.PortCount, Serial);
         IoBus.Register(PowerPort.Port, 1, new PowerPort(OnPowerPort));
@@ -74,6 +76,9 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     public IReadOnlyList<VcpuRunner> Runners => _runners;
 
     public uint TscKhz { get; private set; }
+
+    /// <summary>The vCPU throttle in percent (0 = off); see <see cref="SetThrottle"/>.</summary>
+    public int ThrottlePercent => _throttle.Percent;
 
     /// <summary>Completes when the guest powers off, panics, a vCPU faults or <see cref="Stop"/> is called.</summary>
     public Task<MachineExit> Exited => _exited.Task;
@@ -219,6 +224,19 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
         }
     }
 
+    /// <summary>
+    /// Throttles the vCPUs (QEMU's cpu_throttle_set, used by auto-converge): at <paramref name="percent"/> each
+    /// vCPU sleeps outside the guest that share of the time, running about 10 ms between sleeps. 0 switches it off and
+    /// returns with every vCPU back at full speed. Independent of pause and resume: a paused machine stays
+    /// throttled and carries on throttled when resumed.
+    /// </summary>
+    public void SetThrottle(int percent)
+    {
+        if (percent is < 0 or > VcpuThrottle.MaxPercent)
+            throw new ArgumentOutOfRangeException(nameof(percent), percent, $"throttle {percent}% is outside 0..{VcpuThrottle.MaxPercent}");
+        _throttle.Set(percent);
+    }
+
     /// <summary>The vCPU state of every vCPU; the machine must be paused.</summary>
     public IReadOnlyList<VcpuState> CaptureVcpuStates()
     {
@@ -255,6 +273,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     {
         if (!_exited.TrySetResult(exit))
             return;
+        _throttle.Shutdown();
         foreach (var runner in _runners)
             runner.RequestStop();
     }
@@ -281,11 +300,13 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
         var joined = true;
         foreach (var runner in _runners)
             joined &= runner.Join(TimeSpan.FromSeconds(5));
+        // The throttle thread kicks vCPUs (writing their kvm_run pages), so it must be gone before they are unmapped.
+        joined &= _throttle.WaitStopped(TimeSpan.FromSeconds(5));
         if (!joined)
         {
             // A vCPU thread is stuck (e.g. blocked writing console output): unmapping its kvm_run page or guest RAM
             // under it would turn a hang into memory corruption, so leak them instead.
-            Console.Error.WriteLine("ferry: warning: a vCPU thread did not stop within 5 s; leaving its resources in place");
+            Console.Error.WriteLine("ferry: warning: a vCPU or the throttle thread did not stop within 5 s; leaving the vCPUs and guest RAM in place");
             _kvm.Dispose();
             return;
         }
