@@ -97,25 +97,28 @@ public static class RamSender
 public static class RamLoader
 {
     /// <returns>True when the record was a RAM record and was applied.</returns>
-    public static bool Apply(in Record record, GuestMemory memory)
+    public static bool Apply(in Record record, GuestMemory memory) => Apply(record, memory.Blocks);
+
+    /// <returns>True when the record was a RAM record and was applied.</returns>
+    public static bool Apply(in Record record, IReadOnlyList<RamBlock> blocks)
     {
         switch (record.Type)
         {
             case RecordType.Pages:
             {
-                var block = memory.Blocks[record.Block];
+                var block = blocks[record.Block];
                 record.Data.Span.CopyTo(block.Mapping.GetSpan(record.PageOffset, record.Data.Length));
                 return true;
             }
             case RecordType.ZeroRun:
             {
-                var block = memory.Blocks[record.Block];
+                var block = blocks[record.Block];
                 block.Discard(record.PageOffset, record.PageCount * ZeroPage.Size);
                 return true;
             }
             case RecordType.BalloonBitmap:
             {
-                var block = memory.Blocks[record.Block];
+                var block = blocks[record.Block];
                 // One hole punch per run of ballooned pages, not one per page.
                 BitmapRuns.ForEach(record.Data.Span, record.PageOffset / ZeroPage.Size,
                     (page, count) => block.Discard(page * ZeroPage.Size, count * ZeroPage.Size));

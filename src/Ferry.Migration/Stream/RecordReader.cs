@@ -21,6 +21,12 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
     private ulong _pages, _zeroPages, _ballooned;
     private bool _ended;
 
+    /// <summary>What the records read so far carried.</summary>
+    public StreamTotals Totals => new(_pages, _zeroPages, _ballooned);
+
+    /// <summary>Bytes consumed so far (header, frames and payloads).</summary>
+    public long BytesRead { get; private set; }
+
     /// <summary>Reads the stream header and maps its blocks onto the local ones (same names and sizes).</summary>
     public StreamHeader ReadHeader()
     {
@@ -32,24 +38,27 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
         if (version != StreamHeader.Version)
             throw new StreamFormatException($"stream version {version} is not supported (this Ferry reads version {StreamHeader.Version})");
         var length = BinaryPrimitives.ReadUInt32LittleEndian(start[12..]);
-        var maxLength = 16 + 8 + 4 + 4 + StreamHeader.MaxBlocks * (2 + StreamHeader.MaxNameBytes + 8) + 4;
-        if (length < 16 + 16 + 4 || length > maxLength)
-            throw new StreamFormatException($"stream header length {length} is outside 36..{maxLength}");
+        var maxLength = 16 + 8 + 8 + 4 + 4 + StreamHeader.MaxBlocks * (2 + StreamHeader.MaxNameBytes + 8) + 4;
+        const int minLength = 16 + 24 + 4;
+        if (length < minLength || length > maxLength)
+            throw new StreamFormatException($"stream header length {length} is outside {minLength}..{maxLength}");
         var header = new byte[length];
         start.CopyTo(header);
         ReadExactly(header.AsSpan(16), "stream header");
+        BytesRead += length;
         var crc = BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan((int)length - 4));
         if (crc != Crc32C.Compute(header.AsSpan(0, (int)length - 4)))
             throw new StreamFormatException("stream header checksum mismatch");
         var span = header.AsSpan(16, (int)length - 20);
         var capabilities = BinaryPrimitives.ReadUInt64LittleEndian(span);
-        var channels = BinaryPrimitives.ReadUInt32LittleEndian(span[8..]);
-        var count = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
+        var sessionId = BinaryPrimitives.ReadUInt64LittleEndian(span[8..]);
+        var channels = BinaryPrimitives.ReadUInt32LittleEndian(span[16..]);
+        var count = BinaryPrimitives.ReadUInt32LittleEndian(span[20..]);
         if (channels is < 1 or > StreamHeader.MaxChannels)
             throw new StreamFormatException($"channel count {channels} is outside 1..{StreamHeader.MaxChannels}");
         if (count is < 1 or > StreamHeader.MaxBlocks)
             throw new StreamFormatException($"RAM block count {count} is outside 1..{StreamHeader.MaxBlocks}");
-        span = span[16..];
+        span = span[24..];
         var blocks = new List<BlockDescriptor>();
         for (var i = 0; i < count; i++)
         {
@@ -65,6 +74,19 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
         }
         if (span.Length != 0)
             throw new StreamFormatException($"{span.Length} unexpected bytes after the block table");
+        MapBlocks(blocks);
+        return new StreamHeader(capabilities, (int)channels, blocks, sessionId);
+    }
+
+
+    /// <summary>
+    /// For the other channels of a multichannel stream: they carry no header of their own, but their records name
+    /// blocks by the header's indices, read on channel 0.
+    /// </summary>
+    public void AdoptHeader(StreamHeader header) => MapBlocks(header.Blocks);
+
+    private void MapBlocks(IReadOnlyList<BlockDescriptor> blocks)
+    {
         _blockMap = new int[blocks.Count];
         for (var i = 0; i < blocks.Count; i++)
         {
@@ -77,7 +99,6 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
         }
         if (localBlocks.Any(l => blocks.All(b => b.Name != l.Name)))
             throw new StreamFormatException("this machine has RAM blocks the stream does not");
-        return new StreamHeader(capabilities, (int)channels, blocks);
     }
 
     /// <summary>The next record, validated. END is returned once (totals checked); reading past it is an error.</summary>
@@ -102,6 +123,7 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
             _buffer = new byte[Math.Max(length, (uint)_buffer.Length * 2)];
         var payload = _buffer.AsSpan(0, (int)length);
         ReadExactly(payload, where);
+        BytesRead += StreamLimits.FrameHeaderSize + length;
         if (crc != Crc32C.Append(Crc32C.Compute(frame[..8]), payload))
             throw new StreamFormatException($"{where}: checksum mismatch");
         if (sequence != _expectedSequence)

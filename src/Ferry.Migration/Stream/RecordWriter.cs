@@ -10,12 +10,25 @@ public readonly record struct StreamTotals(ulong Pages, ulong ZeroPages, ulong B
 public sealed class RecordWriter(System.IO.Stream output)
 {
     private readonly byte[] _frame = new byte[StreamLimits.FrameHeaderSize + 32];
+
+    // Pages of a running guest change under the sender: the checksum and the bytes sent must come from one copy.
+    private readonly byte[] _pageCopy = new byte[StreamLimits.MaxPagesPerRecord * StreamLimits.PageSize];
     private uint _sequence;
     private ulong _pages, _zeroPages, _ballooned;
 
     public StreamTotals Totals => new(_pages, _zeroPages, _ballooned);
 
-    public void WriteHeader(StreamHeader header) => output.Write(HeaderCodec.Encode(header));
+    /// <summary>Bytes handed to the output so far (frames, payloads and the header): the migration's "transferred".</summary>
+    public long BytesWritten { get; private set; }
+
+    public void WriteHeader(StreamHeader header)
+    {
+        var bytes = HeaderCodec.Encode(header);
+        output.Write(bytes);
+        BytesWritten += bytes.Length;
+    }
+
+    public void Flush() => output.Flush();
 
     public void WritePages(ushort block, ulong pageOffset, ReadOnlySpan<byte> pages)
     {
@@ -26,7 +39,9 @@ public sealed class RecordWriter(System.IO.Stream output)
         BinaryPrimitives.WriteUInt16LittleEndian(fixedPart, block);
         BinaryPrimitives.WriteUInt32LittleEndian(fixedPart[4..], count);
         BinaryPrimitives.WriteUInt64LittleEndian(fixedPart[8..], pageOffset);
-        Write(RecordType.Pages, fixedPart, pages);
+        var copy = _pageCopy.AsSpan(0, pages.Length);
+        pages.CopyTo(copy);
+        Write(RecordType.Pages, fixedPart, copy);
         _pages += count;
     }
 
@@ -93,6 +108,7 @@ public sealed class RecordWriter(System.IO.Stream output)
         output.Write(frame);
         output.Write(fixedPart);
         output.Write(data);
+        BytesWritten += frame.Length + fixedPart.Length + data.Length;
     }
 }
 

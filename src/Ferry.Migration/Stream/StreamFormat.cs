@@ -18,7 +18,7 @@ public enum RecordType : ushort
 public sealed record BlockDescriptor(string Name, ulong Size);
 
 /// <summary>The stream header: version, offered capabilities, channel count and the RAM block table.</summary>
-public sealed record StreamHeader(ulong Capabilities, int Channels, IReadOnlyList<BlockDescriptor> Blocks)
+public sealed record StreamHeader(ulong Capabilities, int Channels, IReadOnlyList<BlockDescriptor> Blocks, ulong SessionId = 0)
 {
     public const uint Version = 1;
     public const int MaxBlocks = 16;
@@ -81,6 +81,8 @@ internal static class HeaderCodec
         body.Write(scratch[..4]);
         body.Write(scratch[..4]); // length, patched below
         BinaryPrimitives.WriteUInt64LittleEndian(scratch, header.Capabilities);
+        body.Write(scratch);
+        BinaryPrimitives.WriteUInt64LittleEndian(scratch, header.SessionId);
         body.Write(scratch);
         BinaryPrimitives.WriteUInt32LittleEndian(scratch, (uint)header.Channels);
         body.Write(scratch[..4]);

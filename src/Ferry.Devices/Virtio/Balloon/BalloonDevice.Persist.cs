@@ -64,7 +64,13 @@ public sealed partial class BalloonDevice
     /// <summary>Sets pages of a block's balloon bitmap from a BALLOON_BITMAP record (bit i = page first + i).</summary>
     public void ApplyBalloonBitmap(RamBlock block, ulong firstPage, ReadOnlySpan<byte> bitmap)
     {
+        // The record is the truth for every page it covers: pages deflated since an earlier record leave the balloon.
         var target = BalloonBitmap(block);
+        if (firstPage < block.PageCount)
+        {
+            var covered = Math.Min((ulong)bitmap.Length * 8, block.PageCount - firstPage);
+            target.ClearRange(firstPage * 4096, covered * 4096);
+        }
         BitmapRuns.ForEach(bitmap, firstPage, (page, count) => target.SetRange(page * 4096, count * 4096));
     }
 

@@ -1,0 +1,53 @@
+namespace Ferry.Migration.Engine;
+
+/// <summary>Figures of one pass over RAM (the JSON report lists them; query-migrate shows the totals).</summary>
+public sealed record PassReport(
+    int Pass,
+    double DurationMs,
+    long Bytes,
+    long NormalPages,
+    long ZeroPages,
+    long HintedPages,
+    long BalloonedPages,
+    long DirtyPagesAfter,
+    double DirtyPagesPerSecond,
+    double BandwidthBytesPerSecond,
+    double ExpectedDowntimeMs,
+    int ThrottlePercent);
+
+/// <summary>A snapshot of a migration's progress, the counterpart of QEMU's query-migrate.</summary>
+public sealed record MigrationStats
+{
+    public MigrationStatus Status { get; init; }
+    public string? Error { get; init; }
+    public double TotalTimeMs { get; init; }
+    public double SetupTimeMs { get; init; }
+    public double? DowntimeMs { get; init; }
+    public double ExpectedDowntimeMs { get; init; }
+    public long TransferredBytes { get; init; }
+    public long RemainingBytes { get; init; }
+    public long TotalBytes { get; init; }
+    public long NormalPages { get; init; }
+    public long ZeroPages { get; init; }
+    public long UntouchedPages { get; init; }
+    public long BalloonedPages { get; init; }
+    public long HintedPages { get; init; }
+
+    /// <summary>Pages in the balloon that were sent anyway because the balloon was not trusted (see <see cref="BalloonSkip"/>).</summary>
+    public long BalloonedPagesSent { get; init; }
+    public long DirtySyncCount { get; init; }
+    public double DirtyPagesRate { get; init; }
+    public double Mbps { get; init; }
+    public int ThrottlePercent { get; init; }
+    public int Channels { get; init; }
+
+    /// <summary>"on", or "off: " and why (e.g. the guest did not negotiate MUST_TELL_HOST).</summary>
+    public string BalloonSkip { get; init; } = "";
+
+    /// <summary>"on", or "off: " and why.</summary>
+    public string FreePageHint { get; init; } = "";
+
+    /// <summary>Why the last pass did not switch over, while the migration keeps iterating.</summary>
+    public string? NotConverging { get; init; }
+    public IReadOnlyList<PassReport> Passes { get; init; } = [];
+}

@@ -1,0 +1,168 @@
+using Ferry.Devices.Virtio.Balloon;
+using Ferry.Kvm;
+using Ferry.Migration.Engine;
+using Ferry.Migration.Stream;
+
+namespace Ferry.Migration.Machines;
+
+/// <summary>A running <see cref="Machine.Machine"/> as the source of a migration.</summary>
+public sealed class MachineMigrationSource(Machine.Machine machine) : IMigrationSource
+{
+    private readonly BalloonView? _balloon = machine.Balloon is { } device ? new BalloonView(device, machine.Memory) : null;
+
+    public IReadOnlyList<RamBlock> Blocks => machine.Memory.Blocks;
+
+    public bool IsPaused => machine.Status != "running";
+
+    public IMigrationBalloon? Balloon => _balloon;
+
+    public void SetDirtyLogging(bool enabled) => machine.Vm.SetDirtyLogging(enabled);
+
+    public void SyncDirtyLog(int block, PageBitmap into) => machine.Vm.SyncDirtyLog(machine.Memory.Blocks[block], into);
+
+    public void PauseGuest() => machine.Pause();
+
+    public void ResumeGuest() => machine.Resume();
+
+    public void SetThrottle(int percent) => machine.SetThrottle(percent);
+
+    public IReadOnlyList<StateSection> SaveState() => MachineState.Save(machine);
+
+    private sealed class BalloonView : IMigrationBalloon
+    {
+        private readonly BalloonDevice _device;
+        private readonly GuestMemory _memory;
+        private Action<int, ulong, ulong>? _hinted;
+
+        public BalloonView(BalloonDevice device, GuestMemory memory)
+        {
+            _device = device;
+            _memory = memory;
+            _device.FreePageHinted += hint =>
+            {
+                var index = IndexOf(hint.Block);
+                if (index >= 0)
+                    _hinted?.Invoke(index, hint.Offset, hint.Length);
+            };
+        }
+
+        public bool DriverReady => _device.DriverReady;
+
+        public bool MustTellHost => _device.DriverReady && _device.MustTellHost;
+
+        public bool CanHint => _device.DriverReady && _device.Has(BalloonDevice.FREE_PAGE_HINT);
+
+        public uint PoisonValue => _device.Has(BalloonDevice.PAGE_POISON) ? _device.PoisonValue : 0;
+
+        public event Action<int, ulong, ulong>? Hinted
+        {
+            add => _hinted += value;
+            remove => _hinted -= value;
+        }
+
+        public bool HintRunFinishedByGuest => _device.HintStatus.State is FreePageHintState.Stopped or FreePageHintState.Done;
+
+        public void CopyBalloonBitmap(int block, PageBitmap into) => _device.BalloonBitmap(_memory.Blocks[block]).Words.CopyTo(into.Words);
+
+        public void StartHinting() => _device.StartFreePageHinting();
+
+        public void StopHinting() => _device.StopFreePageHinting();
+
+        public void FinishHinting() => _device.FinishFreePageHinting();
+
+        private int IndexOf(RamBlock block)
+        {
+            for (var i = 0; i < _memory.Blocks.Count; i++)
+            {
+                if (ReferenceEquals(_memory.Blocks[i], block))
+                    return i;
+            }
+            return -1;
+        }
+    }
+}
+
+/// <summary>A freshly created machine, started paused, as the destination of a migration or a restore.</summary>
+public sealed class MachineMigrationTarget(Machine.Machine machine) : IMigrationTarget
+{
+    public IReadOnlyList<RamBlock> Blocks => machine.Memory.Blocks;
+
+    public void ApplyBalloonBitmap(int block, ulong firstPage, ReadOnlySpan<byte> bitmap)
+    {
+        var ramBlock = machine.Memory.Blocks[block];
+        if (machine.Balloon is null)
+            throw new InvalidDataException("the stream carries a balloon bitmap but this machine has no balloon (start it with the source's configuration)");
+        machine.Balloon.ApplyBalloonBitmap(ramBlock, firstPage, bitmap);
+        // Ballooned pages hold nothing: make them holes, one punch per run.
+        BitmapRuns.ForEach(bitmap, firstPage, (page, count) => ramBlock.Discard(page * RamBlock.PageSize, count * RamBlock.PageSize));
+    }
+
+    public void RestoreState(IReadOnlyList<StateSection> sections) => MachineState.Restore(machine, sections);
+
+    public void ResumeGuest() => machine.Resume();
+}
+
+/// <summary>The state sections of a machine: one per vCPU, then the balloon's transport and device.</summary>
+public static class MachineState
+{
+    public const string VcpuSection = "vcpu";
+    public const string TransportSection = "virtio-mmio";
+    public const string BalloonSection = "virtio-balloon";
+
+    public static IReadOnlyList<StateSection> Save(Machine.Machine machine)
+    {
+        var sections = new List<StateSection>();
+        foreach (var state in machine.CaptureVcpuStates())
+            sections.Add(new StateSection(StateKind.Vcpu, (ushort)state.Index, VcpuSection, VcpuStateCodec.Encode(state)));
+        if (machine.Balloon is not null)
+        {
+            sections.Add(new StateSection(StateKind.Device, 0, TransportSection, machine.BalloonTransport!.SaveState()));
+            sections.Add(new StateSection(StateKind.Device, 0, BalloonSection, machine.Balloon.SaveState()));
+        }
+        return sections;
+    }
+
+    /// <summary>Validates the set of sections against this machine, then restores them (transport before device).</summary>
+    public static void Restore(Machine.Machine machine, IReadOnlyList<StateSection> sections)
+    {
+        var vcpus = new VcpuState?[machine.Config.Cpus];
+        byte[]? transport = null, balloon = null;
+        foreach (var section in sections)
+        {
+            switch (section.Kind, section.Name)
+            {
+                case (StateKind.Vcpu, VcpuSection):
+                    if (section.Index >= vcpus.Length)
+                        throw new InvalidDataException($"state for vCPU {section.Index}, but this machine has {vcpus.Length} vCPUs (start it with the source's --cpus)");
+                    if (vcpus[section.Index] is not null)
+                        throw new InvalidDataException($"two state sections for vCPU {section.Index}");
+                    var state = VcpuStateCodec.Decode(section.Blob);
+                    if (state.Index != section.Index)
+                        throw new InvalidDataException($"vCPU section {section.Index} holds the state of vCPU {state.Index}");
+                    vcpus[section.Index] = state;
+                    break;
+                case (StateKind.Device, TransportSection) when section.Index == 0:
+                    transport = transport is null ? section.Blob : throw new InvalidDataException("two virtio-mmio state sections");
+                    break;
+                case (StateKind.Device, BalloonSection) when section.Index == 0:
+                    balloon = balloon is null ? section.Blob : throw new InvalidDataException("two virtio-balloon state sections");
+                    break;
+                default:
+                    throw new InvalidDataException($"unknown state section {section.Kind} {section.Index} '{section.Name}'");
+            }
+        }
+        var missing = Array.FindIndex(vcpus, v => v is null);
+        if (missing >= 0)
+            throw new InvalidDataException($"no state for vCPU {missing} (the source had fewer vCPUs than this machine's {vcpus.Length})");
+        if ((machine.Balloon is null) != (balloon is null) || (transport is null) != (balloon is null))
+            throw new InvalidDataException(machine.Balloon is null
+                ? "the stream carries balloon state but this machine has no balloon"
+                : "the stream carries no balloon state but this machine has a balloon");
+        if (machine.Balloon is not null)
+        {
+            machine.BalloonTransport!.RestoreState(transport);
+            machine.Balloon.RestoreState(balloon);
+        }
+        machine.RestoreVcpuStates(vcpus!);
+    }
+}
