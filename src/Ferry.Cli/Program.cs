@@ -18,6 +18,8 @@ public static class Program
                     --qmp unix:PATH      serve the QMP control socket there
                     --guest PATH         guest image (default: the one built from guest/)
                     --cmdline TEXT       guest command line (e.g. "free_mode=poison poison=0xaa")
+                    --incoming tcp:HOST:PORT   do not boot: wait for a migration there, load it, run the guest
+                                         (start with the source's --memory and --cpus)
           demo    boot a guest, run a memory workload in it, print what happened and exit
                     --memory SIZE (default 1G)  --cpus N (default 2)  --guest PATH
           help    this text
@@ -30,6 +32,14 @@ public static class Program
           hint SOCK start|stop|done|status   run free page hinting by hand
           free-bitmap SOCK [--drop-caches]   ask the guest for its free page bitmap (Ferry extension)
           qmp SOCK COMMAND ['{"arg": ...}']   any QMP command; prints the JSON reply
+          migrate SOCK tcp:HOST:PORT [options]   live-migrate to a `ferry run --incoming` destination
+                    --max-bandwidth SIZE   bytes per second over all channels (e.g. 500M; default unlimited)
+                    --downtime-limit MS    largest acceptable pause (default 300)
+                    --channels N           parallel TCP channels (default: one per core)
+                    --auto-converge        throttle the vCPUs while the guest dirties faster than the link
+                    --no-hint | --no-balloon-skip   turn off free page hinting / skipping ballooned pages
+                    --report FILE          write the final statistics with per-pass figures as JSON
+                    --quiet                no progress bar
         """;
 
     public static int Main(string[] args)
@@ -45,8 +55,9 @@ public static class Program
             {
                 "run" => Run(args[1..]),
                 "demo" => Demo.Run(args[1..]),
+                "migrate" => MigrateCommand.Run(args[1..]),
                 var name when ControlCommands.Names.Contains(name) => ControlCommands.Run(name, args[1..]),
-                _ => throw new UsageException($"unknown command '{args[0]}' (commands: run, demo, {string.Join(", ", ControlCommands.Names)}, help)"),
+                _ => throw new UsageException($"unknown command '{args[0]}' (commands: run, demo, migrate, {string.Join(", ", ControlCommands.Names)}, help)"),
             };
         }
         catch (UsageException e)
@@ -79,11 +90,23 @@ public static class Program
 
     private static int Run(string[] args)
     {
-        var a = CliArguments.Parse(args, "run", ["memory", "cpus", "console", "qmp", "guest", "cmdline"], []);
+        var a = CliArguments.Parse(args, "run", ["memory", "cpus", "console", "qmp", "guest", "cmdline", "incoming"], []);
         if (a.Positional.Count > 0)
             throw new UsageException($"ferry run: unexpected argument '{a.Positional[0]}'");
         var config = ParseMachineConfig(a, "run", "512M", 1);
         var qmpSpec = a.Get("qmp");
+        Ferry.Migration.Transport.MigrationUri? incoming = null;
+        if (a.Get("incoming") is { } incomingText)
+        {
+            try
+            {
+                incoming = Ferry.Migration.Transport.MigrationUri.Parse(incomingText);
+            }
+            catch (FormatException e)
+            {
+                throw new UsageException($"ferry run: --incoming: {e.Message}");
+            }
+        }
         if (qmpSpec is not null && (!qmpSpec.StartsWith("unix:", StringComparison.Ordinal) || qmpSpec.Length == 5))
             throw new UsageException($"ferry run: --qmp '{qmpSpec}' is not unix:PATH");
         using var console = ConsoleBackend.Create(a.Get("console") ?? "stdio");
@@ -94,6 +117,7 @@ public static class Program
             qmp = new QmpServer(qmpSpec[5..]);
             MachineCommands.Register(qmp, machine);
             BalloonCommands.Register(qmp, machine);
+            MigrationCommands.Register(qmp, machine);
             try
             {
                 qmp.Start();
@@ -106,7 +130,19 @@ public static class Program
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; machine.Stop("interrupted (SIGINT)"); });
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; machine.Stop("terminated (SIGTERM)"); });
         console.Start(machine.Serial);
-        machine.Start();
+        if (incoming is null)
+        {
+            machine.Start();
+        }
+        else
+        {
+            var loaded = IncomingMigration.Run(machine, incoming);
+            if (loaded != 0)
+            {
+                qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                return loaded;
+            }
+        }
         var exit = machine.Exited.GetAwaiter().GetResult();
         qmp?.Emit("SHUTDOWN", new System.Text.Json.Nodes.JsonObject { ["guest"] = exit.Kind == MachineExitKind.PowerOff, ["reason"] = exit.Message });
         qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();

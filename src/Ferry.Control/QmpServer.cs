@@ -243,6 +243,7 @@ public sealed class QmpServer : IAsyncDisposable
             open = [.. _connections];
             serving = [.. _serving];
         }
+        await Task.WhenAll(open.Select(c => c.DrainAsync(TimeSpan.FromSeconds(1)))).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         foreach (var c in open)
             c.Socket.Dispose();
         // Handlers in flight finish before the caller tears the machine down under them.
@@ -269,10 +270,12 @@ public sealed class QmpServer : IAsyncDisposable
             SingleReader = true,
         });
 
+        private readonly Task _writeLoop;
+
         public Connection(Socket socket)
         {
             Socket = socket;
-            _ = Task.Run(WriteLoopAsync);
+            _writeLoop = Task.Run(WriteLoopAsync);
         }
 
         public Socket Socket { get; }
@@ -283,6 +286,13 @@ public sealed class QmpServer : IAsyncDisposable
         {
             _outgoing.Writer.TryWrite(Encoding.UTF8.GetBytes(message.ToJsonString() + "\r\n"));
             return Task.CompletedTask;
+        }
+
+        /// <summary>Lets the queued messages (e.g. a final event) reach the client before the socket closes.</summary>
+        public Task DrainAsync(TimeSpan timeout)
+        {
+            _outgoing.Writer.TryComplete();
+            return _writeLoop.WaitAsync(timeout);
         }
 
         private async Task WriteLoopAsync()

@@ -1,0 +1,293 @@
+using System.Text.Json.Nodes;
+using Ferry.Migration.Engine;
+using Ferry.Migration.Machines;
+using Ferry.Migration.Transport;
+
+namespace Ferry.Control;
+
+/// <summary>
+/// QMP migration commands with QEMU's names and shapes: migrate, query-migrate, migrate_cancel,
+/// migrate-set-parameters / query-migrate-parameters, migrate-set-capabilities / query-migrate-capabilities, and
+/// the MIGRATION and MIGRATION_PASS events. Ferry-only parameters, capabilities and fields are prefixed `ferry-`.
+/// When a migration completes the source machine stops (its guest runs on the destination).
+/// </summary>
+public sealed class MigrationCommands
+{
+    private readonly QmpServer _server;
+    private readonly Ferry.Machine.Machine _machine;
+    private readonly object _gate = new();
+    private MigrationParameters _parameters = new();
+    private MigrationCapabilities _capabilities = new();
+    private PrecopyMigration? _current;
+    private MigrationStats? _last;
+
+    private MigrationCommands(QmpServer server, Ferry.Machine.Machine machine)
+    {
+        _server = server;
+        _machine = machine;
+    }
+
+    /// <summary>The last finished migration's statistics (null before one finished).</summary>
+    public MigrationStats? LastResult
+    {
+        get
+        {
+            lock (_gate)
+                return _last;
+        }
+    }
+
+    public static MigrationCommands Register(QmpServer server, Ferry.Machine.Machine machine)
+    {
+        var commands = new MigrationCommands(server, machine);
+        server.Register("migrate", commands.Migrate);
+        server.Register("query-migrate", _ => commands.Query());
+        server.Register("migrate_cancel", _ =>
+        {
+            commands.Current()?.Cancel();
+            return null;
+        });
+        server.Register("migrate-set-parameters", commands.SetParameters);
+        server.Register("query-migrate-parameters", _ => commands.QueryParameters());
+        server.Register("migrate-set-capabilities", commands.SetCapabilities);
+        server.Register("query-migrate-capabilities", _ => commands.QueryCapabilities());
+        return commands;
+    }
+
+    private PrecopyMigration? Current()
+    {
+        lock (_gate)
+            return _current;
+    }
+
+    private JsonNode? Migrate(JsonObject? args)
+    {
+        var uriText = args?["uri"] is JsonValue v && v.TryGetValue<string>(out var s) ? s
+            : throw new QmpException(QmpException.GenericError, "Parameter 'uri' is missing or not a string");
+        MigrationUri uri;
+        try
+        {
+            uri = MigrationUri.Parse(uriText);
+        }
+        catch (FormatException e)
+        {
+            throw new QmpException(QmpException.GenericError, e.Message);
+        }
+        if (_machine.Exited.IsCompleted)
+            throw new QmpException(QmpException.GenericError, "the VM has stopped; there is nothing to migrate");
+        PrecopyMigration migration;
+        lock (_gate)
+        {
+            if (_current is not null)
+                throw new QmpException(QmpException.GenericError, "There's a migration process in progress");
+            migration = new PrecopyMigration(new MachineMigrationSource(_machine), _parameters, _capabilities);
+            _current = migration;
+        }
+        migration.StatusChanged += status => _server.Emit("MIGRATION", new JsonObject { ["status"] = status.ToQmp() });
+        migration.PassCompleted += pass => _server.Emit("MIGRATION_PASS", new JsonObject { ["pass"] = pass.Pass });
+        var thread = new Thread(() =>
+        {
+            MigrationStats result;
+            try
+            {
+                result = migration.Run(new TcpChannelConnector(uri));
+            }
+            catch (MigrationException)
+            {
+                result = migration.Snapshot();
+            }
+            lock (_gate)
+            {
+                _last = result;
+                _current = null;
+            }
+            migration.Dispose();
+            // The final figures travel with the last event: a completed source exits right after it.
+            _server.Emit("MIGRATION", new JsonObject { ["status"] = result.Status.ToQmp(), ["ferry-info"] = MigrationJson.ToQmp(result, passes: true) });
+            if (result.Status == MigrationStatus.Completed)
+                _machine.Stop($"migrated to {uri}");
+        })
+        { Name = "migration", IsBackground = true };
+        thread.Start();
+        return null;
+    }
+
+    private JsonObject Query()
+    {
+        PrecopyMigration? current;
+        MigrationStats? last;
+        lock (_gate)
+        {
+            current = _current;
+            last = _last;
+        }
+        var stats = current?.Snapshot() ?? last;
+        return stats is null ? [] : MigrationJson.ToQmp(stats, passes: false);
+    }
+
+    private JsonNode? SetParameters(JsonObject? args)
+    {
+        if (args is null)
+            return null;
+        var p = _parameters;
+        foreach (var (name, value) in args)
+        {
+            long Number() => value is JsonValue n && n.TryGetValue<long>(out var x) ? x
+                : throw new QmpException(QmpException.GenericError, $"Parameter '{name}' expects an integer, not {value?.ToJsonString() ?? "null"}");
+            int Int() => checked((int)Math.Clamp(Number(), int.MinValue, int.MaxValue));
+            p = name switch
+            {
+                "max-bandwidth" => p with { MaxBandwidth = Number() },
+                "downtime-limit" => p with { DowntimeLimitMs = Number() },
+                "multifd-channels" => p with { MultifdChannels = Int() },
+                "cpu-throttle-initial" => p with { CpuThrottleInitial = Int() },
+                "cpu-throttle-increment" => p with { CpuThrottleIncrement = Int() },
+                "max-cpu-throttle" => p with { MaxCpuThrottle = Int() },
+                "throttle-trigger-threshold" => p with { ThrottleTriggerThreshold = Int() },
+                "ferry-hint-budget-ms" => p with { HintBudgetMs = Int() },
+                "ferry-switchover-timeout-ms" => p with { SwitchoverTimeoutMs = Int() },
+                _ => throw new QmpException(QmpException.GenericError, $"Parameter '{name}' is unexpected (known: max-bandwidth, downtime-limit, multifd-channels, cpu-throttle-initial, cpu-throttle-increment, max-cpu-throttle, throttle-trigger-threshold, ferry-hint-budget-ms, ferry-switchover-timeout-ms)"),
+            };
+        }
+        try
+        {
+            p.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new QmpException(QmpException.GenericError, $"Parameter {e.Message}");
+        }
+        lock (_gate)
+        {
+            _parameters = p;
+            // Like QEMU, a new bandwidth limit applies to a running migration at once; the others apply to the next.
+            _current?.SetMaxBandwidth(p.MaxBandwidth);
+        }
+        return null;
+    }
+
+    private JsonObject QueryParameters()
+    {
+        var p = _parameters;
+        return new JsonObject
+        {
+            ["max-bandwidth"] = p.MaxBandwidth,
+            ["downtime-limit"] = p.DowntimeLimitMs,
+            ["multifd-channels"] = p.MultifdChannels,
+            ["cpu-throttle-initial"] = p.CpuThrottleInitial,
+            ["cpu-throttle-increment"] = p.CpuThrottleIncrement,
+            ["max-cpu-throttle"] = p.MaxCpuThrottle,
+            ["throttle-trigger-threshold"] = p.ThrottleTriggerThreshold,
+            ["ferry-hint-budget-ms"] = p.HintBudgetMs,
+            ["ferry-switchover-timeout-ms"] = p.SwitchoverTimeoutMs,
+        };
+    }
+
+    private JsonNode? SetCapabilities(JsonObject? args)
+    {
+        if (args?["capabilities"] is not JsonArray list)
+            throw new QmpException(QmpException.GenericError, "Parameter 'capabilities' is missing or not a list");
+        lock (_gate)
+        {
+            if (_current is not null)
+                throw new QmpException(QmpException.GenericError, "There's a migration process in progress");
+            var c = _capabilities;
+            foreach (var item in list)
+            {
+                var name = item?["capability"]?.GetValue<string>() ?? throw new QmpException(QmpException.GenericError, "each capability needs a 'capability' name");
+                var state = item["state"] is JsonValue sv && sv.TryGetValue<bool>(out var b) ? b
+                    : throw new QmpException(QmpException.GenericError, $"capability '{name}' needs a boolean 'state'");
+                c = name switch
+                {
+                    "multifd" => c with { Multifd = state },
+                    "auto-converge" => c with { AutoConverge = state },
+                    "ferry-free-page-hint" => c with { FreePageHint = state },
+                    "ferry-balloon-skip" => c with { BalloonSkip = state },
+                    _ => throw new QmpException(QmpException.GenericError, $"Capability '{name}' is not supported (known: multifd, auto-converge, ferry-free-page-hint, ferry-balloon-skip)"),
+                };
+            }
+            _capabilities = c;
+        }
+        return null;
+    }
+
+    private JsonArray QueryCapabilities()
+    {
+        var c = _capabilities;
+        static JsonObject Item(string name, bool state) => new() { ["capability"] = name, ["state"] = state };
+        return [Item("multifd", c.Multifd), Item("auto-converge", c.AutoConverge), Item("ferry-free-page-hint", c.FreePageHint), Item("ferry-balloon-skip", c.BalloonSkip)];
+    }
+}
+
+/// <summary>Migration statistics in query-migrate's shape (QEMU's field names), with Ferry's extras under "ferry".</summary>
+public static class MigrationJson
+{
+    public static JsonObject ToQmp(MigrationStats s, bool passes)
+    {
+        var result = new JsonObject
+        {
+            ["status"] = s.Status.ToQmp(),
+            ["total-time"] = (long)s.TotalTimeMs,
+            ["setup-time"] = (long)s.SetupTimeMs,
+            ["expected-downtime"] = (long)s.ExpectedDowntimeMs,
+            ["ram"] = new JsonObject
+            {
+                ["transferred"] = s.TransferredBytes,
+                ["remaining"] = s.RemainingBytes,
+                ["total"] = s.TotalBytes,
+                ["duplicate"] = s.ZeroPages,
+                ["normal"] = s.NormalPages,
+                ["normal-bytes"] = s.NormalPages * 4096,
+                ["dirty-sync-count"] = s.DirtySyncCount,
+                ["dirty-pages-rate"] = (long)s.DirtyPagesRate,
+                ["mbps"] = Math.Round(s.Mbps, 3),
+                ["page-size"] = 4096,
+            },
+        };
+        if (s.DowntimeMs is { } downtime)
+            result["downtime"] = (long)Math.Ceiling(downtime);
+        if (s.ThrottlePercent > 0)
+            result["cpu-throttle-percentage"] = s.ThrottlePercent;
+        if (s.Error is not null)
+            result["error-desc"] = s.Error;
+        var ferry = new JsonObject
+        {
+            ["channels"] = s.Channels,
+            ["skipped-untouched"] = s.UntouchedPages,
+            ["skipped-ballooned"] = s.BalloonedPages,
+            ["skipped-hinted"] = s.HintedPages,
+            ["ballooned-sent"] = s.BalloonedPagesSent,
+            ["balloon-skip"] = s.BalloonSkip,
+            ["free-page-hint"] = s.FreePageHint,
+            ["downtime-exact-ms"] = s.DowntimeMs is { } d ? Math.Round(d, 3) : null,
+            ["total-time-exact-ms"] = Math.Round(s.TotalTimeMs, 3),
+        };
+        if (s.NotConverging is not null)
+            ferry["not-converging"] = s.NotConverging;
+        if (passes)
+        {
+            var list = new JsonArray();
+            foreach (var p in s.Passes)
+            {
+                list.Add((JsonNode)new JsonObject
+                {
+                    ["pass"] = p.Pass,
+                    ["duration-ms"] = Math.Round(p.DurationMs, 3),
+                    ["bytes"] = p.Bytes,
+                    ["normal"] = p.NormalPages,
+                    ["duplicate"] = p.ZeroPages,
+                    ["skipped-hinted"] = p.HintedPages,
+                    ["skipped-ballooned"] = p.BalloonedPages,
+                    ["dirty-pages-after"] = p.DirtyPagesAfter,
+                    ["dirty-pages-rate"] = Math.Round(p.DirtyPagesPerSecond),
+                    ["bandwidth-bytes-per-second"] = Math.Round(p.BandwidthBytesPerSecond),
+                    ["expected-downtime-ms"] = Math.Round(p.ExpectedDowntimeMs, 3),
+                    ["cpu-throttle-percentage"] = p.ThrottlePercent,
+                });
+            }
+            ferry["passes"] = list;
+        }
+        result["ferry"] = ferry;
+        return result;
+    }
+}
