@@ -52,6 +52,9 @@ public sealed class BootedGuest : IDisposable
     }
 
     /// <summary>Runs a shell command and asserts that the guest accepted it.</summary>
+    /// <summary>Wraps a machine that was not booted here (e.g. the destination of a migration) for guest commands.</summary>
+    public static BootedGuest Adopt(Machine.Machine machine, GuestConsole console) => new(machine, console, default);
+
     public async Task<JsonElement> Cmd(string command)
     {
         var reply = await Console.CommandAsync(command, Timeout);

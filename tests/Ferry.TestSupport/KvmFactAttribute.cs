@@ -18,3 +18,14 @@ public sealed class KvmFactAttribute : FactAttribute
             Skip = $"needs KVM: {reason}";
     }
 }
+
+/// <summary>A theory that needs /dev/kvm; skipped with the reason where KVM cannot be used.</summary>
+[AttributeUsage(AttributeTargets.Method)]
+public sealed class KvmTheoryAttribute : TheoryAttribute
+{
+    public KvmTheoryAttribute()
+    {
+        if (KvmSystem.UnavailableReason() is { } reason)
+            Skip = $"needs KVM: {reason}";
+    }
+}
