@@ -107,7 +107,8 @@ internal static class MigrateCommand
             }
             catch (IOException)
             {
-                // The source exits right after the final event; it may have arrived just before the close.
+                // The source exits right after the final event; it may be waiting unread behind the close.
+                qmp.DrainEvents();
                 return FinalEvent();
             }
             if (!quiet && now?["ram"] is JsonObject ram)

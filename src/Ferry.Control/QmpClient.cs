@@ -60,6 +60,27 @@ public sealed class QmpClient : IDisposable
         }
     }
 
+    /// <summary>
+    /// After the server went away: reads whatever it sent before closing (e.g. a final event that arrived after the
+    /// last reply) into <see cref="Events"/>.
+    /// </summary>
+    public void DrainEvents()
+    {
+        try
+        {
+            string? line;
+            while ((line = _reader.ReadLine()) is not null)
+            {
+                if (JsonNode.Parse(line) is JsonObject message && message.ContainsKey("event"))
+                    Events.Add(message);
+            }
+        }
+        catch (Exception e) when (e is IOException or System.Text.Json.JsonException)
+        {
+            // Closed or cut mid-line: what was read is all there is.
+        }
+    }
+
     private JsonObject ReadMessage()
     {
         var line = _reader.ReadLine() ?? throw new IOException("the QMP server closed the connection");

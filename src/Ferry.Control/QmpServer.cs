@@ -232,6 +232,11 @@ public sealed class QmpServer : IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
             return;
         Disposing?.Invoke();
+        // Let queued messages (a final MIGRATION or SHUTDOWN event) reach the clients before anything closes.
+        Connection[] draining;
+        lock (_lock)
+            draining = [.. _connections];
+        await Task.WhenAll(draining.Select(c => c.DrainAsync(TimeSpan.FromSeconds(1)))).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         await _stopping.CancelAsync().ConfigureAwait(false);
         _listener?.Dispose();
         if (_acceptLoop is not null)
@@ -243,7 +248,6 @@ public sealed class QmpServer : IAsyncDisposable
             open = [.. _connections];
             serving = [.. _serving];
         }
-        await Task.WhenAll(open.Select(c => c.DrainAsync(TimeSpan.FromSeconds(1)))).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         foreach (var c in open)
             c.Socket.Dispose();
         // Handlers in flight finish before the caller tears the machine down under them.
