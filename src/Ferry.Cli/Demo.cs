@@ -2,12 +2,14 @@ using System.Diagnostics;
 using System.Text.Json;
 using Ferry.Kvm;
 using Ferry.Machine;
+using Ferry.Migration.Machines;
 
 namespace Ferry.Cli;
 
 /// <summary>
 /// `ferry demo`: boots a guest, runs a memory workload (fill, verify, a dirtying loop with a pause in the middle,
-/// the KVM dirty log), prints what happened and powers the guest off.
+/// the KVM dirty log), live-migrates it while it keeps dirtying memory to a second machine over loopback TCP,
+/// verifies its memory there, prints what happened and powers the guest off.
 /// </summary>
 internal static class Demo
 {
@@ -61,17 +63,31 @@ internal static class Demo
         verify = await Cmd(console, "verify").ConfigureAwait(false);
         Console.WriteLine($"verify after the pause: {verify.GetProperty("pages_checked").GetUInt64()} pages checked, {verify.GetProperty("failures").GetUInt64()} failures");
 
-        await Cmd(console, "free").ConfigureAwait(false);
-        var stats = await Cmd(console, "stats").ConfigureAwait(false);
-        Console.WriteLine($"after free: {Mib(stats, "free_bytes")} MiB free of {Mib(stats, "total_bytes")} MiB; free pages per order: {stats.GetProperty("free_pages_per_order")}");
+        // Free half of the filled memory (free page hinting should keep it off the wire), keep a working set
+        // dirtying, and move the running guest to a second machine over loopback TCP, on default settings.
+        await Cmd(console, $"free {fillMib / 2}").ConfigureAwait(false);
+        await Cmd(console, "dirty 100 64").ConfigureAwait(false);
         var allocated = machine.Memory.Blocks.Sum(b => (double)b.AllocatedBytes());
-        Console.WriteLine($"host memory allocated for guest RAM: {allocated / GuestLayout.MiB:0.0} MiB of {MachineConfig.FormatSize(config.MemoryBytes)}");
-
-        console.SendLine("poweroff");
-        var exit = await machine.Exited.WaitAsync(Timeout).ConfigureAwait(false);
-        Console.WriteLine($"exit: {exit.Message}");
-        var passed = verify.GetProperty("passed").GetBoolean() && exit.Kind == MachineExitKind.PowerOff;
-        return passed ? 0 : 1;
+        var used = await Cmd(console, "stats").ConfigureAwait(false);
+        Console.WriteLine($"before migrating: guest uses {Mib(used, "used_bytes")} MiB (dirty 100 MiB/s over 64 MiB running); host has {allocated / GuestLayout.MiB:0.0} MiB allocated for its RAM");
+        var destinationConsole = new GuestConsole();
+        var (destination, migration, report) = await Task.Run(() => LoopbackMigration.Run(machine, destinationConsole)).ConfigureAwait(false);
+        using (destination)
+        {
+            Console.WriteLine($"live migration over loopback TCP ({migration.Channels} channels, {migration.Passes.Count} passes): {migration.TotalTimeMs:0} ms total, {migration.DowntimeMs:0.0} ms downtime, {migration.TransferredBytes / (double)GuestLayout.MiB:0.0} MiB sent");
+            Console.WriteLine($"  pages sent {migration.NormalPages}, zero {migration.ZeroPages}, skipped: never touched {migration.UntouchedPages}, hinted free {migration.HintedPages}, ballooned {migration.BalloonedPages}");
+            Console.WriteLine($"  destination loaded {report.DataPages} pages from {report.Channels} channels; free page hint: {migration.FreePageHint}");
+            var stopped = await Cmd(destinationConsole, "stop").ConfigureAwait(false);
+            verify = await Cmd(destinationConsole, "verify").ConfigureAwait(false);
+            Console.WriteLine($"on the destination: dirty had rewritten {stopped.GetProperty("pages_dirtied").GetUInt64()} pages; verify: {verify.GetProperty("pages_checked").GetUInt64()} pages checked, {verify.GetProperty("failures").GetUInt64()} failures");
+            var destinationAllocated = destination.Memory.Blocks.Sum(b => (double)b.AllocatedBytes());
+            Console.WriteLine($"host memory allocated for the destination's RAM: {destinationAllocated / GuestLayout.MiB:0.0} MiB of {MachineConfig.FormatSize(config.MemoryBytes)}");
+            destinationConsole.SendLine("poweroff");
+            var exit = await destination.Exited.WaitAsync(Timeout).ConfigureAwait(false);
+            Console.WriteLine($"exit: {exit.Message}");
+            var passed = verify.GetProperty("passed").GetBoolean() && exit.Kind == MachineExitKind.PowerOff;
+            return passed ? 0 : 1;
+        }
     }
 
     private static async Task<JsonElement> WaitReady(GuestConsole console, Machine.Machine machine)

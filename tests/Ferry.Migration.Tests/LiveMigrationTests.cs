@@ -15,23 +15,8 @@ public sealed class LiveMigrationTests
         BootedGuest source, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
     {
         var console = new GuestConsole();
-        var destination = Machine.Machine.Create(source.Machine.Config, console);
-        try
-        {
-            destination.Start(paused: true);
-            using var listener = new TcpChannelListener(MigrationUri.Parse("tcp:127.0.0.1:0"));
-            var receive = Task.Run(() => MigrationReceiver.Receive(new MachineMigrationTarget(destination), listener, CancellationToken.None));
-            using var migration = new PrecopyMigration(new MachineMigrationSource(source.Machine), parameters ?? new MigrationParameters(), capabilities ?? new MigrationCapabilities());
-            var stats = migration.Run(new TcpChannelConnector(listener.Uri));
-            var report = receive.GetAwaiter().GetResult();
-            source.Machine.Stop("migrated");
-            return (BootedGuest.Adopt(destination, console), stats, report);
-        }
-        catch
-        {
-            destination.Dispose();
-            throw;
-        }
+        var (destination, stats, report) = LoopbackMigration.Run(source.Machine, console, parameters, capabilities);
+        return (BootedGuest.Adopt(destination, console), stats, report);
     }
 
     [KvmTheory]
