@@ -55,7 +55,12 @@ public sealed unsafe class VirtualMachine : IDisposable
             if (enabled == _dirtyLogging)
                 return;
             foreach (var block in _slots)
+            {
                 SetSlot(block, enabled);
+                // A fresh log: the VMM's writes from before logging began are not "since the last sync".
+                if (enabled)
+                    block.VmmDirty.Clear();
+            }
             _dirtyLogging = enabled;
         }
     }

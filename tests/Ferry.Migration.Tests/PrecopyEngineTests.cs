@@ -96,6 +96,34 @@ public sealed class PrecopyEngineTests
     }
 
     [Fact]
+    public void A_page_that_became_zero_after_it_was_sent_ends_as_a_hole_on_the_destination()
+    {
+        using var vm = new SyntheticVm(16 * MiB);
+        vm.Fill(0, 0, 100, 1);
+        using var target = new SyntheticTarget(vm.Blocks);
+        var channels = new InMemoryChannels();
+        var receive = Task.Run(() => MigrationReceiver.Receive(target, channels, CancellationToken.None));
+        using var migration = new PrecopyMigration(vm, new MigrationParameters { MultifdChannels = 2 }, new MigrationCapabilities());
+        migration.PassCompleted += pass =>
+        {
+            if (pass.Pass != 1)
+                return;
+            // After pass 1 sent it, the guest zeroes page 5 and rewrites page 6.
+            vm.Blocks[0].Mapping.GetSpan(5 * 4096, 4096).Clear();
+            vm.Fill(0, 6, 1, 2);
+            vm.Blocks[0].VmmDirty.Set(5);
+        };
+
+        var stats = migration.Run(channels);
+        receive.GetAwaiter().GetResult();
+
+        Assert.Equal(101, stats.NormalPages);
+        Assert.Equal(1, stats.ZeroPages);
+        Assert.InRange(target.Blocks[0].AllocatedBytes(), 99UL * 4096, 99UL * 4096 + MiB);
+        AssertSameMemory(vm, target);
+    }
+
+    [Fact]
     public void Pages_in_a_trusted_balloon_are_never_sent_and_the_bitmap_arrives()
     {
         using var vm = new SyntheticVm(64 * MiB);

@@ -353,6 +353,7 @@ public sealed class PrecopyMigration : IDisposable
             (_, false) => "off: capability ferry-free-page-hint is off",
             ({ DriverReady: false }, _) or ({ CanHint: false }, _) => "off: the guest did not negotiate FREE_PAGE_HINT",
             ({ PoisonValue: not 0 }, _) => $"off: the guest poisons free pages with 0x{balloon.PoisonValue:X8}, so they must be sent",
+            _ when _source.IsPaused => "off: the guest is paused (it cannot answer)",
             _ => "on",
         };
         _useHints = _freePageHint == "on";
