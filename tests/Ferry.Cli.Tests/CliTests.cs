@@ -240,3 +240,167 @@ public sealed class CliControlTests
         }
     }
 }
+
+public sealed class CliMigrationTests
+{
+    private static readonly string FerryDll = typeof(Program).Assembly.Location;
+
+    private static int FreePort()
+    {
+        using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    /// <summary>Starts `ferry run --incoming`; returns once it says it is waiting.</summary>
+    private static async Task<(Process Ferry, string Qmp, string Console, StringBuilder Stderr)> StartIncoming(string memory, int port)
+    {
+        var socketPath = Path.Combine(Path.GetTempPath(), $"ferry-in-{Guid.NewGuid():N}.sock");
+        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", memory, "--incoming", $"tcp:127.0.0.1:{port}", "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+        };
+        var ferry = Process.Start(psi)!;
+        var stderr = new StringBuilder();
+        // Continuations must not run on the stderr reader thread: the test body would block it.
+        var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        ferry.ErrorDataReceived += (_, e) =>
+        {
+            lock (stderr)
+                stderr.AppendLine(e.Data);
+            if (e.Data?.Contains("waiting for a migration", StringComparison.Ordinal) == true)
+                waiting.TrySetResult();
+        };
+        ferry.BeginErrorReadLine();
+        await waiting.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        return (ferry, socketPath, socketPath + ".console", stderr);
+    }
+
+    /// <summary>Waits until the process's captured stderr contains the text (its last lines arrive after the exit).</summary>
+    private static void AssertStderrSoon(StringBuilder stderr, string text)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (true)
+        {
+            lock (stderr)
+            {
+                if (stderr.ToString().Contains(text, StringComparison.Ordinal))
+                    return;
+                if (DateTime.UtcNow > deadline)
+                    Assert.Fail($"stderr lacks '{text}': {stderr}");
+            }
+            Thread.Sleep(50);
+        }
+    }
+
+    private static async Task<string> ConsoleCommand(string consolePath, string command)
+    {
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await socket.ConnectAsync(new UnixDomainSocketEndPoint(consolePath));
+        using var stream = new NetworkStream(socket);
+        await stream.WriteAsync(Encoding.UTF8.GetBytes(command + "\n"));
+        using var reader = new StreamReader(stream);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        while (true)
+        {
+            var line = await reader.ReadLineAsync(timeout.Token) ?? throw new IOException("console closed");
+            if (line.Contains($"\"cmd\":\"{command.Split(' ')[0]}\"", StringComparison.Ordinal))
+                return line;
+        }
+    }
+
+    [KvmFact]
+    public async Task Ferry_migrate_moves_a_running_guest_to_an_incoming_ferry()
+    {
+        var port = FreePort();
+        var (source, sourceQmp) = await CliTests.StartWithQmp("256M");
+        var (destination, destinationQmp, destinationConsole, destinationErr) = await StartIncoming("256M", port);
+        using (source)
+        using (destination)
+        {
+            try
+            {
+                await ConsoleCommand(sourceQmp + ".console", "fill 64");
+                await ConsoleCommand(sourceQmp + ".console", "dirty 20 8");
+                var report = Path.Combine(Path.GetTempPath(), $"ferry-report-{Guid.NewGuid():N}.json");
+                var (code, stdout, stderr) = CliTests.Ferry("", null, "migrate", $"unix:{sourceQmp}", $"tcp:127.0.0.1:{port}", "--channels", "2", "--report", report, "--quiet");
+                Assert.True(code == 0, $"migrate failed: {stderr}\n{stdout}");
+                Assert.Contains("status               completed", stdout, StringComparison.Ordinal);
+                Assert.Contains("skipped: untouched", stdout, StringComparison.Ordinal);
+                var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(report))!;
+                File.Delete(report);
+                Assert.Equal("completed", json["status"]!.GetValue<string>());
+                Assert.True(json["ferry"]!["passes"]!.AsArray().Count >= 2);
+                Assert.Equal(2, json["ferry"]!["channels"]!.GetValue<int>());
+                Assert.True(source.WaitForExit(30_000), "the source did not exit after the migration");
+                Assert.Equal(0, source.ExitCode);
+
+                Assert.Contains("\"passed\":true", await ConsoleCommand(destinationConsole, "verify"), StringComparison.Ordinal);
+                var (statusCode, status, _) = CliTests.Ferry("", null, "status", $"unix:{destinationQmp}");
+                Assert.Equal(0, statusCode);
+                Assert.Contains("running", status, StringComparison.Ordinal);
+                CliTests.Ferry("", null, "quit", $"unix:{destinationQmp}");
+                Assert.True(destination.WaitForExit(30_000));
+                AssertStderrSoon(destinationErr, "migration loaded from 2 channel(s)");
+            }
+            finally
+            {
+                foreach (var p in new[] { source, destination })
+                {
+                    if (!p.HasExited)
+                        p.Kill(entireProcessTree: true);
+                }
+            }
+        }
+    }
+
+    [KvmFact]
+    public async Task A_destination_with_less_memory_refuses_exits_5_and_the_source_keeps_running()
+    {
+        var port = FreePort();
+        var (source, sourceQmp) = await CliTests.StartWithQmp("256M");
+        var (destination, _, _, destinationErr) = await StartIncoming("128M", port);
+        using (source)
+        using (destination)
+        {
+            try
+            {
+                var (code, _, stderr) = CliTests.Ferry("", null, "migrate", $"unix:{sourceQmp}", $"tcp:127.0.0.1:{port}", "--quiet");
+                Assert.Equal(1, code);
+                Assert.Contains("RAM block 'ram-low'", stderr, StringComparison.Ordinal);
+                Assert.True(destination.WaitForExit(30_000));
+                Assert.Equal(5, destination.ExitCode);
+                AssertStderrSoon(destinationErr, "incoming migration failed: bad migration stream: RAM block 'ram-low'");
+                var (_, status, _) = CliTests.Ferry("", null, "status", $"unix:{sourceQmp}");
+                Assert.Contains("running", status, StringComparison.Ordinal);
+                Assert.Contains("\"passed\":true", await ConsoleCommand(sourceQmp + ".console", "verify"), StringComparison.Ordinal);
+            }
+            finally
+            {
+                foreach (var p in new[] { source, destination })
+                {
+                    if (!p.HasExited)
+                        p.Kill(entireProcessTree: true);
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void Bad_migration_arguments_are_one_line_errors_naming_the_value()
+    {
+        var (code, _, stderr) = CliTests.Ferry("", null, "run", "--incoming", "udp:1.2.3.4:5");
+        Assert.Equal(2, code);
+        Assert.Contains("'udp:1.2.3.4:5' is not supported", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = CliTests.Ferry("", null, "run", "--incoming", "tcp:host:99999");
+        Assert.Equal(2, code);
+        Assert.Contains("port '99999' is not 0..65535", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock", "tcp:h:1", "--channels", "zero");
+        Assert.Equal(2, code);
+        Assert.Contains("--channels 'zero'", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock");
+        Assert.Equal(2, code);
+        Assert.Contains("usage: ferry migrate", stderr, StringComparison.Ordinal);
+    }
+}
