@@ -31,7 +31,6 @@ public sealed class PrecopyMigration : IDisposable
     /// <summary>Pages per chunk: 2 MiB, 8 bitmap words, one BALLOON_BITMAP record of 64 bytes.</summary>
     public const int ChunkPages = 512;
     private const int ChunkWords = ChunkPages / 64;
-    private const int ChannelBufferBytes = 1 << 20;
 
     private readonly IMigrationSource _source;
     private readonly MigrationParameters _parameters;
@@ -45,7 +44,8 @@ public sealed class PrecopyMigration : IDisposable
     private PageBitmap[] _pending = [];      // pages still to send in this pass; consumed word by word
     private PageBitmap[] _balloon = [];      // the trusted balloon bitmap as of this pass
     private PageBitmap[] _balloonSent = [];  // what the destination has been told
-    private ChannelState[] _channels = [];
+    private IMigrationOutput? _output;
+    private IReadOnlyList<IPageSink> _sinks = [];
     private volatile bool _acceptHints;
     private bool _trustBalloon, _useHints;
 
@@ -97,8 +97,7 @@ public sealed class PrecopyMigration : IDisposable
         StatusChanged?.Invoke(MigrationStatus.Cancelling);
         _cancel.Cancel();
         // Writers blocked on a full socket only notice when their stream goes away.
-        foreach (var channel in _channels)
-            channel.Abort();
+        _output?.Abort(keepControl: false);
     }
 
     public void Dispose() => _cancel.Dispose();
@@ -107,7 +106,7 @@ public sealed class PrecopyMigration : IDisposable
     {
         lock (_statsGate)
         {
-            var transferred = _channels.Sum(c => c.Writer?.BytesWritten ?? 0);
+            var transferred = _sinks.Sum(c => c.BytesWritten);
             var seconds = _clock.Elapsed.TotalSeconds;
             return new MigrationStats
             {
@@ -130,7 +129,7 @@ public sealed class PrecopyMigration : IDisposable
                 DirtyPagesRate = _dirtyRate,
                 Mbps = seconds > 0 ? transferred * 8 / seconds / 1e6 : 0,
                 ThrottlePercent = _throttle,
-                Channels = _channels.Length,
+                Channels = _sinks.Count,
                 BalloonSkip = _balloonSkip,
                 FreePageHint = _freePageHint,
                 NotConverging = _notConverging,
@@ -145,12 +144,20 @@ public sealed class PrecopyMigration : IDisposable
     /// </summary>
     public MigrationStats Run(IChannelConnector connector)
     {
+        using var output = new ChannelOutput(connector, _capabilities.Multifd ? _parameters.MultifdChannels : 1);
+        return Run(output);
+    }
+
+    /// <summary>Runs the migration into any output (channels to a destination, a snapshot file).</summary>
+    public MigrationStats Run(IMigrationOutput output)
+    {
+        _output = output;
         _clock.Start();
         var paused = false;
         try
         {
             SetStatus(MigrationStatus.Setup);
-            Connect(connector);
+            _sinks = output.Open(_source.Blocks, _cancel.Token);
             _source.SetDirtyLogging(true);
             PrepareFirstPass();
             lock (_statsGate)
@@ -227,17 +234,7 @@ public sealed class PrecopyMigration : IDisposable
             var final = SendPass(pass + 1, finalPass: true) with { DirtyPagesAfter = finalDirty };
             lock (_statsGate)
                 _passes.Add(final);
-            var control = _channels[0].Writer!;
-            foreach (var section in _source.SaveState())
-                control.WriteState(section.Kind, section.Index, section.Name, section.Blob);
-            foreach (var channel in _channels)
-            {
-                channel.Writer!.WriteEnd();
-                channel.Writer.Flush();
-            }
-            var reply = ReadReply(TimeSpan.FromMilliseconds(_parameters.SwitchoverTimeoutMs), "the guest running on the destination");
-            if (reply.Type != ReplyType.Resumed)
-                throw new MigrationException($"the destination failed to load the VM: {reply.Message}");
+            output.Complete(_source.SaveState(), TimeSpan.FromMilliseconds(_parameters.SwitchoverTimeoutMs));
             lock (_statsGate)
             {
                 _downtimeMs = (_clock.Elapsed - pauseStart).TotalMilliseconds;
@@ -266,66 +263,10 @@ public sealed class PrecopyMigration : IDisposable
 
     private string Describe(Exception e)
     {
-        // A destination that gave up usually said why on channel 0 before closing: prefer its reason.
-        if (e is IOException or ObjectDisposedException && _channels.Length > 0 && _channels[0].Stream is not null)
-        {
-            try
-            {
-                var reply = ReadReply(TimeSpan.FromMilliseconds(500), "a reason");
-                if (reply.Type == ReplyType.Failed)
-                    return $"the destination failed: {reply.Message}";
-            }
-            catch (Exception)
-            {
-                // No reason available; report the local error.
-            }
-        }
+        // A destination that gave up usually said why before closing: prefer its reason.
+        if (e is IOException or ObjectDisposedException && _output?.RemoteFailure() is { } reason)
+            return $"the destination failed: {reason}";
         return e is MigrationException or StreamFormatException ? e.Message : $"{e.GetType().Name}: {e.Message}";
-    }
-
-    private void Connect(IChannelConnector connector)
-    {
-        var count = _capabilities.Multifd ? _parameters.MultifdChannels : 1;
-        var blocks = _source.Blocks;
-        if (blocks.Count is 0 or > StreamHeader.MaxBlocks)
-            throw new MigrationException($"{blocks.Count} RAM blocks (1..{StreamHeader.MaxBlocks} can migrate)");
-        _channels = [.. Enumerable.Range(0, count).Select(_ => new ChannelState())];
-        var sessionId = (ulong)Random.Shared.NextInt64();
-        var capabilities = 0b111UL; // zero-runs, balloon-bitmap, multichannel
-        var header = new StreamHeader(capabilities, count, [.. blocks.Select(b => new BlockDescriptor(b.Name, b.Size))], sessionId);
-        for (var i = 0; i < count; i++)
-        {
-            var stream = connector.ConnectAsync(_cancel.Token).WaitAsync(TimeSpan.FromSeconds(10), _cancel.Token).GetAwaiter().GetResult();
-            _channels[i].Attach(stream, ChannelBufferBytes);
-            if (i == 0)
-            {
-                _channels[0].Writer!.WriteHeader(header);
-                _channels[0].Writer!.Flush();
-                var reply = ReadReply(TimeSpan.FromSeconds(10), "the destination to accept the stream");
-                if (reply.Type != ReplyType.Accept)
-                    throw new MigrationException($"the destination refused the migration: {reply.Message}");
-                if ((reply.Capabilities & ~capabilities) != 0)
-                    throw new MigrationException($"the destination accepted capabilities 0x{reply.Capabilities:X} that were not offered");
-            }
-            else
-            {
-                // Flushed at once: the destination reads no channel until every channel has said hello.
-                _channels[i].Buffered!.Write(ChannelHello.Encode(sessionId, i));
-                _channels[i].Buffered!.Flush();
-            }
-        }
-    }
-
-    private Reply ReadReply(TimeSpan timeout, string waitingFor)
-    {
-        var stream = _channels[0].Stream!;
-        var read = Task.Run(() => ReturnPath.Read(stream));
-        if (!read.Wait(timeout))
-        {
-            _channels[0].Abort();
-            throw new MigrationException($"timed out after {timeout.TotalMilliseconds:F0} ms waiting for {waitingFor}");
-        }
-        return read.GetAwaiter().GetResult();
     }
 
     /// <summary>Pass 1's page set: the data extents of every block (never-touched pages are holes), balloon removed, hints started.</summary>
@@ -492,14 +433,14 @@ public sealed class PrecopyMigration : IDisposable
     private PassReport SendPass(int pass, bool finalPass)
     {
         var start = _clock.Elapsed;
-        var bytesBefore = _channels.Sum(c => c.Writer!.BytesWritten);
+        var bytesBefore = _sinks.Sum(c => c.BytesWritten);
         var normalBefore = Interlocked.Read(ref _normalPages);
         var zeroBefore = Interlocked.Read(ref _zeroPages);
         var hintedBefore = Interlocked.Read(ref _hintedPages);
         var balloonedBefore = _balloonedPages;
-        var errors = new Exception?[_channels.Length];
-        var threads = new Thread[_channels.Length];
-        for (var c = 0; c < _channels.Length; c++)
+        var errors = new Exception?[_sinks.Count];
+        var threads = new Thread[_sinks.Count];
+        for (var c = 0; c < _sinks.Count; c++)
         {
             var channel = c;
             threads[c] = new Thread(() =>
@@ -507,8 +448,7 @@ public sealed class PrecopyMigration : IDisposable
                 try
                 {
                     SendChannel(channel);
-                    _channels[channel].Writer!.WritePassEnd((uint)pass);
-                    _channels[channel].Writer!.Flush();
+                    _sinks[channel].EndPass((uint)pass);
                 }
                 catch (Exception e)
                 {
@@ -516,8 +456,7 @@ public sealed class PrecopyMigration : IDisposable
                     // One channel failing dooms the pass: wake the others instead of letting them fill their sockets.
                     // Channel 0 stays open so the destination's reason for giving up can still be read from it.
                     _cancel.Cancel();
-                    foreach (var other in _channels.Skip(1))
-                        other.Abort();
+                    _output!.Abort(keepControl: true);
                 }
             })
             { Name = $"migration-send{c}", IsBackground = true };
@@ -534,7 +473,7 @@ public sealed class PrecopyMigration : IDisposable
         return new PassReport(
             pass,
             elapsed.TotalMilliseconds,
-            _channels.Sum(c => c.Writer!.BytesWritten) - bytesBefore,
+            _sinks.Sum(c => c.BytesWritten) - bytesBefore,
             Interlocked.Read(ref _normalPages) - normalBefore,
             Interlocked.Read(ref _zeroPages) - zeroBefore,
             Interlocked.Read(ref _hintedPages) - hintedBefore,
@@ -545,10 +484,10 @@ public sealed class PrecopyMigration : IDisposable
     /// <summary>Sends the chunks this channel owns: balloon bitmap changes first, then the pass's pages.</summary>
     private void SendChannel(int channel)
     {
-        var writer = _channels[channel].Writer!;
+        var writer = _sinks[channel];
         var token = _cancel.Token;
         var blocks = _source.Blocks;
-        var channels = _channels.Length;
+        var channels = _sinks.Count;
         long chunkBase = 0; // global chunk number of block b's first chunk
         for (var b = 0; b < blocks.Count; b++)
         {
@@ -567,7 +506,7 @@ public sealed class PrecopyMigration : IDisposable
         }
     }
 
-    private void SendBalloonDelta(RecordWriter writer, int block, long chunk)
+    private void SendBalloonDelta(IPageSink writer, int block, long chunk)
     {
         var current = _balloon[block].Words;
         var sent = _balloonSent[block].Words;
@@ -581,7 +520,7 @@ public sealed class PrecopyMigration : IDisposable
         now.CopyTo(before);
     }
 
-    private void SendChunkPages(RecordWriter writer, RamBlock block, ushort index, long chunk, CancellationToken token)
+    private void SendChunkPages(IPageSink writer, RamBlock block, ushort index, long chunk, CancellationToken token)
     {
         var words = _pending[index].Words;
         var firstWord = (int)(chunk * ChunkWords);
@@ -691,34 +630,6 @@ public sealed class PrecopyMigration : IDisposable
         {
             // The machine is gone (stopped under us); there is no log to turn off.
         }
-        foreach (var channel in _channels)
-            channel.Abort();
-    }
-
-    /// <summary>One channel's stream, its buffer and its record writer.</summary>
-    private sealed class ChannelState
-    {
-        public System.IO.Stream? Stream { get; private set; }
-        public BufferedStream? Buffered { get; private set; }
-        public RecordWriter? Writer { get; private set; }
-
-        public void Attach(System.IO.Stream stream, int bufferBytes)
-        {
-            Stream = stream;
-            Buffered = new BufferedStream(stream, bufferBytes);
-            Writer = new RecordWriter(Buffered);
-        }
-
-        public void Abort()
-        {
-            try
-            {
-                Stream?.Dispose();
-            }
-            catch (IOException)
-            {
-                // Already broken.
-            }
-        }
+        _output?.Abort(keepControl: false);
     }
 }

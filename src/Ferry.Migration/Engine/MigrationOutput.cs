@@ -1,0 +1,180 @@
+using Ferry.Kvm;
+using Ferry.Migration.Stream;
+using Ferry.Migration.Transport;
+
+namespace Ferry.Migration.Engine;
+
+/// <summary>Where one sending thread puts a pass's records. Not thread-safe: one sink per thread.</summary>
+public interface IPageSink
+{
+    /// <summary>Bytes handed on so far (for "transferred" and the bandwidth estimate).</summary>
+    long BytesWritten { get; }
+
+    void WritePages(ushort block, ulong pageOffset, ReadOnlySpan<byte> pages);
+
+    void WriteZeroRun(ushort block, ulong pageOffset, uint count);
+
+    /// <summary>The truth for every page the bitmap covers: set = in the balloon (contents not kept).</summary>
+    void WriteBalloonBitmap(ushort block, ulong firstPage, ReadOnlySpan<byte> bitmap);
+
+    /// <summary>Ends this sink's part of a pass (and pushes out what is buffered).</summary>
+    void EndPass(uint pass);
+}
+
+/// <summary>
+/// Where a precopy goes: a destination over channels (<see cref="ChannelOutput"/>) or a snapshot file. The engine
+/// opens it, sends passes through its sinks, and completes it with the state; the output says when the other side
+/// has everything.
+/// </summary>
+public interface IMigrationOutput : IDisposable
+{
+    string Description { get; }
+
+    /// <summary>Opens the output for these blocks; returns one sink per sending thread.</summary>
+    IReadOnlyList<IPageSink> Open(IReadOnlyList<RamBlock> blocks, CancellationToken cancel);
+
+    /// <summary>Writes the state, ends every sink and waits until the other side holds it all (or throws).</summary>
+    void Complete(IReadOnlyList<StateSection> state, TimeSpan timeout);
+
+    /// <summary>Breaks off (cancel or failure). <paramref name="keepControl"/> leaves the channel a reason may come back on.</summary>
+    void Abort(bool keepControl);
+
+    /// <summary>After a failure: the other side's reason for giving up, if it sent one (waits briefly).</summary>
+    string? RemoteFailure();
+}
+
+/// <summary>
+/// The network output: N channels from a connector, the stream header with capabilities and session id on channel
+/// 0, a hello on the others, and the destination's replies (ACCEPT, RESUMED, FAILED) on channel 0.
+/// </summary>
+public sealed class ChannelOutput(IChannelConnector connector, int channelCount) : IMigrationOutput
+{
+    private const int ChannelBufferBytes = 1 << 20;
+    private Channel[] _channels = [];
+
+    public string Description => connector.Description;
+
+    public IReadOnlyList<IPageSink> Open(IReadOnlyList<RamBlock> blocks, CancellationToken cancel)
+    {
+        if (blocks.Count is 0 or > StreamHeader.MaxBlocks)
+            throw new MigrationException($"{blocks.Count} RAM blocks (1..{StreamHeader.MaxBlocks} can migrate)");
+        _channels = new Channel[channelCount];
+        var sessionId = (ulong)Random.Shared.NextInt64();
+        const ulong capabilities = 0b111UL; // zero-runs, balloon-bitmap, multichannel
+        var header = new StreamHeader(capabilities, channelCount, [.. blocks.Select(b => new BlockDescriptor(b.Name, b.Size))], sessionId);
+        for (var i = 0; i < channelCount; i++)
+        {
+            var stream = connector.ConnectAsync(cancel).WaitAsync(TimeSpan.FromSeconds(10), cancel).GetAwaiter().GetResult();
+            _channels[i] = new Channel(stream, ChannelBufferBytes);
+            if (i == 0)
+            {
+                _channels[0].Writer.WriteHeader(header);
+                _channels[0].Writer.Flush();
+                var reply = ReadReply(TimeSpan.FromSeconds(10), "the destination to accept the stream");
+                if (reply.Type != ReplyType.Accept)
+                    throw new MigrationException($"the destination refused the migration: {reply.Message}");
+                if ((reply.Capabilities & ~capabilities) != 0)
+                    throw new MigrationException($"the destination accepted capabilities 0x{reply.Capabilities:X} that were not offered");
+            }
+            else
+            {
+                // Flushed at once: the destination reads no channel until every channel has said hello.
+                _channels[i].Buffered.Write(ChannelHello.Encode(sessionId, i));
+                _channels[i].Buffered.Flush();
+            }
+        }
+        return _channels;
+    }
+
+    public void Complete(IReadOnlyList<StateSection> state, TimeSpan timeout)
+    {
+        var control = _channels[0].Writer;
+        foreach (var section in state)
+            control.WriteState(section.Kind, section.Index, section.Name, section.Blob);
+        foreach (var channel in _channels)
+        {
+            channel.Writer.WriteEnd();
+            channel.Writer.Flush();
+        }
+        var reply = ReadReply(timeout, "the guest running on the destination");
+        if (reply.Type != ReplyType.Resumed)
+            throw new MigrationException($"the destination failed to load the VM: {reply.Message}");
+    }
+
+    public void Abort(bool keepControl)
+    {
+        // Channels still being connected are null.
+        foreach (var channel in keepControl ? _channels.Skip(1) : _channels)
+            channel?.Abort();
+    }
+
+    public string? RemoteFailure()
+    {
+        if (_channels.Length == 0 || _channels[0] is null)
+            return null;
+        try
+        {
+            var reply = ReadReply(TimeSpan.FromMilliseconds(500), "a reason");
+            return reply.Type == ReplyType.Failed ? reply.Message : null;
+        }
+        catch (Exception)
+        {
+            return null; // No reason available.
+        }
+    }
+
+    private Reply ReadReply(TimeSpan timeout, string waitingFor)
+    {
+        var stream = _channels[0].Stream;
+        var read = Task.Run(() => ReturnPath.Read(stream));
+        if (!read.Wait(timeout))
+        {
+            _channels[0].Abort();
+            throw new MigrationException($"timed out after {timeout.TotalMilliseconds:F0} ms waiting for {waitingFor}");
+        }
+        return read.GetAwaiter().GetResult();
+    }
+
+    public void Dispose() => Abort(keepControl: false);
+
+    /// <summary>One channel's stream, its buffer and its record writer; the sink of one sending thread.</summary>
+    private sealed class Channel : IPageSink
+    {
+        public Channel(System.IO.Stream stream, int bufferBytes)
+        {
+            Stream = stream;
+            Buffered = new BufferedStream(stream, bufferBytes);
+            Writer = new RecordWriter(Buffered);
+        }
+
+        public System.IO.Stream Stream { get; }
+        public BufferedStream Buffered { get; }
+        public RecordWriter Writer { get; }
+
+        public long BytesWritten => Writer.BytesWritten;
+
+        public void WritePages(ushort block, ulong pageOffset, ReadOnlySpan<byte> pages) => Writer.WritePages(block, pageOffset, pages);
+
+        public void WriteZeroRun(ushort block, ulong pageOffset, uint count) => Writer.WriteZeroRun(block, pageOffset, count);
+
+        public void WriteBalloonBitmap(ushort block, ulong firstPage, ReadOnlySpan<byte> bitmap) => Writer.WriteBalloonBitmap(block, firstPage, bitmap);
+
+        public void EndPass(uint pass)
+        {
+            Writer.WritePassEnd(pass);
+            Writer.Flush();
+        }
+
+        public void Abort()
+        {
+            try
+            {
+                Stream.Dispose();
+            }
+            catch (IOException)
+            {
+                // Already broken.
+            }
+        }
+    }
+}
