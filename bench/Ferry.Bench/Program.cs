@@ -8,6 +8,7 @@ using Ferry.Machine;
 // End-to-end benchmarks for the foundation. Each figure is printed beside a baseline measured in the same run.
 //   fill     --mib N [--rounds R]   guest `fill N` in a fresh VM vs the host writing the same pattern into a fresh memfd
 //   dirtylog [--memory-gib G]       cost of one dirty-log sync of a G GiB guest with 0%, 1% and 50% of its pages dirty
+//   migrate  [--memory-gib 4,8] ... live migration, Ferry beside QEMU and the loopback TCP ceiling (issue 5)
 var mode = args.Length > 0 ? args[0] : "help";
 string Arg(string name, string fallback)
 {
@@ -33,8 +34,19 @@ switch (mode)
     case "dirtylog":
         await DirtyLogBench.Run(ulong.Parse(Arg("memory-gib", "8"), CultureInfo.InvariantCulture));
         break;
+    case "migrate":
+        return await MigrateBench.Run(
+            args,
+            Arg("memory-gib", "4,8").Split(',').Select(g => ulong.Parse(g, CultureInfo.InvariantCulture)).ToArray(),
+            Arg("profiles", string.Join(',', MigrateBench.AllProfiles)).Split(','),
+            int.Parse(Arg("repeat", "3"), CultureInfo.InvariantCulture),
+            long.Parse(Arg("downtime-ms", "300"), CultureInfo.InvariantCulture),
+            Arg("guest-cmdline", "report_delay_ms=600000"),
+            Arg("json", "") is { Length: > 0 } json ? json : null,
+            int.Parse(Arg("cpus", "2"), CultureInfo.InvariantCulture),
+            args.Contains("--prepopulate-destination"));
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 2] [--prepopulate-destination] [--json FILE]");
         return 2;
 }
 return 0;
