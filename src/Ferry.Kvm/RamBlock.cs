@@ -107,6 +107,33 @@ public sealed unsafe class RamBlock : IDisposable
         ErrnoException.Check(Libc.Fallocate(Memfd.Fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, (long)offset, (long)length), "fallocate(PUNCH_HOLE)");
     }
 
+    /// <summary>
+    /// Writes bytes into the block through the memfd (pwrite), not through the mapping: for pages not yet allocated
+    /// this skips a page fault per page (about half the cost on these hosts), which is what a migration destination
+    /// or a restore does for every page it loads.
+    /// </summary>
+    public unsafe void WriteAt(ulong offset, ReadOnlySpan<byte> data)
+    {
+        if (offset > Size || (ulong)data.Length > Size - offset)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"write [0x{offset:X}, +0x{data.Length:X}) runs past {Name}");
+        fixed (byte* start = data)
+        {
+            var done = 0;
+            while (done < data.Length)
+            {
+                var n = Libc.PWrite(Memfd.Fd, start + done, (nuint)(data.Length - done), (long)offset + done);
+                if (n < 0)
+                {
+                    var errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                    if (errno == Libc.EINTR)
+                        continue;
+                    throw new ErrnoException("pwrite", errno);
+                }
+                done += (int)n;
+            }
+        }
+    }
+
     public void Dispose()
     {
         Mapping.Dispose();

@@ -19,8 +19,7 @@ public static class RamLoader
         {
             case RecordType.Pages:
             {
-                var block = blocks[record.Block];
-                record.Data.Span.CopyTo(block.Mapping.GetSpan(record.PageOffset, record.Data.Length));
+                blocks[record.Block].WriteAt(record.PageOffset, record.Data.Span);
                 return true;
             }
             case RecordType.ZeroRun:
