@@ -1,0 +1,514 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Text;
+using Ferry.Kvm;
+using Ferry.Migration.Engine;
+using Ferry.Migration.Stream;
+using Microsoft.Win32.SafeHandles;
+
+namespace Ferry.Migration.Snapshot;
+
+/// <summary>One RAM block of an opened snapshot: its place in the file and its (validated) bitmaps.</summary>
+public sealed class SnapshotBlock
+{
+    private readonly ulong[] _present;
+    private readonly ulong[] _ballooned;
+
+    internal SnapshotBlock(int index, BlockEntry entry, ulong[] present, ulong[] ballooned)
+    {
+        Index = index;
+        Name = entry.Name;
+        Size = entry.Size;
+        PagesOffset = entry.PagesOffset;
+        _present = present;
+        _ballooned = ballooned;
+        PresentPages = PageBits.Count(present);
+        BalloonedPages = PageBits.Count(ballooned);
+    }
+
+    public int Index { get; }
+
+    public string Name { get; }
+
+    public ulong Size { get; }
+
+    public ulong PageCount => Size >> SnapshotFormat.PageShift;
+
+    /// <summary>File offset of page 0's slot; page i is at PagesOffset + i * 4096.</summary>
+    public ulong PagesOffset { get; }
+
+    /// <summary>Pages whose slot holds their contents.</summary>
+    public ulong PresentPages { get; }
+
+    /// <summary>Pages that were in the (trusted) balloon: absent, and to be given back to the host on restore.</summary>
+    public ulong BalloonedPages { get; }
+
+    /// <summary>Pages neither present nor ballooned: zero, never touched, discarded or hinted free. They load as holes.</summary>
+    public ulong AbsentPages => PageCount - PresentPages - BalloonedPages;
+
+    /// <summary>Bit i (byte i/8, bit i%8) = page i is present.</summary>
+    public ReadOnlySpan<byte> PresentBitmap => MemoryMarshal.AsBytes(_present.AsSpan());
+
+    /// <summary>Bit i = page i is in the balloon: what <see cref="IMigrationTarget.ApplyBalloonBitmap"/> takes (first page 0).</summary>
+    public ReadOnlySpan<byte> BalloonBitmap => MemoryMarshal.AsBytes(_ballooned.AsSpan());
+
+    internal ReadOnlySpan<ulong> PresentWords => _present;
+
+    public bool IsPresent(ulong page) => page < PageCount && (_present[page >> 6] & (1UL << (int)(page & 63))) != 0;
+}
+
+/// <summary>What <see cref="SnapshotFile.LoadInto"/> did.</summary>
+public sealed record SnapshotLoadResult(IReadOnlyList<StateSection> State, long PagesLoaded, long BytesRead, long PagesDiscarded);
+
+/// <summary>
+/// An opened, fully validated snapshot file (docs/snapshot-format.md). <see cref="Open"/> treats the file as
+/// hostile: it checks the header, the completion mark, every block entry, every offset and length against the file
+/// and against each other, every bitmap and every state section (each with its checksum) before anything is
+/// returned, and reports any fault as a <see cref="SnapshotFormatException"/> naming it. Page contents carry no
+/// checksum (they are loaded straight into guest RAM); the bitmaps say which slots hold a page.
+/// </summary>
+public sealed class SnapshotFile : IDisposable
+{
+    private const ulong LoadChunkPages = 2048; // 8 MiB: the unit threads take, and the largest single read
+
+    private readonly SafeFileHandle _file;
+    private readonly SnapshotBlock[] _blocks;
+    private readonly StateSection[] _state;
+    private readonly uint[] _stateCrcs;
+    private readonly int _checksumsVerified;
+
+    private SnapshotFile(string path, SafeFileHandle file, long length, SnapshotBlock[] blocks, StateSection[] state, uint[] stateCrcs, int checksums)
+    {
+        Path = path;
+        _file = file;
+        FileLength = length;
+        _blocks = blocks;
+        _state = state;
+        _stateCrcs = stateCrcs;
+        _checksumsVerified = checksums;
+    }
+
+    public string Path { get; }
+
+    /// <summary>The file's size in bytes (its apparent size; most of it is usually holes).</summary>
+    public long FileLength { get; }
+
+    public IReadOnlyList<SnapshotBlock> Blocks => _blocks;
+
+    /// <summary>The vCPU and device state, validated and in file order.</summary>
+    public IReadOnlyList<StateSection> State => _state;
+
+    /// <summary>Opens and validates a snapshot. Throws <see cref="SnapshotFormatException"/> and nothing else.</summary>
+    public static SnapshotFile Open(string path)
+    {
+        SafeFileHandle file;
+        try
+        {
+            file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        }
+        catch (IOException e) when (e.HResult == Ferry.Interop.Libc.EAGAIN)
+        {
+            // The writer holds an exclusive lock on the file for as long as it is open.
+            throw new SnapshotFormatException(SnapshotFault.NotFinished, $"snapshot {path}: not finished: a save into it is still running (its writer holds the file locked)", e);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            throw new SnapshotFormatException(SnapshotFault.Io, $"snapshot {path}: cannot open: {e.Message}", e);
+        }
+        try
+        {
+            return new Validator(path, file).Run();
+        }
+        catch (Exception e)
+        {
+            file.Dispose();
+            if (e is SnapshotFormatException)
+                throw;
+            // An I/O error while reading, or a bug: still one exception type for the caller, naming the file.
+            throw new SnapshotFormatException(SnapshotFault.Io, $"snapshot {path}: cannot read: {e.Message}", e);
+        }
+    }
+
+    /// <summary>Everything <c>ferry snapshot inspect</c> shows.</summary>
+    public SnapshotInspection Inspect()
+    {
+        long allocated;
+        try
+        {
+            allocated = SparseFile.DataBytes(_file);
+        }
+        catch (Exception e) when (e is IOException or Ferry.Interop.ErrnoException)
+        {
+            allocated = -1;
+        }
+        var blocks = _blocks.Select(b => new SnapshotBlockInfo(b.Name, b.Size, b.PageCount, b.PresentPages, b.BalloonedPages, b.AbsentPages, b.PagesOffset)).ToArray();
+        var state = _state.Select((s, i) => new SnapshotStateInfo(s.Kind, s.Index, s.Name, s.Blob.Length, _stateCrcs[i])).ToArray();
+        var present = _blocks.Aggregate(0UL, (sum, b) => sum + b.PresentPages);
+        return new SnapshotInspection(
+            Path, SnapshotFormat.Version, SnapshotFormat.PageSize, FileLength, allocated,
+            (long)present * SnapshotFormat.PageSize, blocks, state,
+            new SnapshotChecksums(_checksumsVerified, 0, "ok: header, completion mark, block table, bitmaps and state sections verified; pages carry no checksum"));
+    }
+
+    /// <summary>
+    /// Loads the snapshot's RAM into <paramref name="blocks"/> (matched by name; sizes must agree, and every block
+    /// must be in both): present pages are read with positional reads straight into the block mappings, a run of
+    /// contiguous present pages in one read (at most 8 MiB), by <paramref name="threads"/> threads taking 8 MiB
+    /// chunks in turn. Absent pages end as holes: pages the blocks already hold data in (a new machine's boot
+    /// setup writes a few) are discarded first, so nothing but the snapshot's contents remains. Ballooned pages are
+    /// holes too; their bitmap is <see cref="SnapshotBlock.BalloonBitmap"/>, for the balloon's own state. Returns
+    /// the state sections, which the caller restores after this.
+    /// </summary>
+    public SnapshotLoadResult LoadInto(IReadOnlyList<RamBlock> blocks, int threads)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
+        var targets = MatchBlocks(blocks);
+
+        // Holes first: pages with data in the target that the snapshot does not hold.
+        long discarded = 0;
+        for (var b = 0; b < _blocks.Length; b++)
+        {
+            var target = targets[b];
+            var present = _blocks[b].PresentWords;
+            foreach (var (offset, length) in target.DataExtents().ToArray())
+            {
+                var position = offset / SnapshotFormat.PageSize;
+                var end = (offset + length) / SnapshotFormat.PageSize;
+                // Runs of clear bits inside the extent: walk the set runs and discard the gaps between them.
+                while (position < end)
+                {
+                    var from = position;
+                    var found = PageBits.NextRun(present, ref position, end, out var start, out _);
+                    var gapEnd = found ? start : end;
+                    if (gapEnd > from)
+                    {
+                        target.Discard(from * SnapshotFormat.PageSize, (gapEnd - from) * SnapshotFormat.PageSize);
+                        discarded += (long)(gapEnd - from);
+                    }
+                    if (!found)
+                        break;
+                }
+            }
+        }
+
+        var chunkBase = new long[_blocks.Length + 1];
+        for (var b = 0; b < _blocks.Length; b++)
+            chunkBase[b + 1] = chunkBase[b] + (long)((_blocks[b].PageCount + LoadChunkPages - 1) / LoadChunkPages);
+        long nextChunk = -1, pages = 0;
+        Exception? error = null;
+        void Work()
+        {
+            try
+            {
+                long mine = 0;
+                while (Volatile.Read(ref error) is null)
+                {
+                    var chunk = Interlocked.Increment(ref nextChunk);
+                    if (chunk >= chunkBase[^1])
+                        break;
+                    var b = 0;
+                    while (chunk >= chunkBase[b + 1])
+                        b++;
+                    var first = (ulong)(chunk - chunkBase[b]) * LoadChunkPages;
+                    var end = Math.Min(first + LoadChunkPages, _blocks[b].PageCount);
+                    mine += LoadChunk(_blocks[b], targets[b], first, end);
+                }
+                Interlocked.Add(ref pages, mine);
+            }
+            catch (Exception e)
+            {
+                Interlocked.CompareExchange(ref error, e, null);
+            }
+        }
+        SnapshotWriter.RunThreads((int)Math.Min(threads, Math.Max(1, chunkBase[^1])), "snapshot-load", Work);
+        if (error is SnapshotFormatException)
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error).Throw();
+        if (error is not null)
+            throw new SnapshotFormatException(SnapshotFault.Io, $"snapshot {Path}: loading failed: {error.Message}", error);
+        return new SnapshotLoadResult(_state, pages, pages * SnapshotFormat.PageSize, discarded);
+    }
+
+    private long LoadChunk(SnapshotBlock block, RamBlock target, ulong first, ulong end)
+    {
+        long loaded = 0;
+        var position = first;
+        while (PageBits.NextRun(block.PresentWords, ref position, end, out var start, out var length))
+        {
+            var bytes = (int)(length * SnapshotFormat.PageSize);
+            var into = target.Mapping.GetSpan(start * SnapshotFormat.PageSize, bytes);
+            var offset = (long)(block.PagesOffset + start * SnapshotFormat.PageSize);
+            if (!SparseFile.ReadExactly(_file, into, offset))
+                throw new SnapshotFormatException(SnapshotFault.Truncated, $"snapshot {Path}: truncated: block '{block.Name}' pages {start}..{start + length - 1} end early (the file changed after it was opened?)");
+            loaded += (long)length;
+        }
+        return loaded;
+    }
+
+    private RamBlock[] MatchBlocks(IReadOnlyList<RamBlock> blocks)
+    {
+        string Describe(IEnumerable<(string Name, ulong Size)> list) => string.Join(", ", list.Select(b => $"{b.Name} ({b.Size} bytes)"));
+        var mismatch = $"snapshot {Path}: its RAM blocks [{Describe(_blocks.Select(b => (b.Name, b.Size)))}] are not the VM's [{Describe(blocks.Select(b => (b.Name, b.Size)))}]";
+        var targets = new RamBlock[_blocks.Length];
+        for (var b = 0; b < _blocks.Length; b++)
+        {
+            var target = blocks.FirstOrDefault(t => t.Name == _blocks[b].Name)
+                ?? throw new SnapshotFormatException(SnapshotFault.BlockMismatch, $"{mismatch}: the VM has no block '{_blocks[b].Name}'");
+            if (target.Size != _blocks[b].Size)
+                throw new SnapshotFormatException(SnapshotFault.BlockMismatch, $"{mismatch}: block '{target.Name}' is {_blocks[b].Size} bytes in the snapshot and {target.Size} in the VM");
+            targets[b] = target;
+        }
+        if (blocks.Count != _blocks.Length || blocks.Select(t => t.Name).Distinct().Count() != blocks.Count)
+            throw new SnapshotFormatException(SnapshotFault.BlockMismatch, $"{mismatch}: the VM has blocks the snapshot does not");
+        return targets;
+    }
+
+    public void Dispose() => _file.Dispose();
+
+    /// <summary>The checks of <see cref="Open"/>, in the order the file is read. Each fault has its own message.</summary>
+    private sealed class Validator(string path, SafeFileHandle file)
+    {
+        private readonly List<(ulong Start, ulong End, string What)> _regions = [];
+        private long _length;
+        private int _checksums;
+
+        private SnapshotFormatException Fault(SnapshotFault fault, string detail) => new(fault, $"snapshot {path}: {detail}");
+
+        public SnapshotFile Run()
+        {
+            _length = RandomAccess.GetLength(file);
+            var header = new byte[SnapshotFormat.HeaderSize];
+            if (_length < SnapshotFormat.HeaderSize || !SparseFile.ReadExactly(file, header, 0))
+                throw Fault(SnapshotFault.Truncated, $"truncated: the file is {_length} bytes, shorter than the {SnapshotFormat.HeaderSize}-byte header");
+            var fields = CheckHeader(header);
+
+            var entries = ReadBlockTable(fields);
+            CheckOverlaps();
+            var blocks = new SnapshotBlock[entries.Length];
+            for (var b = 0; b < entries.Length; b++)
+                blocks[b] = ReadBitmaps(b, entries[b]);
+            var (state, crcs) = ReadState(fields);
+            return new SnapshotFile(path, file, _length, blocks, state, crcs, _checksums);
+        }
+
+        private SnapshotHeader CheckHeader(ReadOnlySpan<byte> header)
+        {
+            if (!header[..8].SequenceEqual(SnapshotFormat.Magic))
+                throw Fault(SnapshotFault.BadMagic, $"not a Ferry snapshot: wrong magic {Convert.ToHexString(header[..8])} (expected \"FERRYSNP\")");
+            var version = BinaryPrimitives.ReadUInt32LittleEndian(header[8..]);
+            // The version is checked before the checksum: another version may lay its header out differently.
+            if (version != SnapshotFormat.Version)
+                throw Fault(SnapshotFault.UnsupportedVersion, $"unsupported version {version} (this Ferry reads version {SnapshotFormat.Version})");
+            var crc = BinaryPrimitives.ReadUInt32LittleEndian(header[SnapshotFormat.HeaderCrcOffset..]);
+            var computed = Crc32C.Compute(header[..SnapshotFormat.HeaderCrcOffset]);
+            if (crc != computed)
+                throw Fault(SnapshotFault.HeaderChecksum, $"header checksum mismatch (stored 0x{crc:X8}, computed 0x{computed:X8})");
+            _checksums++;
+
+            var headerLength = BinaryPrimitives.ReadUInt32LittleEndian(header[12..]);
+            if (headerLength != SnapshotFormat.HeaderSize)
+                throw Fault(SnapshotFault.BadHeader, $"header length {headerLength} is not {SnapshotFormat.HeaderSize}");
+            var pageSize = BinaryPrimitives.ReadUInt32LittleEndian(header[16..]);
+            if (pageSize != SnapshotFormat.PageSize)
+                throw Fault(SnapshotFault.BadHeader, $"unsupported page size {pageSize} (only {SnapshotFormat.PageSize})");
+            var flags = BinaryPrimitives.ReadUInt32LittleEndian(header[60..]);
+            if (flags != 0)
+                throw Fault(SnapshotFault.BadHeader, $"unknown header flags 0x{flags:X8}");
+            if (header[72..SnapshotFormat.HeaderCrcOffset].ContainsAnyExcept((byte)0) || header[112..].ContainsAnyExcept((byte)0))
+                throw Fault(SnapshotFault.BadHeader, "reserved header bytes are not zero");
+
+            // A save that failed or still runs has a valid header but no mark: it must never load.
+            var mark = header.Slice(SnapshotFormat.CompletionMarkOffset, SnapshotFormat.CompletionMarkSize);
+            if (!mark.ContainsAnyExcept((byte)0))
+                throw Fault(SnapshotFault.NotFinished, "not finished: the completion mark is missing (the save failed, was interrupted, or is still running)");
+            Span<byte> expected = stackalloc byte[SnapshotFormat.CompletionMarkSize];
+            SnapshotHeader.EncodeCompletionMark(crc, expected);
+            if (!mark.SequenceEqual(expected))
+                throw Fault(SnapshotFault.CompletionMark, "not finished: the completion mark is corrupt or belongs to another header");
+            _checksums++;
+
+            var fields = new SnapshotHeader(
+                BinaryPrimitives.ReadUInt32LittleEndian(header[20..]),
+                BinaryPrimitives.ReadUInt64LittleEndian(header[24..]),
+                BinaryPrimitives.ReadUInt64LittleEndian(header[32..]),
+                BinaryPrimitives.ReadUInt64LittleEndian(header[40..]),
+                BinaryPrimitives.ReadUInt64LittleEndian(header[48..]),
+                BinaryPrimitives.ReadUInt32LittleEndian(header[56..]),
+                BinaryPrimitives.ReadUInt64LittleEndian(header[64..]));
+
+            if ((ulong)_length < fields.FileLength)
+                throw Fault(SnapshotFault.Truncated, $"truncated: the file is {_length} bytes, its header says {fields.FileLength}");
+            if ((ulong)_length > fields.FileLength)
+                throw Fault(SnapshotFault.TrailingData, $"the file is {_length} bytes, {(ulong)_length - fields.FileLength} more than its header says ({fields.FileLength})");
+            if (fields.BlockCount is 0 or > SnapshotFormat.MaxBlocks)
+                throw Fault(SnapshotFault.BlockCount, $"block count {fields.BlockCount} is absurd (1..{SnapshotFormat.MaxBlocks})");
+            if (fields.BlockTableLength != fields.BlockCount * (ulong)SnapshotFormat.BlockEntrySize)
+                throw Fault(SnapshotFault.BadHeader, $"block table length {fields.BlockTableLength} is not {fields.BlockCount} x {SnapshotFormat.BlockEntrySize}");
+            if (fields.StateCount > SnapshotFormat.MaxStateSections)
+                throw Fault(SnapshotFault.StateLayout, $"state section count {fields.StateCount} is absurd (at most {SnapshotFormat.MaxStateSections})");
+            if (fields.StateLength > SnapshotFormat.MaxStateAreaBytes)
+                throw Fault(SnapshotFault.StateLayout, $"state area length {fields.StateLength} is absurd (at most {SnapshotFormat.MaxStateAreaBytes})");
+            if (fields.StateLength < fields.StateCount * (ulong)SnapshotFormat.StateSectionHeaderSize)
+                throw Fault(SnapshotFault.StateLayout, $"a {fields.StateLength}-byte state area cannot hold {fields.StateCount} sections");
+            AddRegion(0, SnapshotFormat.HeaderSize, "the file header", fields.FileLength);
+            AddRegion(fields.BlockTableOffset, fields.BlockTableLength, "the block table", fields.FileLength);
+            AddRegion(fields.StateOffset, fields.StateLength, "the state area", fields.FileLength);
+            return fields;
+        }
+
+        private void AddRegion(ulong offset, ulong length, string what, ulong fileLength)
+        {
+            if (offset > fileLength || length > fileLength - offset)
+                throw Fault(SnapshotFault.OutOfBounds, $"{what} [{offset}, +{length}) runs past the end of the file ({fileLength} bytes)");
+            if (length != 0)
+                _regions.Add((offset, offset + length, what));
+        }
+
+        private void CheckOverlaps()
+        {
+            var sorted = _regions.OrderBy(r => r.Start).ToArray();
+            for (var i = 1; i < sorted.Length; i++)
+            {
+                if (sorted[i].Start < sorted[i - 1].End)
+                    throw Fault(SnapshotFault.Overlap, $"{sorted[i - 1].What} [{sorted[i - 1].Start}, {sorted[i - 1].End}) and {sorted[i].What} [{sorted[i].Start}, {sorted[i].End}) overlap");
+            }
+        }
+
+        private BlockEntry[] ReadBlockTable(SnapshotHeader fields)
+        {
+            var table = new byte[fields.BlockTableLength];
+            if (!SparseFile.ReadExactly(file, table, (long)fields.BlockTableOffset))
+                throw Fault(SnapshotFault.Truncated, "truncated: the block table ends early");
+            var entries = new BlockEntry[fields.BlockCount];
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            var strictUtf8 = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+            for (var b = 0; b < entries.Length; b++)
+            {
+                var entry = table.AsSpan(b * SnapshotFormat.BlockEntrySize, SnapshotFormat.BlockEntrySize);
+                var where = $"block table entry {b}";
+                var crc = BinaryPrimitives.ReadUInt32LittleEndian(entry[SnapshotFormat.BlockEntryCrcOffset..]);
+                if (crc != Crc32C.Compute(entry[..SnapshotFormat.BlockEntryCrcOffset]))
+                    throw Fault(SnapshotFault.BlockEntryChecksum, $"{where}: block table checksum mismatch");
+                _checksums++;
+                var nameLength = BinaryPrimitives.ReadUInt16LittleEndian(entry);
+                if (nameLength is 0 or > SnapshotFormat.MaxNameBytes)
+                    throw Fault(SnapshotFault.BlockEntry, $"{where}: name length {nameLength} is absurd (1..{SnapshotFormat.MaxNameBytes})");
+                if (BinaryPrimitives.ReadUInt16LittleEndian(entry[2..]) != 0 || entry[(4 + nameLength)..72].ContainsAnyExcept((byte)0) ||
+                    BinaryPrimitives.ReadUInt32LittleEndian(entry[120..]) != 0)
+                    throw Fault(SnapshotFault.BlockEntry, $"{where}: reserved bytes are not zero");
+                string name;
+                try
+                {
+                    name = strictUtf8.GetString(entry.Slice(4, nameLength));
+                }
+                catch (DecoderFallbackException)
+                {
+                    throw Fault(SnapshotFault.BlockEntry, $"{where}: the name is not valid UTF-8");
+                }
+                where = $"block '{name}'";
+                if (!names.Add(name))
+                    throw Fault(SnapshotFault.BlockEntry, $"{where} appears twice");
+                var parsed = new BlockEntry(
+                    name,
+                    BinaryPrimitives.ReadUInt64LittleEndian(entry[72..]),
+                    BinaryPrimitives.ReadUInt64LittleEndian(entry[80..]),
+                    BinaryPrimitives.ReadUInt64LittleEndian(entry[88..]),
+                    BinaryPrimitives.ReadUInt64LittleEndian(entry[96..]),
+                    BinaryPrimitives.ReadUInt64LittleEndian(entry[104..]),
+                    BinaryPrimitives.ReadUInt32LittleEndian(entry[112..]),
+                    BinaryPrimitives.ReadUInt32LittleEndian(entry[116..]));
+                if (parsed.Size == 0 || parsed.Size % SnapshotFormat.PageSize != 0 || parsed.Size > SnapshotFormat.MaxBlockBytes)
+                    throw Fault(SnapshotFault.BlockEntry, $"{where}: size {parsed.Size} is absurd (a multiple of 4 KiB, at most {SnapshotFormat.MaxBlockBytes})");
+                var bitmapBytes = SnapshotFormat.BitmapBytes(parsed.PageCount);
+                if (parsed.BitmapLength != bitmapBytes)
+                    throw Fault(SnapshotFault.BlockEntry, $"{where}: bitmap length {parsed.BitmapLength} is not the {bitmapBytes} bytes its {parsed.PageCount} pages need");
+                if (parsed.PagesOffset % SnapshotFormat.PageAreaAlignment != 0)
+                    throw Fault(SnapshotFault.BlockEntry, $"{where}: pages offset {parsed.PagesOffset} is not 1 MiB aligned");
+                AddRegion(parsed.PresentBitmapOffset, parsed.BitmapLength, $"the present-page bitmap of '{name}'", fields.FileLength);
+                AddRegion(parsed.BalloonBitmapOffset, parsed.BitmapLength, $"the balloon bitmap of '{name}'", fields.FileLength);
+                AddRegion(parsed.PagesOffset, parsed.Size, $"the page area of '{name}'", fields.FileLength);
+                entries[b] = parsed;
+            }
+            return entries;
+        }
+
+        private SnapshotBlock ReadBitmaps(int index, BlockEntry entry)
+        {
+            var present = ReadBitmap(entry, entry.PresentBitmapOffset, entry.PresentBitmapCrc, "present-page");
+            var ballooned = ReadBitmap(entry, entry.BalloonBitmapOffset, entry.BalloonBitmapCrc, "balloon");
+            for (var w = 0; w < present.Length; w++)
+            {
+                var both = present[w] & ballooned[w];
+                if (both != 0)
+                    throw Fault(SnapshotFault.BitmapConflict, $"block '{entry.Name}': page {(ulong)w * 64 + (ulong)System.Numerics.BitOperations.TrailingZeroCount(both)} is both present and ballooned");
+            }
+            return new SnapshotBlock(index, entry, present, ballooned);
+        }
+
+        private ulong[] ReadBitmap(BlockEntry entry, ulong offset, uint crc, string what)
+        {
+            var words = new ulong[entry.BitmapLength / 8];
+            var bytes = MemoryMarshal.AsBytes(words.AsSpan());
+            if (!SparseFile.ReadExactly(file, bytes, (long)offset))
+                throw Fault(SnapshotFault.Truncated, $"truncated: the {what} bitmap of '{entry.Name}' ends early");
+            var computed = Crc32C.Compute(bytes);
+            if (computed != crc)
+                throw Fault(SnapshotFault.BitmapChecksum, $"block '{entry.Name}': {what} bitmap checksum mismatch (stored 0x{crc:X8}, computed 0x{computed:X8})");
+            _checksums++;
+            var past = PageBits.FirstBitPast(words, entry.PageCount);
+            if (past >= 0)
+                throw Fault(SnapshotFault.BitmapPastBlock, $"block '{entry.Name}': the {what} bitmap claims page {past}, past its block ({entry.PageCount} pages)");
+            return words;
+        }
+
+        private (StateSection[] State, uint[] Crcs) ReadState(SnapshotHeader fields)
+        {
+            var area = new byte[fields.StateLength];
+            if (!SparseFile.ReadExactly(file, area, (long)fields.StateOffset))
+                throw Fault(SnapshotFault.Truncated, "truncated: the state area ends early");
+            var sections = new StateSection[fields.StateCount];
+            var crcs = new uint[fields.StateCount];
+            var span = area.AsSpan();
+            var strictUtf8 = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+            for (var i = 0; i < sections.Length; i++)
+            {
+                var where = $"state section {i} (at state offset {area.Length - span.Length})";
+                if (span.Length < SnapshotFormat.StateSectionHeaderSize)
+                    throw Fault(SnapshotFault.StateLayout, $"{where}: its header runs past the end of the state area");
+                var kind = (StateKind)BinaryPrimitives.ReadUInt16LittleEndian(span);
+                var index = BinaryPrimitives.ReadUInt16LittleEndian(span[2..]);
+                var nameLength = BinaryPrimitives.ReadUInt16LittleEndian(span[4..]);
+                var reserved = BinaryPrimitives.ReadUInt16LittleEndian(span[6..]);
+                var blobLength = BinaryPrimitives.ReadUInt32LittleEndian(span[8..]);
+                var crc = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
+                if (nameLength > SnapshotFormat.MaxStateNameBytes || blobLength > SnapshotFormat.MaxStateBlobBytes)
+                    throw Fault(SnapshotFault.StateLayout, $"{where}: name length {nameLength} or blob length {blobLength} is absurd");
+                var size = SnapshotFormat.StateSectionHeaderSize + nameLength + (int)blobLength;
+                if (size > span.Length)
+                    throw Fault(SnapshotFault.StateLayout, $"{where}: its {size} bytes run past the end of the state area");
+                var computed = Crc32C.Append(Crc32C.Compute(span[..12]), span[SnapshotFormat.StateSectionHeaderSize..size]);
+                if (crc != computed)
+                    throw Fault(SnapshotFault.StateChecksum, $"{where}: state checksum mismatch (stored 0x{crc:X8}, computed 0x{computed:X8})");
+                _checksums++;
+                if (!Enum.IsDefined(kind))
+                    throw Fault(SnapshotFault.StateLayout, $"{where}: unknown kind {(ushort)kind}");
+                if (reserved != 0)
+                    throw Fault(SnapshotFault.StateLayout, $"{where}: reserved bytes are not zero");
+                string name;
+                try
+                {
+                    name = strictUtf8.GetString(span.Slice(SnapshotFormat.StateSectionHeaderSize, nameLength));
+                }
+                catch (DecoderFallbackException)
+                {
+                    throw Fault(SnapshotFault.StateLayout, $"{where}: the name is not valid UTF-8");
+                }
+                sections[i] = new StateSection(kind, index, name, span.Slice(SnapshotFormat.StateSectionHeaderSize + nameLength, (int)blobLength).ToArray());
+                crcs[i] = crc;
+                span = span[size..];
+            }
+            if (!span.IsEmpty)
+                throw Fault(SnapshotFault.StateLayout, $"{span.Length} bytes in the state area after its {sections.Length} sections");
+            return (sections, crcs);
+        }
+    }
+}

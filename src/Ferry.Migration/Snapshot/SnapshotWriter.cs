@@ -1,0 +1,533 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Text;
+using Ferry.Kvm;
+using Ferry.Migration.Engine;
+using Ferry.Migration.Ram;
+using Ferry.Migration.Stream;
+using Microsoft.Win32.SafeHandles;
+
+namespace Ferry.Migration.Snapshot;
+
+/// <summary>What a whole-RAM save wrote (<see cref="SnapshotWriter.WriteAllPages"/>).</summary>
+public sealed record SnapshotSaveResult(long DataPages, long ZeroPages, long UntouchedPages, long BytesWritten);
+
+/// <summary>
+/// Writes a snapshot file (docs/snapshot-format.md). Page i of block b always goes to the same slot, so a page
+/// written again in a later pass overwrites its old copy and the file never grows with passes. Pages never written
+/// stay holes: the file is created at its full size with ftruncate and is sparse.
+///
+/// <see cref="WritePages"/>, <see cref="MarkAbsent"/> and <see cref="SetBallooned"/> are positional and may be
+/// called from any number of threads at once. Calls that touch the same page must be ordered by the caller (the
+/// precopy engine pins each 2 MiB chunk to one thread); two concurrent writes of one page leave one of the two.
+/// <see cref="Finish"/> runs once, after every other call has returned: it writes the bitmaps and the state,
+/// syncs, and only then writes the completion mark and syncs again. A file without the mark (a save that failed
+/// or is still running) is refused by <see cref="SnapshotFile.Open"/>.
+/// </summary>
+public sealed class SnapshotWriter : IDisposable
+{
+    private const int Open = 0, Finishing = 1, Finished = 2, Disposed = 3;
+    private const int ChunkPages = 512; // 2 MiB: the unit threads take in WriteAllPages
+
+    private readonly SafeFileHandle _file;
+    private readonly BlockEntry[] _entries;
+    private readonly ulong[][] _present;   // pages whose slot holds their latest contents
+    private readonly ulong[][] _ballooned; // pages in the trusted balloon (contents not kept)
+    private readonly ulong _tableOffset, _stateOffset;
+    private int _state;
+    private int _inFlight;
+    private volatile string? _failure;
+    private long _pagesWritten, _bytesWritten, _pagesPunched;
+
+    private SnapshotWriter(string path, SafeFileHandle file, SnapshotLayout layout)
+    {
+        Path = path;
+        _file = file;
+        _entries = layout.Entries;
+        _tableOffset = layout.BlockTableOffset;
+        _stateOffset = layout.StateOffset;
+        _present = [.. _entries.Select(e => new ulong[PageBits.WordCount(e.PageCount)])];
+        _ballooned = [.. _entries.Select(e => new ulong[PageBits.WordCount(e.PageCount)])];
+    }
+
+    public string Path { get; }
+
+    /// <summary>The blocks in file order (the indices every call takes).</summary>
+    public IReadOnlyList<BlockDescriptor> Blocks => [.. _entries.Select(e => new BlockDescriptor(e.Name, e.Size))];
+
+    /// <summary>Page writes so far, rewrites of the same slot included.</summary>
+    public long PagesWritten => Interlocked.Read(ref _pagesWritten);
+
+    /// <summary>Page bytes written so far, rewrites included (metadata and state not counted).</summary>
+    public long BytesWritten => Interlocked.Read(ref _bytesWritten);
+
+    /// <summary>Slots punched because a page written earlier became zero, absent or ballooned.</summary>
+    public long PagesPunched => Interlocked.Read(ref _pagesPunched);
+
+    /// <summary>Pages whose slot currently holds data.</summary>
+    public long PresentPages => _present.Sum(words => (long)PageBits.Count(words));
+
+    public bool IsFinished => Volatile.Read(ref _state) == Finished;
+
+    public static SnapshotWriter Create(string path, IReadOnlyList<RamBlock> blocks) =>
+        Create(path, [.. blocks.Select(b => new BlockDescriptor(b.Name, b.Size))]);
+
+    /// <summary>
+    /// Creates the file at <paramref name="path"/>, truncating whatever was there (a finished snapshot included:
+    /// callers that must keep the old one until the new one is finished write to a temporary path and rename it
+    /// after <see cref="Finish"/>). The header and block table are written at once, so a crash leaves a file the
+    /// reader recognises as unfinished.
+    /// </summary>
+    public static SnapshotWriter Create(string path, IReadOnlyList<BlockDescriptor> blocks)
+    {
+        ValidateBlocks(blocks);
+        if (!BitConverter.IsLittleEndian)
+            throw new PlatformNotSupportedException("snapshot bitmaps are written as little-endian words");
+        var layout = SnapshotLayout.Compute(blocks);
+        // FileShare.None takes an exclusive advisory lock: two saves into one file refuse each other.
+        var file = File.OpenHandle(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None);
+        try
+        {
+            var writer = new SnapshotWriter(path, file, layout);
+            // Full size up front: every slot exists (as a hole) and no page write ever extends the file.
+            RandomAccess.SetLength(file, (long)layout.StateOffset);
+            writer.WriteMetadata(stateLength: 0, stateCount: 0);
+            return writer;
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    private static void ValidateBlocks(IReadOnlyList<BlockDescriptor> blocks)
+    {
+        if (blocks.Count is 0 or > SnapshotFormat.MaxBlocks)
+            throw new ArgumentException($"{blocks.Count} RAM blocks: a snapshot holds 1..{SnapshotFormat.MaxBlocks}", nameof(blocks));
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var block in blocks)
+        {
+            var nameBytes = Encoding.UTF8.GetByteCount(block.Name);
+            if (nameBytes is 0 or > SnapshotFormat.MaxNameBytes)
+                throw new ArgumentException($"RAM block name '{block.Name}' is {nameBytes} bytes (1..{SnapshotFormat.MaxNameBytes})", nameof(blocks));
+            if (!names.Add(block.Name))
+                throw new ArgumentException($"two RAM blocks are named '{block.Name}'", nameof(blocks));
+            if (block.Size == 0 || block.Size % SnapshotFormat.PageSize != 0 || block.Size > SnapshotFormat.MaxBlockBytes)
+                throw new ArgumentException($"RAM block '{block.Name}': size {block.Size} is not a multiple of 4 KiB in 4 KiB..1 TiB", nameof(blocks));
+        }
+    }
+
+    /// <summary>
+    /// Writes whole pages into their slots: <paramref name="pages"/> holds page <paramref name="firstPage"/> and
+    /// the ones after it. The bits are set after the data is written. Thread-safe.
+    /// </summary>
+    public void WritePages(int block, ulong firstPage, ReadOnlySpan<byte> pages)
+    {
+        if (pages.IsEmpty || pages.Length % SnapshotFormat.PageSize != 0)
+            throw new ArgumentException($"{pages.Length} bytes is not a positive number of whole pages", nameof(pages));
+        var count = (ulong)pages.Length / SnapshotFormat.PageSize;
+        var entry = CheckRange(block, firstPage, count);
+        Enter();
+        try
+        {
+            RandomAccess.Write(_file, pages, (long)(entry.PagesOffset + firstPage * SnapshotFormat.PageSize));
+            PageBits.SetRange(_present[block], firstPage, count);
+            // A page with data is not in the balloon, whatever an earlier bitmap said.
+            PageBits.ClearRange(_ballooned[block], firstPage, count);
+            Interlocked.Add(ref _pagesWritten, (long)count);
+            Interlocked.Add(ref _bytesWritten, pages.Length);
+        }
+        catch (Exception e)
+        {
+            Fail(e);
+            throw;
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    /// <summary>
+    /// Pages that hold nothing any more (they became zero, or were discarded): their bits are cleared and the slots
+    /// that held an older copy are punched, so the reader never loads stale contents and the disk space comes back.
+    /// Slots never written are holes already and cost nothing. Thread-safe.
+    /// </summary>
+    public void MarkAbsent(int block, ulong firstPage, ulong count)
+    {
+        if (count == 0)
+            return;
+        var entry = CheckRange(block, firstPage, count);
+        Enter();
+        try
+        {
+            PunchCleared(_present[block], entry, firstPage, count);
+        }
+        catch (Exception e)
+        {
+            Fail(e);
+            throw;
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    /// <summary>
+    /// The balloon's truth for <c>bitmap.Length * 8</c> pages from <paramref name="firstPage"/> (a multiple of 64):
+    /// a set bit is a page in the balloon (absent, its slot punched), a clear bit a page that is not (its slot is
+    /// left as it is). The same contract as the stream's BALLOON_BITMAP record. Thread-safe.
+    /// </summary>
+    public void SetBallooned(int block, ulong firstPage, ReadOnlySpan<byte> bitmap)
+    {
+        if (firstPage % 64 != 0 || bitmap.Length % 8 != 0)
+            throw new ArgumentException($"a balloon bitmap covers whole 64-page words (first page {firstPage}, {bitmap.Length} bytes)", nameof(bitmap));
+        if (bitmap.IsEmpty)
+            return;
+        var entry = CheckBlock(block);
+        var words = MemoryMarshal.Cast<byte, ulong>(bitmap);
+        var firstWord = firstPage / 64;
+        if (firstWord > (ulong)_ballooned[block].Length || (ulong)words.Length > (ulong)_ballooned[block].Length - firstWord)
+            throw new ArgumentOutOfRangeException(nameof(firstPage), $"balloon bitmap for pages {firstPage}..{firstPage + (ulong)words.Length * 64 - 1} runs past '{entry.Name}'");
+        if (PageBits.FirstBitPast(words, entry.PageCount - firstPage) >= 0)
+            throw new ArgumentOutOfRangeException(nameof(bitmap), $"balloon bitmap claims pages past the end of '{entry.Name}'");
+        Enter();
+        try
+        {
+            var ballooned = _ballooned[block];
+            for (var i = 0; i < words.Length; i++)
+            {
+                var w = (int)firstWord + i;
+                Volatile.Write(ref ballooned[w], words[i]);
+                var bits = words[i];
+                // Punch each run of ballooned pages that had a slot written.
+                var position = 0;
+                while (bits >> position != 0)
+                {
+                    position += System.Numerics.BitOperations.TrailingZeroCount(bits >> position);
+                    var ones = System.Numerics.BitOperations.TrailingZeroCount(~(bits >> position));
+                    PunchCleared(_present[block], entry, (ulong)w * 64 + (ulong)position, (ulong)ones);
+                    position += ones;
+                    if (position >= 64)
+                        break;
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            Fail(e);
+            throw;
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    private void PunchCleared(ulong[] present, BlockEntry entry, ulong firstPage, ulong count)
+    {
+        var target = new PunchTarget(_file, entry.PagesOffset);
+        var punched = PageBits.ClearRange(present, firstPage, count, ref target, static (ref PunchTarget t, ulong page, ulong pages) =>
+            SparseFile.PunchHole(t.File, (long)(t.PagesOffset + page * SnapshotFormat.PageSize), (long)(pages * SnapshotFormat.PageSize)));
+        if (punched != 0)
+            Interlocked.Add(ref _pagesPunched, (long)punched);
+    }
+
+    private readonly record struct PunchTarget(SafeFileHandle File, ulong PagesOffset);
+
+    /// <summary>
+    /// Pushes the pages written so far to disk (fsync) without finishing the file. Between precopy passes this keeps
+    /// the dirty page cache small, so the final sync, which a paused guest waits for, covers only the last pass; and
+    /// a pass's measured bandwidth is the disk's, not the page cache's. Thread-safe.
+    /// </summary>
+    public void Flush()
+    {
+        Enter();
+        try
+        {
+            RandomAccess.FlushToDisk(_file);
+        }
+        catch (Exception e)
+        {
+            Fail(e);
+            throw;
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    /// <summary>
+    /// Ends the file: the bitmaps, the state sections (each with its checksum), the block table and the header,
+    /// then fsync; then the completion mark, then fsync again. Every write and mark call must have returned.
+    /// </summary>
+    public void Finish(IReadOnlyList<StateSection> state)
+    {
+        ValidateState(state);
+        if (Interlocked.CompareExchange(ref _state, Finishing, Open) != Open)
+            throw new InvalidOperationException($"snapshot {Path} is already finished (or being finished) or closed");
+        // Calls that entered before the state changed are let to complete; new ones are refused.
+        var spin = new SpinWait();
+        while (Volatile.Read(ref _inFlight) != 0)
+            spin.SpinOnce();
+        if (_failure is { } failure)
+            throw new InvalidOperationException($"snapshot {Path} cannot be finished: an earlier write failed ({failure})");
+
+        var stateArea = EncodeState(state);
+        if (stateArea.Length != 0)
+            RandomAccess.Write(_file, stateArea, (long)_stateOffset);
+        var headerCrc = WriteMetadata((ulong)stateArea.Length, (uint)state.Count);
+        RandomAccess.FlushToDisk(_file);
+        // Only now, with everything else on disk, can the file claim to be finished.
+        Span<byte> mark = stackalloc byte[SnapshotFormat.CompletionMarkSize];
+        SnapshotHeader.EncodeCompletionMark(headerCrc, mark);
+        RandomAccess.Write(_file, mark, SnapshotFormat.CompletionMarkOffset);
+        RandomAccess.FlushToDisk(_file);
+        Volatile.Write(ref _state, Finished);
+    }
+
+    /// <summary>Bitmaps, block table and header (no completion mark); returns the header checksum.</summary>
+    private uint WriteMetadata(ulong stateLength, uint stateCount)
+    {
+        var table = new byte[_entries.Length * SnapshotFormat.BlockEntrySize];
+        for (var b = 0; b < _entries.Length; b++)
+        {
+            var present = MemoryMarshal.AsBytes(_present[b].AsSpan());
+            var ballooned = MemoryMarshal.AsBytes(_ballooned[b].AsSpan());
+            WriteSparse(present, _entries[b].PresentBitmapOffset);
+            WriteSparse(ballooned, _entries[b].BalloonBitmapOffset);
+            var entry = _entries[b] with { PresentBitmapCrc = Crc32C.Compute(present), BalloonBitmapCrc = Crc32C.Compute(ballooned) };
+            entry.Encode(table.AsSpan(b * SnapshotFormat.BlockEntrySize));
+        }
+        RandomAccess.Write(_file, table, (long)_tableOffset);
+        var header = new SnapshotHeader(
+            (uint)_entries.Length, _tableOffset, (ulong)table.Length, _stateOffset, stateLength, stateCount, _stateOffset + stateLength);
+        Span<byte> bytes = stackalloc byte[SnapshotFormat.HeaderSize];
+        var crc = header.Encode(bytes);
+        RandomAccess.Write(_file, bytes, 0);
+        return crc;
+    }
+
+    /// <summary>
+    /// Writes a bitmap but skips its all-zero 4 KiB pieces: the region starts as a hole and nothing else writes
+    /// it, so a skipped piece reads as the zeros it holds, and an empty bitmap (the balloon's, usually) costs no disk.
+    /// </summary>
+    private void WriteSparse(ReadOnlySpan<byte> bitmap, ulong offset)
+    {
+        const int Piece = 4096;
+        for (var at = 0; at < bitmap.Length;)
+        {
+            var piece = bitmap.Slice(at, Math.Min(Piece, bitmap.Length - at));
+            if (piece.ContainsAnyExcept((byte)0))
+                RandomAccess.Write(_file, piece, (long)offset + at);
+            at += piece.Length;
+        }
+    }
+
+    private static void ValidateState(IReadOnlyList<StateSection> state)
+    {
+        if (state.Count > SnapshotFormat.MaxStateSections)
+            throw new ArgumentException($"{state.Count} state sections (at most {SnapshotFormat.MaxStateSections})", nameof(state));
+        ulong total = 0;
+        foreach (var section in state)
+        {
+            if (!Enum.IsDefined(section.Kind))
+                throw new ArgumentException($"state section '{section.Name}': unknown kind {(ushort)section.Kind}", nameof(state));
+            if (Encoding.UTF8.GetByteCount(section.Name) > SnapshotFormat.MaxStateNameBytes)
+                throw new ArgumentException($"state section name '{section.Name}' is over {SnapshotFormat.MaxStateNameBytes} bytes", nameof(state));
+            if (section.Blob.Length > SnapshotFormat.MaxStateBlobBytes)
+                throw new ArgumentException($"state section '{section.Name}' is {section.Blob.Length} bytes (at most {SnapshotFormat.MaxStateBlobBytes})", nameof(state));
+            total += (ulong)(SnapshotFormat.StateSectionHeaderSize + Encoding.UTF8.GetByteCount(section.Name) + section.Blob.Length);
+        }
+        if (total > SnapshotFormat.MaxStateAreaBytes)
+            throw new ArgumentException($"the state is {total} bytes (at most {SnapshotFormat.MaxStateAreaBytes})", nameof(state));
+    }
+
+    /// <summary>The state area: per section a 16-byte header (kind, index, name length, blob length, CRC), the name, the blob.</summary>
+    internal static byte[] EncodeState(IReadOnlyList<StateSection> state)
+    {
+        var length = state.Sum(s => SnapshotFormat.StateSectionHeaderSize + Encoding.UTF8.GetByteCount(s.Name) + s.Blob.Length);
+        var area = new byte[length];
+        var at = 0;
+        foreach (var section in state)
+        {
+            var name = Encoding.UTF8.GetBytes(section.Name);
+            var span = area.AsSpan(at, SnapshotFormat.StateSectionHeaderSize + name.Length + section.Blob.Length);
+            BinaryPrimitives.WriteUInt16LittleEndian(span, (ushort)section.Kind);
+            BinaryPrimitives.WriteUInt16LittleEndian(span[2..], section.Index);
+            BinaryPrimitives.WriteUInt16LittleEndian(span[4..], (ushort)name.Length);
+            BinaryPrimitives.WriteUInt32LittleEndian(span[8..], (uint)section.Blob.Length);
+            name.CopyTo(span[16..]);
+            section.Blob.CopyTo(span[(16 + name.Length)..]);
+            var crc = Crc32C.Append(Crc32C.Compute(span[..12]), span[16..]);
+            BinaryPrimitives.WriteUInt32LittleEndian(span[12..], crc);
+            at += span.Length;
+        }
+        return area;
+    }
+
+    /// <summary>
+    /// Writes every page of <paramref name="blocks"/> that holds data: only the memfd data extents are read (a hole
+    /// is never touched, since reading a shmem hole would allocate it), zero pages are skipped, runs of data pages
+    /// go out as one write each. <paramref name="threads"/> threads take 2 MiB chunks in turn. For a paused VM, or
+    /// tests; a running guest goes through the precopy engine instead. Does not finish the file.
+    /// </summary>
+    public SnapshotSaveResult WriteAllPages(IReadOnlyList<RamBlock> blocks, int threads)
+    {
+        CheckSameBlocks(blocks);
+        ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
+        // The pages worth looking at: the data extents, as a bitmap per block.
+        var data = new ulong[blocks.Count][];
+        long untouched = 0;
+        var chunkBase = new long[blocks.Count + 1];
+        for (var b = 0; b < blocks.Count; b++)
+        {
+            data[b] = new ulong[PageBits.WordCount(blocks[b].PageCount)];
+            ulong inExtents = 0;
+            foreach (var (offset, length) in blocks[b].DataExtents())
+                inExtents += PageBits.SetRange(data[b], offset / SnapshotFormat.PageSize, length / SnapshotFormat.PageSize);
+            untouched += (long)(blocks[b].PageCount - inExtents);
+            chunkBase[b + 1] = chunkBase[b] + (long)((blocks[b].PageCount + ChunkPages - 1) / ChunkPages);
+        }
+
+        long nextChunk = -1, dataPages = 0, zeroPages = 0, bytesBefore = BytesWritten;
+        Exception? error = null;
+        void Work()
+        {
+            try
+            {
+                long myData = 0, myZero = 0;
+                while (Volatile.Read(ref error) is null)
+                {
+                    var chunk = Interlocked.Increment(ref nextChunk);
+                    if (chunk >= chunkBase[^1])
+                        break;
+                    var b = 0;
+                    while (chunk >= chunkBase[b + 1])
+                        b++;
+                    var first = (ulong)(chunk - chunkBase[b]) * ChunkPages;
+                    var end = Math.Min(first + ChunkPages, blocks[b].PageCount);
+                    SaveChunk(blocks[b], b, data[b], first, end, ref myData, ref myZero);
+                }
+                Interlocked.Add(ref dataPages, myData);
+                Interlocked.Add(ref zeroPages, myZero);
+            }
+            catch (Exception e)
+            {
+                Interlocked.CompareExchange(ref error, e, null);
+            }
+        }
+        RunThreads((int)Math.Min(threads, Math.Max(1, chunkBase[^1])), "snapshot-save", Work);
+        if (error is not null)
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error).Throw();
+        return new SnapshotSaveResult(dataPages, zeroPages, untouched, BytesWritten - bytesBefore);
+    }
+
+    /// <summary>One chunk: each run of data-extent pages, split at zero pages; non-zero runs written straight from the mapping.</summary>
+    private void SaveChunk(RamBlock block, int index, ulong[] data, ulong first, ulong end, ref long dataPages, ref long zeroPages)
+    {
+        var position = first;
+        while (PageBits.NextRun(data, ref position, end, out var start, out var length))
+        {
+            ulong runStart = 0, runLength = 0;
+            for (var page = start; page < start + length; page++)
+            {
+                if (ZeroPage.IsZero(block.Mapping.GetSpan(page * SnapshotFormat.PageSize, SnapshotFormat.PageSize)))
+                {
+                    zeroPages++;
+                    if (runLength != 0)
+                        WritePages(index, runStart, block.Mapping.GetSpan(runStart * SnapshotFormat.PageSize, (int)(runLength * SnapshotFormat.PageSize)));
+                    runLength = 0;
+                    continue;
+                }
+                if (runLength == 0)
+                    runStart = page;
+                runLength++;
+                dataPages++;
+            }
+            if (runLength != 0)
+                WritePages(index, runStart, block.Mapping.GetSpan(runStart * SnapshotFormat.PageSize, (int)(runLength * SnapshotFormat.PageSize)));
+        }
+    }
+
+    /// <summary>Creates the file, writes every data page with <paramref name="threads"/> threads, and finishes it with the state.</summary>
+    public static SnapshotSaveResult SaveAll(string path, IReadOnlyList<RamBlock> blocks, IReadOnlyList<StateSection> state, int threads)
+    {
+        using var writer = Create(path, blocks);
+        var result = writer.WriteAllPages(blocks, threads);
+        writer.Finish(state);
+        return result;
+    }
+
+    internal static void RunThreads(int count, string name, Action work)
+    {
+        if (count == 1)
+        {
+            work();
+            return;
+        }
+        var threads = new Thread[count];
+        for (var i = 0; i < count; i++)
+        {
+            threads[i] = new Thread(() => work()) { Name = $"{name}{i}", IsBackground = true };
+            threads[i].Start();
+        }
+        foreach (var thread in threads)
+            thread.Join();
+    }
+
+    private void CheckSameBlocks(IReadOnlyList<RamBlock> blocks)
+    {
+        if (blocks.Count != _entries.Length || blocks.Where((b, i) => b.Name != _entries[i].Name || b.Size != _entries[i].Size).Any())
+            throw new ArgumentException("the blocks are not the ones the snapshot was created for (same names and sizes, same order)", nameof(blocks));
+    }
+
+    private BlockEntry CheckBlock(int block)
+    {
+        if ((uint)block >= (uint)_entries.Length)
+            throw new ArgumentOutOfRangeException(nameof(block), $"block {block} is not one of the snapshot's {_entries.Length}");
+        return _entries[block];
+    }
+
+    private BlockEntry CheckRange(int block, ulong firstPage, ulong count)
+    {
+        var entry = CheckBlock(block);
+        if (firstPage >= entry.PageCount || count > entry.PageCount - firstPage)
+            throw new ArgumentOutOfRangeException(nameof(firstPage), $"pages {firstPage}..+{count} run past '{entry.Name}' ({entry.PageCount} pages)");
+        return entry;
+    }
+
+    private void Enter()
+    {
+        // Counted before the state is read, so Finish (which changes the state, then waits for the count) either
+        // sees this call or this call sees Finish.
+        Interlocked.Increment(ref _inFlight);
+        var state = Volatile.Read(ref _state);
+        if (state != Open || _failure is not null)
+        {
+            Interlocked.Decrement(ref _inFlight);
+            if (_failure is { } failure)
+                throw new InvalidOperationException($"snapshot {Path}: an earlier write failed ({failure})");
+            throw new InvalidOperationException($"snapshot {Path} is {(state == Disposed ? "closed" : "finished")}: no more pages can be written");
+        }
+    }
+
+    private void Exit() => Interlocked.Decrement(ref _inFlight);
+
+    /// <summary>A failed write may have left a slot half-written under a set bit: the file must never be finished.</summary>
+    private void Fail(Exception e)
+    {
+        if (e is not ArgumentException)
+            _failure ??= e.Message;
+    }
+
+    /// <summary>Closes the file. Without <see cref="Finish"/> it stays unfinished (refused by the reader), not deleted.</summary>
+    public void Dispose()
+    {
+        Interlocked.CompareExchange(ref _state, Disposed, Open);
+        _file.Dispose();
+    }
+}

@@ -1,0 +1,207 @@
+using System.Buffers.Binary;
+using Ferry.Interop;
+using Ferry.Kvm;
+using Ferry.Migration.Engine;
+using Ferry.Migration.Stream;
+
+namespace Ferry.Migration.Tests.Snapshot;
+
+/// <summary>A temporary directory for snapshot files, removed afterwards.</summary>
+public sealed class TempDir : IDisposable
+{
+    public TempDir() => Directory.CreateDirectory(Path);
+
+    public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"ferry-snapshot-{Guid.NewGuid():N}");
+
+    public string File(string name) => System.IO.Path.Combine(Path, name);
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(Path, recursive: true);
+        }
+        catch (IOException)
+        {
+            // Best effort.
+        }
+    }
+}
+
+/// <summary>Helpers shared by the snapshot tests: memory contents, allocation on disk, and surgery on files.</summary>
+public static unsafe class SnapshotFixtures
+{
+    public const int Page = 4096;
+    public const ulong MiB = 1UL << 20;
+
+    /// <summary>A recognisable, never-zero pattern for a page of a block at a generation.</summary>
+    public static void FillPages(RamBlock block, ulong firstPage, ulong pages, ulong generation)
+    {
+        var words = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(block.Mapping.GetSpan(firstPage * Page, (int)(pages * Page)));
+        for (var i = 0; i < words.Length; i++)
+            words[i] = unchecked(((firstPage * Page) + (ulong)i * 8) * 0x9E3779B97F4A7C15UL + generation * 0xC2B2AE3D27D4EB4FUL + 1) | 1;
+    }
+
+    /// <summary>Bytes the file occupies on disk (st_blocks × 512), as `stat` reports.</summary>
+    public static long AllocatedOnDisk(string path)
+    {
+        // A plain open(2): .NET's File.OpenHandle would take an advisory lock the writer holds exclusively.
+        using var fd = SafeFd.FromResult(Libc.Open(path, Libc.O_RDONLY | Libc.O_CLOEXEC, 0), "open");
+        StatBuffer stat;
+        ErrnoException.Check(Libc.Fstat(fd.Fd, &stat), "fstat");
+        return stat.Blocks * 512;
+    }
+
+    /// <summary>Every byte of the blocks equal (reads holes: measure allocation before calling).</summary>
+    public static void AssertSameMemory(IReadOnlyList<RamBlock> expected, IReadOnlyList<RamBlock> actual)
+    {
+        for (var b = 0; b < expected.Count; b++)
+        {
+            var size = (int)expected[b].Size;
+            var want = expected[b].Mapping.GetSpan(0, size);
+            var got = actual[b].Mapping.GetSpan(0, size);
+            if (!want.SequenceEqual(got))
+            {
+                var at = want.CommonPrefixLength(got);
+                Xunit.Assert.Fail($"block {expected[b].Name} differs at page {at / Page} (offset 0x{at:X})");
+            }
+        }
+    }
+
+    public static StateSection[] SampleState() =>
+    [
+        new(StateKind.Vcpu, 0, "vcpu", [.. Enumerable.Range(0, 5000).Select(i => (byte)i)]),
+        new(StateKind.Vcpu, 1, "vcpu", [.. Enumerable.Range(0, 5000).Select(i => (byte)(i * 7))]),
+        new(StateKind.Device, 0, "virtio-mmio", [1, 2, 3]),
+        new(StateKind.Machine, 0, "empty", []),
+    ];
+}
+
+/// <summary>
+/// Reads and patches a snapshot at the offsets docs/snapshot-format.md gives (independently of the reader's code),
+/// and can re-seal checksums so a test reaches the check behind them.
+/// </summary>
+public sealed class SnapshotSurgery(string path)
+{
+    // File header (docs/snapshot-format.md).
+    public const int BlockCountOffset = 20;
+    public const int TableOffsetOffset = 24;
+    public const int TableLengthOffset = 32;
+    public const int StateOffsetOffset = 40;
+    public const int StateLengthOffset = 48;
+    public const int StateCountOffset = 56;
+    public const int FileLengthOffset = 64;
+    public const int HeaderCrcOffset = 92;
+    public const int MarkOffset = 96;
+
+    // Block entry.
+    public const int EntrySize = 128;
+    public const int NameLengthOffset = 0;
+    public const int NameOffset = 4;
+    public const int SizeOffset = 72;
+    public const int PresentBitmapOffset = 80;
+    public const int BalloonBitmapOffset = 88;
+    public const int BitmapLengthOffset = 96;
+    public const int PagesOffsetOffset = 104;
+    public const int PresentCrcOffset = 112;
+    public const int BalloonCrcOffset = 116;
+    public const int EntryCrcOffset = 124;
+
+    public string Path => path;
+
+    public byte[] Read(long offset, int length)
+    {
+        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
+        var bytes = new byte[length];
+        RandomAccess.Read(handle, bytes, offset);
+        return bytes;
+    }
+
+    public void Write(long offset, ReadOnlySpan<byte> bytes)
+    {
+        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+        RandomAccess.Write(handle, bytes, offset);
+    }
+
+    public uint U32(long offset) => BinaryPrimitives.ReadUInt32LittleEndian(Read(offset, 4));
+
+    public ulong U64(long offset) => BinaryPrimitives.ReadUInt64LittleEndian(Read(offset, 8));
+
+    public void SetU16(long offset, ushort value)
+    {
+        Span<byte> b = stackalloc byte[2];
+        BinaryPrimitives.WriteUInt16LittleEndian(b, value);
+        Write(offset, b);
+    }
+
+    public void SetU32(long offset, uint value)
+    {
+        Span<byte> b = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt32LittleEndian(b, value);
+        Write(offset, b);
+    }
+
+    public void SetU64(long offset, ulong value)
+    {
+        Span<byte> b = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(b, value);
+        Write(offset, b);
+    }
+
+    public void Flip(long offset, byte mask = 0x40)
+    {
+        var b = Read(offset, 1);
+        b[0] ^= mask;
+        Write(offset, b);
+    }
+
+    public long Length => new FileInfo(path).Length;
+
+    public void Truncate(long length)
+    {
+        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+        RandomAccess.SetLength(handle, length);
+    }
+
+    public long TableOffset => (long)U64(TableOffsetOffset);
+
+    public long StateOffset => (long)U64(StateOffsetOffset);
+
+    public long StateLength => (long)U64(StateLengthOffset);
+
+    public long Entry(int block) => TableOffset + block * EntrySize;
+
+    public long EntryField(int block, int field) => Entry(block) + field;
+
+    public long PresentBitmap(int block) => (long)U64(EntryField(block, PresentBitmapOffset));
+
+    public long BalloonBitmap(int block) => (long)U64(EntryField(block, BalloonBitmapOffset));
+
+    public long BitmapLength(int block) => (long)U64(EntryField(block, BitmapLengthOffset));
+
+    public long PagesOffset(int block) => (long)U64(EntryField(block, PagesOffsetOffset));
+
+    /// <summary>Recomputes a bitmap's checksum into its entry (and the entry's own checksum).</summary>
+    public void ResealBitmaps(int block)
+    {
+        var length = (int)BitmapLength(block);
+        SetU32(EntryField(block, PresentCrcOffset), Crc32C.Compute(Read(PresentBitmap(block), length)));
+        SetU32(EntryField(block, BalloonCrcOffset), Crc32C.Compute(Read(BalloonBitmap(block), length)));
+        ResealEntry(block);
+    }
+
+    public void ResealEntry(int block) =>
+        SetU32(EntryField(block, EntryCrcOffset), Crc32C.Compute(Read(Entry(block), EntryCrcOffset)));
+
+    /// <summary>Recomputes the header checksum and a matching completion mark.</summary>
+    public void ResealHeader()
+    {
+        var crc = Crc32C.Compute(Read(0, HeaderCrcOffset));
+        SetU32(HeaderCrcOffset, crc);
+        var mark = new byte[16];
+        "COMPLETE"u8.CopyTo(mark);
+        BinaryPrimitives.WriteUInt32LittleEndian(mark.AsSpan(8), crc);
+        BinaryPrimitives.WriteUInt32LittleEndian(mark.AsSpan(12), Crc32C.Compute(mark.AsSpan(0, 12)));
+        Write(MarkOffset, mark);
+    }
+}

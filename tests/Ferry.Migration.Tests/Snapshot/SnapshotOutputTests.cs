@@ -1,0 +1,138 @@
+using Ferry.Kvm;
+using Ferry.Migration.Engine;
+using Ferry.Migration.Snapshot;
+using Ferry.Migration.Tests.Synthetic;
+using Xunit;
+using static Ferry.Migration.Tests.Snapshot.SnapshotFixtures;
+
+namespace Ferry.Migration.Tests.Snapshot;
+
+/// <summary>
+/// The unchanged precopy engine writing into a file through <see cref="SnapshotOutput"/> (its IMigrationOutput),
+/// over synthetic memory and a synthetic writing guest: the file layer is enough for live and paused saves.
+/// </summary>
+public sealed class SnapshotOutputTests
+{
+    private static RamBlock[] Load(string path, IReadOnlyList<RamBlock> like, out SnapshotLoadResult result)
+    {
+        var blocks = like.Select(b => RamBlock.Create(b.Name, b.GuestPhysicalAddress, b.Size, b.Slot)).ToArray();
+        using var file = SnapshotFile.Open(path);
+        result = file.LoadInto(blocks, 4);
+        return blocks;
+    }
+
+    [Fact]
+    public void A_guest_writing_throughout_a_live_save_loads_as_it_was_when_paused_and_the_file_did_not_grow()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("live.snap");
+        using var vm = new SyntheticVm(64 * MiB, 16 * MiB);
+        vm.Fill(0, 0, 8192, 1);
+        vm.Fill(1, 10, 100, 1);
+        vm.WorkingSet = (1000, 2000);
+        vm.PagesPerSecond = 50_000;
+        vm.Start();
+        Thread.Sleep(50);
+        using var output = new SnapshotOutput(path, 4);
+        using var migration = new PrecopyMigration(vm, new MigrationParameters { MaxBandwidth = (long)(256 * MiB) }, new MigrationCapabilities());
+
+        var stats = migration.Run(output);
+
+        Assert.Equal(MigrationStatus.Completed, stats.Status);
+        Assert.True(vm.IsPaused);
+        Assert.True(stats.Passes.Count >= 2, $"{stats.Passes.Count} passes");
+        Assert.Equal(4, stats.Channels);
+        // Several passes rewrote the working set, each into the same slots: the file is RAM plus metadata.
+        Assert.True(output.Writer!.PagesWritten > 8192 + 100, $"{output.Writer.PagesWritten} page writes");
+        Assert.True(new FileInfo(path).Length < (long)(80 * MiB + 3 * MiB), $"{new FileInfo(path).Length} bytes");
+        Assert.True(AllocatedOnDisk(path) < (8192L + 100) * Page + 2 * (long)MiB);
+
+        var loaded = Load(path, vm.Blocks, out var result);
+        try
+        {
+            Assert.Equal(8292, result.PagesLoaded);
+            Assert.Equal(vm.Generation, BitConverter.ToInt64(result.State.Single(s => s.Name == "synthetic").Blob));
+            AssertSameMemory(vm.Blocks, loaded);
+        }
+        finally
+        {
+            foreach (var b in loaded)
+                b.Dispose();
+        }
+    }
+
+    [Fact]
+    public void A_page_zeroed_after_pass_1_wrote_it_is_punched_and_loads_as_a_hole()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("zeroed.snap");
+        using var vm = new SyntheticVm(16 * MiB);
+        vm.Fill(0, 0, 100, 1);
+        using var output = new SnapshotOutput(path, 2);
+        using var migration = new PrecopyMigration(vm, new MigrationParameters(), new MigrationCapabilities());
+        migration.PassCompleted += pass =>
+        {
+            if (pass.Pass != 1)
+                return;
+            vm.Blocks[0].Mapping.GetSpan(5 * 4096, 4096).Clear();
+            vm.Fill(0, 6, 1, 2);
+            vm.Blocks[0].VmmDirty.Set(5);
+        };
+
+        migration.Run(output);
+
+        Assert.Equal(1, output.Writer!.PagesPunched);
+        var loaded = Load(path, vm.Blocks, out var result);
+        try
+        {
+            Assert.Equal(99, result.PagesLoaded);
+            Assert.Equal(99UL * Page, loaded[0].AllocatedBytes());
+            AssertSameMemory(vm.Blocks, loaded);
+        }
+        finally
+        {
+            loaded[0].Dispose();
+        }
+    }
+
+    [Fact]
+    public void A_trusted_balloon_is_recorded_not_written_and_a_paused_save_takes_one_pass()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("balloon.snap");
+        using var vm = new SyntheticVm(64 * MiB);
+        vm.Fill(0, 0, 1000, 1);
+        var balloon = new SyntheticBalloon(vm) { FreeRanges = [] };
+        vm.SyntheticBalloon = balloon;
+        balloon.Inflate(0, 200, 200);
+        balloon.Bitmap(0).SetRange(600 * 4096, 100 * 4096);
+        vm.PauseGuest();
+        using var output = new SnapshotOutput(path, 3);
+        using var migration = new PrecopyMigration(vm, new MigrationParameters(), new MigrationCapabilities());
+
+        var stats = migration.Run(output);
+
+        Assert.Equal(700, stats.NormalPages);
+        Assert.Equal(300, stats.BalloonedPages);
+        Assert.Equal(0, stats.Passes[^1].NormalPages); // paused: nothing left for the final pass
+        using var file = SnapshotFile.Open(path);
+        Assert.Equal(700UL, file.Blocks[0].PresentPages);
+        Assert.Equal(300UL, file.Blocks[0].BalloonedPages);
+        Assert.True(System.Runtime.InteropServices.MemoryMarshal.AsBytes(balloon.Bitmap(0).Words).SequenceEqual(file.Blocks[0].BalloonBitmap));
+    }
+
+    [Fact]
+    public void A_file_that_cannot_be_created_fails_the_save_and_the_guest_runs_on()
+    {
+        using var vm = new SyntheticVm(16 * MiB);
+        vm.Fill(0, 0, 10, 1);
+        using var output = new SnapshotOutput("/nonexistent-dir/x.snap", 2);
+        using var migration = new PrecopyMigration(vm, new MigrationParameters(), new MigrationCapabilities());
+
+        var e = Assert.Throws<MigrationException>(() => migration.Run(output));
+
+        Assert.Contains("cannot create snapshot /nonexistent-dir/x.snap", e.Message);
+        Assert.False(vm.IsPaused);
+        Assert.Equal(MigrationStatus.Failed, migration.Status);
+    }
+}
