@@ -80,7 +80,7 @@ internal static class MigrateCommand
     }
 
     /// <summary>Polls query-migrate for the bar and waits for the final MIGRATION event, which carries the figures.</summary>
-    private static JsonObject? Follow(QmpClient qmp, bool quiet)
+    internal static JsonObject? Follow(QmpClient qmp, bool quiet)
     {
         JsonObject? FinalEvent()
         {
@@ -125,7 +125,7 @@ internal static class MigrateCommand
         }
     }
 
-    private static void PrintTable(JsonObject s)
+    internal static void PrintTable(JsonObject s)
     {
         var ram = s["ram"]!;
         var f = s["ferry"]!;

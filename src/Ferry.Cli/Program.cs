@@ -20,6 +20,7 @@ public static class Program
                     --cmdline TEXT       guest command line (e.g. "free_mode=poison poison=0xaa")
                     --incoming tcp:HOST:PORT   do not boot: wait for a migration there, load it, run the guest
                                          (start with the source's --memory and --cpus)
+                    --restore FILE       do not boot: load a snapshot (same --memory and --cpus), run the guest
           demo    boot a guest, run a memory workload in it, print what happened and exit
                     --memory SIZE (default 1G)  --cpus N (default 2)  --guest PATH
           help    this text
@@ -32,6 +33,9 @@ public static class Program
           hint SOCK start|stop|done|status   run free page hinting by hand
           free-bitmap SOCK [--drop-caches]   ask the guest for its free page bitmap (Ferry extension)
           qmp SOCK COMMAND ['{"arg": ...}']   any QMP command; prints the JSON reply
+          snapshot save SOCK FILE [--paused] [--report FILE]   snapshot to a fixed-offset file; the VM runs
+                                         on (--paused: stop it first, save in one pass, leave it stopped)
+          snapshot inspect FILE [--json]   blocks, pages per class, file vs allocated size, state, checksums
           migrate SOCK tcp:HOST:PORT [options]   live-migrate to a `ferry run --incoming` destination
                     --max-bandwidth SIZE   bytes per second over all channels (e.g. 500M; default unlimited)
                     --downtime-limit MS    largest acceptable pause (default 300)
@@ -56,8 +60,9 @@ public static class Program
                 "run" => Run(args[1..]),
                 "demo" => Demo.Run(args[1..]),
                 "migrate" => MigrateCommand.Run(args[1..]),
+                "snapshot" => SnapshotCommand.Run(args[1..]),
                 var name when ControlCommands.Names.Contains(name) => ControlCommands.Run(name, args[1..]),
-                _ => throw new UsageException($"unknown command '{args[0]}' (commands: run, demo, migrate, {string.Join(", ", ControlCommands.Names)}, help)"),
+                _ => throw new UsageException($"unknown command '{args[0]}' (commands: run, demo, migrate, snapshot, {string.Join(", ", ControlCommands.Names)}, help)"),
             };
         }
         catch (UsageException e)
@@ -90,7 +95,7 @@ public static class Program
 
     private static int Run(string[] args)
     {
-        var a = CliArguments.Parse(args, "run", ["memory", "cpus", "console", "qmp", "guest", "cmdline", "incoming"], []);
+        var a = CliArguments.Parse(args, "run", ["memory", "cpus", "console", "qmp", "guest", "cmdline", "incoming", "restore"], []);
         if (a.Positional.Count > 0)
             throw new UsageException($"ferry run: unexpected argument '{a.Positional[0]}'");
         var config = ParseMachineConfig(a, "run", "512M", 1);
@@ -130,7 +135,25 @@ public static class Program
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; machine.Stop("interrupted (SIGINT)"); });
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; machine.Stop("terminated (SIGTERM)"); });
         console.Start(machine.Serial);
-        if (incoming is null)
+        var restore = a.Get("restore");
+        if (restore is not null && incoming is not null)
+            throw new UsageException("ferry run: --restore and --incoming cannot be combined");
+        if (restore is not null)
+        {
+            machine.Start(paused: true);
+            try
+            {
+                var report = Ferry.Migration.Machines.MachineSnapshots.Restore(machine, restore);
+                Console.Error.WriteLine($"ferry: restored {restore} in {report.Milliseconds:F0} ms: {report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read), {report.BalloonedPages} ballooned pages, {report.StateSections} state sections; guest running");
+            }
+            catch (Exception e) when (e is Ferry.Migration.Snapshot.SnapshotFormatException or InvalidDataException or IOException or UnauthorizedAccessException)
+            {
+                Console.Error.WriteLine($"ferry: --restore {restore}: {e.Message}");
+                qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                return IncomingMigration.FailedExitCode;
+            }
+        }
+        else if (incoming is null)
         {
             machine.Start();
         }

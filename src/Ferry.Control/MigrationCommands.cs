@@ -47,6 +47,7 @@ public sealed class MigrationCommands
             commands.Current()?.Cancel();
             return null;
         });
+        server.Register("ferry-snapshot-save", commands.SnapshotSave);
         server.Register("migrate-set-parameters", commands.SetParameters);
         server.Register("query-migrate-parameters", _ => commands.QueryParameters());
         server.Register("migrate-set-capabilities", commands.SetCapabilities);
@@ -73,14 +74,57 @@ public sealed class MigrationCommands
         {
             throw new QmpException(QmpException.GenericError, e.Message);
         }
+        StartJob(new TcpChannelConnector(uri).Description, new ChannelOutput(new TcpChannelConnector(uri), _capabilities.Multifd ? _parameters.MultifdChannels : 1),
+            source => new PrecopyMigration(source, _parameters, _capabilities),
+            completed => _machine.Stop($"migrated to {uri}"));
+        return null;
+    }
+
+    /// <summary>
+    /// ferry-snapshot-save {"file": PATH, "paused": bool}: precopy into a fixed-offset snapshot file. A running
+    /// guest runs on afterwards; with "paused" (or when already paused) the guest is stopped first, saved in one
+    /// pass, and stays paused. Progress and result through query-migrate and MIGRATION events, as for migrate.
+    /// </summary>
+    private JsonNode? SnapshotSave(JsonObject? args)
+    {
+        var path = args?["file"] is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0 ? s
+            : throw new QmpException(QmpException.GenericError, "Parameter 'file' is missing or not a non-empty string");
+        var pause = args?["paused"] is JsonValue p && p.TryGetValue<bool>(out var b) && b;
+        var directory = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (directory is null || !Directory.Exists(directory))
+            throw new QmpException(QmpException.GenericError, $"Parameter 'file': directory of '{path}' does not exist");
+        var resumeAfter = !pause && _machine.Status == "running";
+        if (pause)
+            _machine.Pause();
+        StartJob($"file:{path}", MachineSnapshots.Output(path),
+            source => MachineSnapshots.CreateSave(_machine, _parameters, _capabilities),
+            completed =>
+            {
+                if (resumeAfter)
+                    _machine.Resume();
+            },
+            completed => MachineSnapshots.Commit(path, completed));
+        return null;
+    }
+
+    /// <summary>Runs one migration job on its own thread; one job at a time.</summary>
+    /// <param name="afterOutput">Runs once the output is closed, with whether the job completed (e.g. a snapshot file's rename).</param>
+    private void StartJob(string target, IMigrationOutput output, Func<MachineMigrationSource, PrecopyMigration> create, Action<MigrationStats> onCompleted, Action<bool>? afterOutput = null)
+    {
         if (_machine.Exited.IsCompleted)
+        {
+            output.Dispose();
             throw new QmpException(QmpException.GenericError, "the VM has stopped; there is nothing to migrate");
+        }
         PrecopyMigration migration;
         lock (_gate)
         {
             if (_current is not null)
+            {
+                output.Dispose();
                 throw new QmpException(QmpException.GenericError, "There's a migration process in progress");
-            migration = new PrecopyMigration(new MachineMigrationSource(_machine), _parameters, _capabilities);
+            }
+            migration = create(new MachineMigrationSource(_machine));
             _current = migration;
         }
         migration.StatusChanged += status => _server.Emit("MIGRATION", new JsonObject { ["status"] = status.ToQmp() });
@@ -90,11 +134,26 @@ public sealed class MigrationCommands
             MigrationStats result;
             try
             {
-                result = migration.Run(new TcpChannelConnector(uri));
+                result = migration.Run(output);
             }
             catch (MigrationException)
             {
                 result = migration.Snapshot();
+            }
+            finally
+            {
+                output.Dispose();
+            }
+            if (afterOutput is not null)
+            {
+                try
+                {
+                    afterOutput(result.Status == MigrationStatus.Completed);
+                }
+                catch (IOException e)
+                {
+                    result = result with { Status = MigrationStatus.Failed, Error = $"finishing {target}: {e.Message}" };
+                }
             }
             lock (_gate)
             {
@@ -102,14 +161,13 @@ public sealed class MigrationCommands
                 _current = null;
             }
             migration.Dispose();
-            // The final figures travel with the last event: a completed source exits right after it.
-            _server.Emit("MIGRATION", new JsonObject { ["status"] = result.Status.ToQmp(), ["ferry-info"] = MigrationJson.ToQmp(result, passes: true) });
+            // The final figures travel with the last event: a completed migration's source exits right after it.
+            _server.Emit("MIGRATION", new JsonObject { ["status"] = result.Status.ToQmp(), ["ferry-target"] = target, ["ferry-info"] = MigrationJson.ToQmp(result, passes: true) });
             if (result.Status == MigrationStatus.Completed)
-                _machine.Stop($"migrated to {uri}");
+                onCompleted(result);
         })
         { Name = "migration", IsBackground = true };
         thread.Start();
-        return null;
     }
 
     private JsonObject Query()

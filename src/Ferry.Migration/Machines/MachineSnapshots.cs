@@ -1,0 +1,90 @@
+using Ferry.Migration.Engine;
+using Ferry.Migration.Snapshot;
+
+namespace Ferry.Migration.Machines;
+
+/// <summary>What a restore did.</summary>
+public sealed record RestoreReport(long PagesLoaded, long BytesRead, long BalloonedPages, int StateSections, double Milliseconds);
+
+/// <summary>
+/// Snapshots of a machine to a fixed-offset file (docs/snapshot-format.md) and restores from one. Saving is the
+/// precopy engine with the file as its output: a running guest keeps running while its pages are written (a page
+/// dirtied again overwrites its own slot), then it pauses for the last pass and its state, and runs on afterwards.
+/// A paused guest is saved in one pass and stays paused.
+/// </summary>
+public static class MachineSnapshots
+{
+    /// <summary>Parallel writers/readers: one per core, at most 8 (the disk, not the CPU, is the limit after that).</summary>
+    public static int DefaultThreads => Math.Clamp(Environment.ProcessorCount, 1, 8);
+
+    /// <summary>The engine for a save into <paramref name="path"/>; the caller runs it with <see cref="Output"/>.</summary>
+    public static PrecopyMigration CreateSave(Machine.Machine machine, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null) =>
+        new(new MachineMigrationSource(machine), (parameters ?? new MigrationParameters()) with { MultifdChannels = DefaultThreads }, capabilities ?? new MigrationCapabilities());
+
+    /// <summary>The file is written as PATH.partial and renamed over PATH only when complete (see <see cref="Commit"/>).</summary>
+    public static SnapshotOutput Output(string path) => new(PartialPath(path), DefaultThreads);
+
+    public static string PartialPath(string path) => path + ".partial";
+
+    /// <summary>
+    /// After a completed save: the finished file replaces PATH, so a failed or cancelled save never destroys the
+    /// previous snapshot there; after a failed one the partial file is removed (no leftovers).
+    /// </summary>
+    public static void Commit(string path, bool completed)
+    {
+        if (completed)
+            File.Move(PartialPath(path), path, overwrite: true);
+        else
+            File.Delete(PartialPath(path));
+    }
+
+    /// <summary>Saves the machine into <paramref name="path"/> and leaves it running if it was running.</summary>
+    public static MigrationStats Save(Machine.Machine machine, string path, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
+    {
+        var wasRunning = machine.Status == "running";
+        using var save = CreateSave(machine, parameters, capabilities);
+        MigrationStats stats;
+        using (var output = Output(path))
+        {
+            try
+            {
+                stats = save.Run(output);
+            }
+            catch (MigrationException)
+            {
+                output.Dispose();
+                Commit(path, completed: false);
+                throw;
+            }
+        }
+        Commit(path, completed: true);
+        if (wasRunning)
+            machine.Resume();
+        return stats;
+    }
+
+    /// <summary>
+    /// Loads a snapshot into a machine created with the same configuration and started paused: pages (parallel
+    /// positional reads), the balloon's bitmap, vCPU and device state; then runs the guest. Everything in the file
+    /// is checked before use; on any fault nothing runs.
+    /// </summary>
+    public static RestoreReport Restore(Machine.Machine machine, string path, int threads = 0)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        using var file = SnapshotFile.Open(path);
+        var loaded = file.LoadInto(machine.Memory.Blocks, threads > 0 ? threads : DefaultThreads);
+        long ballooned = 0;
+        foreach (var block in file.Blocks)
+        {
+            if (block.BalloonedPages == 0)
+                continue;
+            if (machine.Balloon is null)
+                throw new InvalidDataException($"the snapshot has {block.BalloonedPages} ballooned pages in '{block.Name}' but this machine has no balloon");
+            machine.Balloon.ApplyBalloonBitmap(machine.Memory.FindBlock(block.Name)!, 0, block.BalloonBitmap);
+            ballooned += (long)block.BalloonedPages;
+        }
+        MachineState.Restore(machine, loaded.State);
+        machine.Resume();
+        return new RestoreReport(loaded.PagesLoaded, loaded.BytesRead, ballooned, loaded.State.Count, clock.Elapsed.TotalMilliseconds);
+    }
+}

@@ -1,0 +1,129 @@
+using Ferry.Machine;
+using Ferry.Migration.Machines;
+using Ferry.Migration.Snapshot;
+using Ferry.TestSupport;
+using Xunit;
+
+namespace Ferry.Migration.Tests;
+
+/// <summary>Real guests saved to snapshot files while they run, and restored into fresh machines.</summary>
+public sealed class SnapshotMachineTests : IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("ferry-snap-").FullName;
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    private static BootedGuest Restore(BootedGuest like, string path)
+    {
+        var console = new GuestConsole();
+        var machine = Machine.Machine.Create(like.Machine.Config, console);
+        machine.Start(paused: true);
+        MachineSnapshots.Restore(machine, path);
+        return BootedGuest.Adopt(machine, console);
+    }
+
+    [KvmFact]
+    public async Task A_guest_saved_while_it_dirties_memory_restores_and_carries_on_twice()
+    {
+        var guest = await BootedGuest.StartAsync(memoryMib: 512, cpus: 2, commandLine: "report_delay_ms=600000");
+        try
+        {
+            await guest.Cmd("fill 96");
+            await guest.Cmd("dirty 50 16");
+            for (var round = 0; round < 2; round++)
+            {
+                var path = Path.Combine(_directory, $"round{round}.snap");
+                var stats = MachineSnapshots.Save(guest.Machine, path);
+                Assert.Equal("running", guest.Machine.Status); // a snapshot, not a move: the guest runs on
+                Assert.False(File.Exists(MachineSnapshots.PartialPath(path)));
+                var restored = Restore(guest, path);
+                guest.Dispose();
+                guest = restored;
+                var running = await guest.Cmd("stats");
+                Assert.True(running.GetProperty("dirty_running").GetBoolean());
+                var verify = await guest.Cmd("verify");
+                Assert.True(verify.GetProperty("passed").GetBoolean(), $"round {round}: {verify}");
+                Assert.True(stats.Passes.Count >= 2);
+            }
+        }
+        finally
+        {
+            guest.Dispose();
+        }
+    }
+
+    [KvmFact]
+    public async Task The_file_holds_only_the_pages_the_guest_uses()
+    {
+        using var guest = await BootedGuest.StartAsync(memoryMib: 1024, commandLine: "report_delay_ms=600000");
+        await guest.Cmd("fill 200");
+        var path = Path.Combine(_directory, "used.snap");
+        MachineSnapshots.Save(guest.Machine, path);
+        using var file = SnapshotFile.Open(path);
+        var inspection = file.Inspect();
+        var present = inspection.PresentBytes;
+        // 200 MiB filled, plus the guest's own bookkeeping pages; not the other 800 MiB.
+        Assert.InRange(present, 200L << 20, 230L << 20);
+        Assert.Equal(1024L << 20, (long)inspection.Blocks.Sum(b => (decimal)b.Size));
+        Assert.InRange(inspection.AllocatedBytes, present, present + present / 20 + (1 << 20));
+    }
+
+    [KvmFact]
+    public async Task A_paused_guest_is_saved_in_one_pass_and_stays_paused()
+    {
+        using var guest = await BootedGuest.StartAsync(memoryMib: 256);
+        await guest.Cmd("fill 32");
+        guest.Machine.Pause();
+        var path = Path.Combine(_directory, "paused.snap");
+        var stats = MachineSnapshots.Save(guest.Machine, path);
+        Assert.Equal("paused", guest.Machine.Status);
+        Assert.Equal(2, stats.Passes.Count);
+        Assert.Equal(0, stats.Passes[^1].NormalPages);
+        using var restored = Restore(guest, path);
+        Assert.True((await restored.Cmd("verify")).GetProperty("passed").GetBoolean());
+    }
+
+    [KvmFact]
+    public async Task A_ballooned_guest_keeps_its_balloon_through_save_and_restore()
+    {
+        using var guest = await BootedGuest.StartAsync(memoryMib: 512, commandLine: "report_delay_ms=600000");
+        var balloon = guest.Machine.Balloon!;
+        while (!balloon.DriverReady)
+            await Task.Delay(10);
+        await guest.Cmd("fill 64");
+        balloon.SetTargetPages(256 * 256);
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (balloon.ActualPages != 256 * 256 && DateTime.UtcNow < deadline)
+            await Task.Delay(10);
+        var path = Path.Combine(_directory, "balloon.snap");
+        var stats = MachineSnapshots.Save(guest.Machine, path);
+        Assert.Equal(256L * 256, stats.BalloonedPages);
+        using (var file = SnapshotFile.Open(path))
+            Assert.Equal(256UL * 256, file.Blocks.Aggregate(0UL, (s, b) => s + b.BalloonedPages));
+        using var restored = Restore(guest, path);
+        var restoredBalloon = restored.Machine.Balloon!;
+        Assert.Equal(256u * 256, restoredBalloon.ActualPages);
+        Assert.Equal(256UL * 256, restored.Machine.Memory.Blocks.Aggregate(0UL, (s, b) => s + restoredBalloon.BalloonBitmap(b).CountSet()));
+        Assert.True((await restored.Cmd("verify")).GetProperty("passed").GetBoolean());
+        restoredBalloon.SetTargetPages(0);
+        deadline = DateTime.UtcNow.AddSeconds(60);
+        while (restoredBalloon.ActualPages != 0 && DateTime.UtcNow < deadline)
+            await Task.Delay(10);
+        Assert.Equal(0u, restoredBalloon.ActualPages);
+    }
+
+    [KvmFact]
+    public async Task A_damaged_file_is_refused_and_nothing_runs()
+    {
+        using var guest = await BootedGuest.StartAsync(memoryMib: 128);
+        await guest.Cmd("fill 16");
+        var path = Path.Combine(_directory, "damaged.snap");
+        MachineSnapshots.Save(guest.Machine, path);
+        using (var stream = File.OpenWrite(path))
+            stream.SetLength(stream.Length / 2);
+        using var machine = Machine.Machine.Create(guest.Machine.Config, new GuestConsole());
+        machine.Start(paused: true);
+        Assert.Throws<SnapshotFormatException>(() => MachineSnapshots.Restore(machine, path));
+        Assert.Equal("paused", machine.Status);
+    }
+}
