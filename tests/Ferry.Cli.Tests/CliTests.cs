@@ -404,3 +404,84 @@ public sealed class CliMigrationTests
         Assert.Contains("usage: ferry migrate", stderr, StringComparison.Ordinal);
     }
 }
+
+public sealed class CliSnapshotTests : IDisposable
+{
+    private static readonly string FerryDll = typeof(Program).Assembly.Location;
+    private readonly string _directory = Directory.CreateTempSubdirectory("ferry-cli-snap-").FullName;
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    [KvmFact]
+    public async Task Save_inspect_and_restore_from_the_command_line()
+    {
+        var (started, qmp) = await CliTests.StartWithQmp("256M");
+        using var source = started;
+        var file = Path.Combine(_directory, "vm.snap");
+        try
+        {
+            var (code, stdout, stderr) = CliTests.Ferry("", null, "snapshot", "save", $"unix:{qmp}", file, "--quiet");
+            Assert.True(code == 0, $"save failed: {stderr}\n{stdout}");
+            Assert.Contains("snapshot written:", stdout, StringComparison.Ordinal);
+            Assert.Contains("running", CliTests.Ferry("", null, "status", $"unix:{qmp}").Stdout, StringComparison.Ordinal);
+            CliTests.Ferry("", null, "quit", $"unix:{qmp}");
+            Assert.True(source.WaitForExit(30_000));
+        }
+        finally
+        {
+            if (!source.HasExited)
+                source.Kill(entireProcessTree: true);
+        }
+
+        var (inspectCode, json, inspectErr) = CliTests.Ferry("", null, "snapshot", "inspect", file, "--json");
+        Assert.True(inspectCode == 0, inspectErr);
+        var inspection = System.Text.Json.Nodes.JsonNode.Parse(json)!;
+        Assert.Equal(1, inspection["version"]!.GetValue<int>());
+        Assert.Equal("ram-low", inspection["blocks"]![0]!["name"]!.GetValue<string>());
+        Assert.True(inspection["state"]!.AsArray().Count >= 3);
+        Assert.True(inspection["allocated-bytes"]!.GetValue<long>() < 64L << 20, "an idle 256 MiB guest's snapshot should be small on disk");
+
+        var socket = Path.Combine(_directory, "restored.sock");
+        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", "256M", "--restore", file, "--qmp", $"unix:{socket}", "--console", $"unix:{socket}.console"])
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+        };
+        using var restored = Process.Start(psi)!;
+        try
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (!File.Exists(socket) && DateTime.UtcNow < deadline && !restored.HasExited)
+                await Task.Delay(50);
+            var status = "";
+            while (DateTime.UtcNow < deadline && !status.Contains("running", StringComparison.Ordinal) && !restored.HasExited)
+            {
+                status = CliTests.Ferry("", null, "status", $"unix:{socket}").Stdout;
+                await Task.Delay(50);
+            }
+            Assert.Contains("running", status, StringComparison.Ordinal);
+            CliTests.Ferry("", null, "quit", $"unix:{socket}");
+            Assert.True(restored.WaitForExit(30_000));
+            Assert.Contains("restored", restored.StandardError.ReadToEnd(), StringComparison.Ordinal);
+        }
+        finally
+        {
+            if (!restored.HasExited)
+                restored.Kill(entireProcessTree: true);
+        }
+    }
+
+    [KvmFact]
+    public void A_damaged_snapshot_is_refused_by_restore_and_inspect()
+    {
+        var file = Path.Combine(_directory, "junk.snap");
+        File.WriteAllBytes(file, new byte[8192]);
+        var (code, _, stderr) = CliTests.Ferry("", null, "run", "--memory", "256M", "--restore", file);
+        Assert.Equal(5, code);
+        Assert.Contains($"--restore {file}", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = CliTests.Ferry("", null, "snapshot", "inspect", file);
+        Assert.Equal(1, code);
+        Assert.StartsWith("ferry: snapshot inspect:", stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal);
+    }
+}
