@@ -11,6 +11,9 @@
 #define BOOT_INFO_MAX_DEVICES 16
 #define BOOT_INFO_CMDLINE_SIZE 3072
 
+/* boot_info.flags */
+#define BOOT_FLAG_IDLE_PORT 1u /* the VMM handles the idle hint on port 0xF5 (idle.h) */
+
 #define RAM_TYPE_USABLE 1
 #define RAM_TYPE_RESERVED 2
 

@@ -6,6 +6,7 @@
 #include "buddy.h"
 #include "config.h"
 #include "format.h"
+#include "idle.h"
 #include "io.h"
 #include "oom.h"
 #include "panic.h"
@@ -274,11 +275,16 @@ static void dirty_next_page(struct dirty_cpu *cpu)
     }
 }
 
+/* A worker with no dirty run to do (idle, paused for verify, or with an empty slice) sleeps at the idle port after
+ * IDLE_SPIN_US of nothing; vCPU 0 wakes it when it publishes a new mode (dirty_set_mode). */
 void workload_worker_loop(unsigned cpu_index)
 {
     struct dirty_cpu *cpu = &dirty_cpus[cpu_index];
+    const uint32_t can_idle = load_relaxed(&idle_port_present);
+    const uint64_t idle_spin_cycles = tsc_khz * IDLE_SPIN_US / 1000;
     uint32_t seen_seq = 0; /* dirty_control.seq starts at 0 with mode IDLE */
     uint32_t mode = DIRTY_IDLE;
+    uint64_t busy_tsc = rdtsc(); /* when this worker last had something to do */
     for (;;) {
         uint32_t seq = load_acquire(&dirty_control.seq);
         if (seq != seen_seq) {
@@ -291,6 +297,7 @@ void workload_worker_loop(unsigned cpu_index)
             mode = new_mode;
             seen_seq = seq;
             store_release(&cpu->acked_seq, seq);
+            busy_tsc = rdtsc();
             continue;
         }
         if (mode == DIRTY_RUN && cpu->slice_pages != 0) {
@@ -302,6 +309,9 @@ void workload_worker_loop(unsigned cpu_index)
                      owed > 0 && load_relaxed(&dirty_control.seq) == seen_seq; owed--)
                     dirty_next_page(cpu);
             }
+        } else if (can_idle != 0 && rdtsc() - busy_tsc >= idle_spin_cycles) {
+            idle_sleep_us(IDLE_WORKER_MAX_US);
+            continue;
         }
         cpu_relax();
     }
@@ -326,6 +336,7 @@ static void dirty_set_mode(enum dirty_mode mode)
     store_relaxed(&dirty_control.mode, (uint32_t)mode);
     uint32_t seq = dirty_control.seq + 1;
     store_release(&dirty_control.seq, seq);
+    idle_wake_all(); /* workers with nothing to do sleep at the idle port */
 
     uint64_t waited = 0, last = rdtsc();
     for (unsigned cpu = 1; cpu < cpu_count; cpu++) {

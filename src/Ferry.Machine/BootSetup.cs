@@ -13,6 +13,8 @@ public static class BootSetup
 {
     public const uint BootInfoMagic = 0x59524546; // "FERY"
     public const uint BootInfoVersion = 1;
+    /// <summary>boot_info.flags bit 0: the VMM handles the idle hint on port 0xF5 (<see cref="IdlePort"/>).</summary>
+    public const ulong BootFlagIdlePort = 1;
     public const int MaxCommandLine = 3071;
 
     private const ulong PteFlags = 0x27;        // present | writable | user | accessed
@@ -55,6 +57,7 @@ public static class BootSetup
         BinaryPrimitives.WriteUInt64LittleEndian(page[24..], memory.TotalBytes);
         BinaryPrimitives.WriteUInt32LittleEndian(page[32..], (uint)devices.Count);
         BinaryPrimitives.WriteUInt32LittleEndian(page[36..], (uint)cmdline.Length);
+        BinaryPrimitives.WriteUInt64LittleEndian(page[40..], BootFlagIdlePort);
         for (var i = 0; i < ranges.Count; i++)
         {
             var entry = page.Slice(48 + i * 24, 24);

@@ -39,14 +39,17 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
         Vm = vm;
         Memory = memory;
         _throttle = new VcpuThrottle(_runners);
-        Serial = new Serial16550(console);
+        Idle = new IdlePort(config.Cpus);
+        Serial = new Serial16550(console) { InputQueued = Idle.Wake };
         IoBus.Register(Serial16550.Com1Base, Serial16550.PortCount, Serial);
         IoBus.Register(PowerPort.Port, 1, new PowerPort(OnPowerPort));
+        // The idle port (0xF5) is handled in HandleIo, which knows the vCPU; it is not on the bus.
         if (config.Balloon)
         {
             Balloon = new BalloonDevice(memory);
             BalloonTransport = new VirtioMmioTransport(Balloon, memory, DeviceLog);
-            Balloon.Attach(BalloonTransport);
+            // The device signals the driver through a wrapper that also wakes idle vCPUs.
+            Balloon.Attach(new WakingVirtioTransport(BalloonTransport, Idle.WakeForDevice));
             MmioBus.Register(GuestLayout.VirtioMmioBase, VirtioMmioTransport.WindowSize, BalloonTransport);
         }
     }
@@ -66,6 +69,9 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     public GuestMemory Memory { get; }
 
     public Serial16550 Serial { get; }
+
+    /// <summary>The idle hint port (0xF5), where idle vCPUs sleep instead of spinning.</summary>
+    public IdlePort Idle { get; }
 
     public IoBus IoBus { get; } = new();
 
@@ -280,7 +286,10 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
 
     void IVcpuExitHandler.HandleIo(Vcpu vcpu, ushort port, int size, bool isWrite, Span<byte> data)
     {
-        if (isWrite)
+        IdlePort.MarkVcpuThread();
+        if (port == IdlePort.Port && isWrite)
+            Idle.Write(vcpu.Index, data);
+        else if (isWrite)
             IoBus.Write(port, data);
         else
             IoBus.Read(port, data);
@@ -288,6 +297,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
 
     void IVcpuExitHandler.HandleMmio(Vcpu vcpu, ulong address, bool isWrite, Span<byte> data)
     {
+        IdlePort.MarkVcpuThread();
         if (isWrite)
             MmioBus.Write(address, data);
         else

@@ -35,14 +35,23 @@ public sealed class Serial16550 : IPortDevice
     /// <summary>Bytes dropped because the guest did not read fast enough.</summary>
     public long DroppedInputBytes { get; private set; }
 
+    /// <summary>
+    /// Called (on the feeding thread, outside the UART's lock) after <see cref="EnqueueInput"/> queued bytes: the
+    /// machine wakes an idle guest with it, so input is seen at once rather than at the guest's next poll.
+    /// </summary>
+    public Action? InputQueued { get; set; }
+
     /// <summary>Queues bytes for the guest to read. Bytes beyond the FIFO's capacity are dropped (and counted).</summary>
     public void EnqueueInput(ReadOnlySpan<byte> data)
     {
+        if (data.IsEmpty)
+            return;
         lock (_lock)
         {
             foreach (var b in data)
                 EnqueueLocked(b);
         }
+        InputQueued?.Invoke();
     }
 
     private void EnqueueLocked(byte b)
