@@ -12,11 +12,13 @@ public static unsafe partial class Libc
     public const int O_CREAT = 0x40;
     public const int O_TRUNC = 0x200;
     public const int O_CLOEXEC = 0x80000;
+    public const int O_DIRECTORY = 0x10000;
 
     public const int PROT_READ = 1;
     public const int PROT_WRITE = 2;
     public const int MAP_SHARED = 1;
     public const int MAP_PRIVATE = 2;
+    public const int MAP_FIXED = 0x10;
     public const int MAP_ANONYMOUS = 0x20;
     public const int MAP_NORESERVE = 0x4000;
     public static readonly nint MAP_FAILED = -1;
@@ -44,6 +46,7 @@ public static unsafe partial class Libc
     public const int EPERM = 1;
     public const int ENXIO = 6;
     public const int E2BIG = 7;
+    public const int ENOMEM = 12;
 
     [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
     public static partial int Ioctl(int fd, nuint request, nint arg);
@@ -80,6 +83,9 @@ public static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int MemfdCreate(string name, uint flags);
+
+    [LibraryImport(Lib, EntryPoint = "fsync", SetLastError = true)]
+    public static partial int Fsync(int fd);
 
     [LibraryImport(Lib, EntryPoint = "ftruncate", SetLastError = true)]
     public static partial int Ftruncate(int fd, long length);

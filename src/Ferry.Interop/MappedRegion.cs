@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;
 
 namespace Ferry.Interop;
@@ -55,6 +56,46 @@ public sealed unsafe class MappedRegion : IDisposable
 
     public static MappedRegion MapAnonymous(ulong length) =>
         Map(null, length, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE);
+
+    /// <summary>
+    /// Replaces [offset, offset + length) of this region, in place (MAP_FIXED), with a private copy-on-write mapping
+    /// of <paramref name="file"/> from <paramref name="fileOffset"/>: reads see the file, the first write to a page
+    /// gives this process its own copy, and the file is never changed. The region still owns the address range.
+    /// </summary>
+    public void MapFilePrivate(ulong offset, ulong length, SafeHandle file, long fileOffset)
+    {
+        var add = false;
+        try
+        {
+            file.DangerousAddRef(ref add);
+            Remap(offset, length, Libc.MAP_PRIVATE | Libc.MAP_NORESERVE, (int)file.DangerousGetHandle(), fileOffset);
+        }
+        finally
+        {
+            if (add)
+                file.DangerousRelease();
+        }
+    }
+
+    /// <summary>
+    /// Replaces [offset, offset + length) of this region, in place, with fresh anonymous zero pages (what a discard
+    /// must do where MADV_DONTNEED would bring back the contents of a private file mapping).
+    /// </summary>
+    public void MapAnonymous(ulong offset, ulong length) =>
+        Remap(offset, length, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
+
+    private void Remap(ulong offset, ulong length, int flags, int fd, long fileOffset)
+    {
+        CheckRange(offset, length);
+        if (offset % 4096 != 0 || length % 4096 != 0 || length == 0)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"remap [0x{offset:X}, +0x{length:X}) is not a page-aligned, non-empty range");
+        var want = Address + (nint)offset;
+        var got = Libc.Mmap(want, (nuint)length, Libc.PROT_READ | Libc.PROT_WRITE, flags | Libc.MAP_FIXED, fd, fileOffset);
+        if (got == Libc.MAP_FAILED)
+            ErrnoException.ThrowLast("mmap(MAP_FIXED)");
+        if (got != want)
+            throw new InvalidOperationException($"mmap(MAP_FIXED) placed the range at 0x{got:X}, not 0x{want:X}");
+    }
 
     /// <summary>A pointer to <paramref name="length"/> bytes at <paramref name="offset"/>, checked against the mapping.</summary>
     public byte* Pointer(ulong offset, ulong length = 1)

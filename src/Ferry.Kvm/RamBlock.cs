@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Ferry.Interop;
 
 namespace Ferry.Kvm;
@@ -6,6 +7,12 @@ namespace Ferry.Kvm;
 /// A named, contiguous range of guest RAM: a memfd mapped shared into the VMM and registered as one KVM memory
 /// slot. The block (name + offset) is the unit that migration and snapshots address, never a global address.
 /// Owns its memfd and its mapping.
+/// <para>
+/// A lazily restored block is instead mapped copy-on-write from a snapshot file's page area
+/// (<see cref="MapCopyOnWrite"/>): same address, same slot, but the memfd is no longer behind it. The block then
+/// answers the same questions (which pages hold data, discard, write, allocated bytes) from the file's present
+/// bitmap and /proc/self/pagemap instead of the memfd.
+/// </para>
 /// </summary>
 public sealed unsafe class RamBlock : IDisposable
 {
@@ -44,6 +51,24 @@ public sealed unsafe class RamBlock : IDisposable
 
     public ulong EndAddress => GuestPhysicalAddress + Size;
 
+    /// <summary>
+    /// Set while the block is mapped copy-on-write from a file: the pages whose file slot may hold data, so must
+    /// never be read through the file again once discarded. Null for an ordinary memfd block.
+    /// </summary>
+    private PageBitmap? _fileSlots;
+
+    /// <summary>Serializes discards of a file-mapped block (each is a test of its slot bits and a remap).</summary>
+    private readonly Lock _remapLock = new();
+
+    /// <summary>The block is mapped copy-on-write from a snapshot file (a lazy restore), not backed by its memfd.</summary>
+    public bool IsFileMapped => _fileSlots is not null;
+
+    /// <summary>Pages of a file-mapped block still read through the file (0 for a memfd block).</summary>
+    public ulong FileMappedPages => _fileSlots?.CountSet() ?? 0;
+
+    /// <summary>Discards of a file-mapped block that could not remap (out of mappings) and zeroed the pages instead.</summary>
+    public long DiscardsZeroFilled { get; private set; }
+
     public bool Contains(ulong gpa, ulong length) =>
         gpa >= GuestPhysicalAddress && length <= Size && gpa - GuestPhysicalAddress <= Size - length;
 
@@ -65,12 +90,98 @@ public sealed unsafe class RamBlock : IDisposable
         }
     }
 
-    /// <summary>Bytes the host has actually allocated for this block (memfd blocks in use).</summary>
+    /// <summary>
+    /// Bytes the host has actually allocated for this block: memfd blocks in use, plus, for a file-mapped block,
+    /// the pages the process holds its own copy of (the file's page cache is not counted: it is shared and clean).
+    /// </summary>
     public ulong AllocatedBytes()
     {
         StatBuffer stat;
         ErrnoException.Check(Libc.Fstat(Memfd.Fd, &stat), "fstat");
-        return (ulong)stat.Blocks * 512;
+        var bytes = (ulong)stat.Blocks * 512;
+        if (_fileSlots is not null)
+            bytes += PageMap.PrivatePages(Mapping.Address, PageCount, [], allocatedOnly: true) * PageSize;
+        return bytes;
+    }
+
+    /// <summary>
+    /// Lazy restore: maps the block copy-on-write from <paramref name="file"/>, page i at
+    /// <paramref name="fileOffset"/> + i * 4096, so the guest can run before any page is read. Pages whose bit is
+    /// clear in <paramref name="present"/> read as zero whatever the file holds in their slot. The file must stay
+    /// unchanged (and at least as long) while the block is mapped; the memfd's pages are given back. Call before
+    /// the vCPUs run the restored guest.
+    /// </summary>
+    public void MapCopyOnWrite(SafeHandle file, ulong fileOffset, ReadOnlySpan<ulong> present)
+    {
+        if (fileOffset % PageSize != 0)
+            throw new ArgumentOutOfRangeException(nameof(fileOffset), $"file offset {fileOffset} of {Name} is not page-aligned");
+        var words = (int)((PageCount + 63) / 64);
+        if (present.Length != words)
+            throw new ArgumentException($"present bitmap of {present.Length} words does not match {Name}'s {words}", nameof(present));
+        if (_fileSlots is not null)
+            throw new InvalidOperationException($"{Name} is already mapped from a file");
+
+        Mapping.MapFilePrivate(0, Size, file, (long)fileOffset);
+        var slots = new PageBitmap(PageCount);
+        present.CopyTo(slots.Words);
+        // Bits past the block would name pages that do not exist: the caller validated them, but never trust it.
+        if (PageCount % 64 != 0)
+            slots.Words[^1] &= (1UL << (int)(PageCount % 64)) - 1;
+
+        // Slots the bitmap calls absent should be holes (the writer never writes them and punches reused ones); any
+        // data found there anyway (a damaged file, a filesystem without holes) is zeroed here and the page is
+        // marked so that a later discard remaps it instead of letting the file show through again.
+        var add = false;
+        try
+        {
+            file.DangerousAddRef(ref add);
+            var fd = (int)file.DangerousGetHandle();
+            foreach (var (offset, length) in FileDataExtents(fd, fileOffset, Size))
+            {
+                var end = (offset + length) >> PageShift;
+                for (var page = offset >> PageShift; page < end; page++)
+                {
+                    if (slots.Get(page))
+                        continue;
+                    slots.Set(page);
+                    Mapping.GetSpan(page << PageShift, (int)PageSize).Clear();
+                }
+            }
+        }
+        finally
+        {
+            if (add)
+                file.DangerousRelease();
+        }
+        _fileSlots = slots;
+        // Whatever boot set-up wrote into the memfd is dead now.
+        ErrnoException.Check(Libc.Fallocate(Memfd.Fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, 0, (long)Size), "fallocate(PUNCH_HOLE)");
+    }
+
+    /// <summary>Data extents of [start, start + length) of a file, relative to start (SEEK_DATA/SEEK_HOLE).</summary>
+    private static IEnumerable<(ulong Offset, ulong Length)> FileDataExtents(int fd, ulong start, ulong length)
+    {
+        var position = start;
+        var end = start + length;
+        while (position < end)
+        {
+            var data = Libc.Lseek(fd, (long)position, Libc.SEEK_DATA);
+            if (data < 0)
+            {
+                if (Libc.LastErrno == Libc.ENXIO)
+                    yield break;
+                ErrnoException.ThrowLast("lseek(SEEK_DATA)");
+            }
+            if ((ulong)data >= end)
+                yield break;
+            var hole = ErrnoException.Check(Libc.Lseek(fd, data, Libc.SEEK_HOLE), "lseek(SEEK_HOLE)");
+            var stop = Math.Min((ulong)hole, end);
+            // Page granularity: a partial page of data makes the whole page count.
+            var first = ((ulong)data - start) & ~(PageSize - 1);
+            var last = (stop - start + PageSize - 1) & ~(PageSize - 1);
+            yield return (first, last - first);
+            position = stop;
+        }
     }
 
     /// <summary>
@@ -79,6 +190,39 @@ public sealed unsafe class RamBlock : IDisposable
     /// whole block is how a migration pass avoids reading (and so allocating) memory that holds nothing.
     /// </summary>
     public IEnumerable<(ulong Offset, ulong Length)> DataExtents()
+    {
+        if (_fileSlots is not null)
+            return FileMappedDataExtents();
+        return MemfdDataExtents();
+    }
+
+    /// <summary>
+    /// A file-mapped block holds data in the slots still read through the file and in every page the process
+    /// has its own copy of (written since the restore, by the guest or the VMM).
+    /// </summary>
+    private IEnumerable<(ulong Offset, ulong Length)> FileMappedDataExtents()
+    {
+        var pages = new ulong[(PageCount + 63) / 64];
+        _fileSlots!.Words.CopyTo(pages);
+        PageMap.PrivatePages(Mapping.Address, PageCount, pages);
+        ulong page = 0;
+        while (page < PageCount)
+        {
+            var word = pages[page >> 6] >> (int)(page & 63);
+            if (word == 0)
+            {
+                page = (page | 63) + 1;
+                continue;
+            }
+            page += (ulong)System.Numerics.BitOperations.TrailingZeroCount(word);
+            var start = page;
+            while (page < PageCount && (pages[page >> 6] & (1UL << (int)(page & 63))) != 0)
+                page++;
+            yield return (start << PageShift, (page - start) << PageShift);
+        }
+    }
+
+    private IEnumerable<(ulong Offset, ulong Length)> MemfdDataExtents()
     {
         ulong position = 0;
         while (position < Size)
@@ -104,7 +248,52 @@ public sealed unsafe class RamBlock : IDisposable
     {
         if (offset % PageSize != 0 || length % PageSize != 0 || !Contains(GuestPhysicalAddress + offset, length))
             throw new ArgumentOutOfRangeException(nameof(offset), $"discard [0x{offset:X}, +0x{length:X}) is not page-aligned inside {Name}");
-        ErrnoException.Check(Libc.Fallocate(Memfd.Fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, (long)offset, (long)length), "fallocate(PUNCH_HOLE)");
+        if (length == 0)
+            return;
+        if (_fileSlots is null)
+        {
+            ErrnoException.Check(Libc.Fallocate(Memfd.Fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, (long)offset, (long)length), "fallocate(PUNCH_HOLE)");
+            return;
+        }
+        lock (_remapLock)
+            DiscardFileMapped(offset >> PageShift, (offset + length) >> PageShift);
+    }
+
+    /// <summary>
+    /// MADV_DONTNEED on a private file mapping drops the process's copy and reads the file again, which must not
+    /// happen for a slot that holds old data: such runs are replaced with anonymous memory (as Firecracker does
+    /// for its file-backed guest memory). Runs whose slot is a hole can simply drop the copy.
+    /// </summary>
+    private void DiscardFileMapped(ulong firstPage, ulong endPage)
+    {
+        var slots = _fileSlots!;
+        var page = firstPage;
+        while (page < endPage)
+        {
+            var inFile = slots.Get(page);
+            var start = page;
+            while (page < endPage && slots.Get(page) == inFile)
+                page++;
+            var offset = start << PageShift;
+            var length = (page - start) << PageShift;
+            if (!inFile)
+            {
+                ErrnoException.Check(Libc.Madvise(Mapping.Address + (nint)offset, (nuint)length, Libc.MADV_DONTNEED), "madvise(DONTNEED)");
+                continue;
+            }
+            try
+            {
+                Mapping.MapAnonymous(offset, length);
+            }
+            catch (ErrnoException e) when (e.Errno == Libc.ENOMEM)
+            {
+                // Out of mappings (vm.max_map_count): the pages read zero but stay allocated until the next discard.
+                Mapping.GetSpan(offset, (int)length).Clear();
+                DiscardsZeroFilled++;
+                continue;
+            }
+            slots.ClearRange(offset, length);
+        }
     }
 
     /// <summary>
@@ -116,6 +305,12 @@ public sealed unsafe class RamBlock : IDisposable
     {
         if (offset > Size || (ulong)data.Length > Size - offset)
             throw new ArgumentOutOfRangeException(nameof(offset), $"write [0x{offset:X}, +0x{data.Length:X}) runs past {Name}");
+        if (_fileSlots is not null)
+        {
+            // The memfd is not behind a file-mapped block: write through the mapping (a private copy per page).
+            data.CopyTo(Mapping.GetSpan(offset, data.Length));
+            return;
+        }
         fixed (byte* start = data)
         {
             var done = 0;
