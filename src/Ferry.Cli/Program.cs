@@ -21,6 +21,8 @@ public static class Program
                     --incoming tcp:HOST:PORT   do not boot: wait for a migration there, load it, run the guest
                                          (start with the source's --memory and --cpus)
                     --restore FILE       do not boot: load a snapshot (same --memory and --cpus), run the guest
+                    --lazy               with --restore: map the file copy-on-write and run at once; pages are
+                                         read when first touched (keep the file unchanged while the VM runs)
           demo    boot a guest, run a memory workload in it, print what happened and exit
                     --memory SIZE (default 1G)  --cpus N (default 2)  --guest PATH
           help    this text
@@ -95,7 +97,7 @@ public static class Program
 
     private static int Run(string[] args)
     {
-        var a = CliArguments.Parse(args, "run", ["memory", "cpus", "console", "qmp", "guest", "cmdline", "incoming", "restore"], []);
+        var a = CliArguments.Parse(args, "run", ["memory", "cpus", "console", "qmp", "guest", "cmdline", "incoming", "restore"], ["lazy"]);
         if (a.Positional.Count > 0)
             throw new UsageException($"ferry run: unexpected argument '{a.Positional[0]}'");
         var config = ParseMachineConfig(a, "run", "512M", 1);
@@ -112,6 +114,10 @@ public static class Program
                 throw new UsageException($"ferry run: --incoming: {e.Message}");
             }
         }
+        if (a.Get("restore") is not null && incoming is not null)
+            throw new UsageException("ferry run: --restore and --incoming cannot be combined");
+        if (a.Has("lazy") && a.Get("restore") is null)
+            throw new UsageException("ferry run: --lazy only applies to --restore FILE");
         if (qmpSpec is not null && (!qmpSpec.StartsWith("unix:", StringComparison.Ordinal) || qmpSpec.Length == 5))
             throw new UsageException($"ferry run: --qmp '{qmpSpec}' is not unix:PATH");
         using var console = ConsoleBackend.Create(a.Get("console") ?? "stdio");
@@ -136,15 +142,16 @@ public static class Program
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; machine.Stop("terminated (SIGTERM)"); });
         console.Start(machine.Serial);
         var restore = a.Get("restore");
-        if (restore is not null && incoming is not null)
-            throw new UsageException("ferry run: --restore and --incoming cannot be combined");
         if (restore is not null)
         {
             machine.Start(paused: true);
             try
             {
-                var report = Ferry.Migration.Machines.MachineSnapshots.Restore(machine, restore);
-                Console.Error.WriteLine($"ferry: restored {restore} in {report.Milliseconds:F0} ms: {report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read), {report.BalloonedPages} ballooned pages, {report.StateSections} state sections; guest running");
+                var report = Ferry.Migration.Machines.MachineSnapshots.Restore(machine, restore, lazy: a.Has("lazy"));
+                var pages = report.Lazy
+                    ? $"{report.PagesMapped} pages mapped from the file (read when first touched)"
+                    : $"{report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read)";
+                Console.Error.WriteLine($"ferry: restored {restore}{(report.Lazy ? " lazily" : "")} in {report.Milliseconds:F0} ms: {pages}, {report.BalloonedPages} ballooned pages, {report.StateSections} state sections; guest running");
             }
             catch (Exception e) when (e is Ferry.Migration.Snapshot.SnapshotFormatException or InvalidDataException or IOException or UnauthorizedAccessException)
             {

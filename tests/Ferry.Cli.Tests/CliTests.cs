@@ -402,6 +402,9 @@ public sealed class CliMigrationTests
         (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock");
         Assert.Equal(2, code);
         Assert.Contains("usage: ferry migrate", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = CliTests.Ferry("", null, "run", "--lazy");
+        Assert.Equal(2, code);
+        Assert.Contains("--lazy only applies to --restore FILE", stderr, StringComparison.Ordinal);
     }
 }
 
@@ -441,8 +444,16 @@ public sealed class CliSnapshotTests : IDisposable
         Assert.True(inspection["state"]!.AsArray().Count >= 3);
         Assert.True(inspection["allocated-bytes"]!.GetValue<long>() < 64L << 20, "an idle 256 MiB guest's snapshot should be small on disk");
 
-        var socket = Path.Combine(_directory, "restored.sock");
-        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", "256M", "--restore", file, "--qmp", $"unix:{socket}", "--console", $"unix:{socket}.console"])
+        foreach (var lazy in new[] { false, true })
+            await RestoreAndQuit(file, lazy);
+    }
+
+    /// <summary>`ferry run --restore FILE [--lazy]` runs the guest (QMP says running) and says how it restored.</summary>
+    private async Task RestoreAndQuit(string file, bool lazy)
+    {
+        var socket = Path.Combine(_directory, lazy ? "lazy.sock" : "eager.sock");
+        string[] arguments = [FerryDll, "run", "--memory", "256M", "--restore", file, "--qmp", $"unix:{socket}", "--console", $"unix:{socket}.console"];
+        var psi = new ProcessStartInfo("dotnet", lazy ? [.. arguments, "--lazy"] : arguments)
         {
             RedirectStandardError = true,
             RedirectStandardOutput = true,
@@ -462,7 +473,9 @@ public sealed class CliSnapshotTests : IDisposable
             Assert.Contains("running", status, StringComparison.Ordinal);
             CliTests.Ferry("", null, "quit", $"unix:{socket}");
             Assert.True(restored.WaitForExit(30_000));
-            Assert.Contains("restored", restored.StandardError.ReadToEnd(), StringComparison.Ordinal);
+            var said = restored.StandardError.ReadToEnd();
+            Assert.Contains(lazy ? $"restored {file} lazily" : $"restored {file} in", said, StringComparison.Ordinal);
+            Assert.Contains(lazy ? "mapped from the file" : "MiB read", said, StringComparison.Ordinal);
         }
         finally
         {

@@ -1,10 +1,15 @@
+using Ferry.Interop;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Snapshot;
 
 namespace Ferry.Migration.Machines;
 
 /// <summary>What a restore did.</summary>
-public sealed record RestoreReport(long PagesLoaded, long BytesRead, long BalloonedPages, int StateSections, double Milliseconds);
+/// <summary>
+/// What a restore did. Eager: <paramref name="PagesLoaded"/> pages read into RAM. Lazy: nothing read,
+/// <paramref name="PagesMapped"/> pages left to be read from the file when first touched.
+/// </summary>
+public sealed record RestoreReport(bool Lazy, long PagesLoaded, long BytesRead, long PagesMapped, long BalloonedPages, int StateSections, double Milliseconds);
 
 /// <summary>
 /// Snapshots of a machine to a fixed-offset file (docs/snapshot-format.md) and restores from one. Saving is the
@@ -33,7 +38,12 @@ public static class MachineSnapshots
     public static void Commit(string path, bool completed)
     {
         if (completed)
+        {
             File.Move(PartialPath(path), path, overwrite: true);
+            // The file was synced before its completion mark; the rename lives in the directory, which needs its own
+            // sync, or a crash now could leave the old snapshot (or none) under the name after success was reported.
+            DirectorySync.Sync(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        }
         else
             File.Delete(PartialPath(path));
     }
@@ -64,15 +74,19 @@ public static class MachineSnapshots
     }
 
     /// <summary>
-    /// Loads a snapshot into a machine created with the same configuration and started paused: pages (parallel
-    /// positional reads), the balloon's bitmap, vCPU and device state; then runs the guest. Everything in the file
-    /// is checked before use; on any fault nothing runs.
+    /// Loads a snapshot into a machine created with the same configuration and started paused: pages, the
+    /// balloon's bitmap, vCPU and device state; then runs the guest. Everything in the file is checked before use;
+    /// on any fault nothing runs. Eager (the default) reads every present page with parallel positional reads
+    /// before the guest runs; <paramref name="lazy"/> maps the file copy-on-write instead, so the guest runs at
+    /// once and each page is read when first touched (the file must then stay unchanged while the VM runs).
     /// </summary>
-    public static RestoreReport Restore(Machine.Machine machine, string path, int threads = 0)
+    public static RestoreReport Restore(Machine.Machine machine, string path, int threads = 0, bool lazy = false)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         using var file = SnapshotFile.Open(path);
-        var loaded = file.LoadInto(machine.Memory.Blocks, threads > 0 ? threads : DefaultThreads);
+        var loaded = lazy
+            ? file.MapInto(machine.Memory.Blocks)
+            : file.LoadInto(machine.Memory.Blocks, threads > 0 ? threads : DefaultThreads);
         long ballooned = 0;
         foreach (var block in file.Blocks)
         {
@@ -85,6 +99,7 @@ public static class MachineSnapshots
         }
         MachineState.Restore(machine, loaded.State);
         machine.Resume();
-        return new RestoreReport(loaded.PagesLoaded, loaded.BytesRead, ballooned, loaded.State.Count, clock.Elapsed.TotalMilliseconds);
+        var mapped = lazy ? file.Blocks.Sum(b => (long)b.PresentPages) : 0;
+        return new RestoreReport(lazy, loaded.PagesLoaded, loaded.BytesRead, mapped, ballooned, loaded.State.Count, clock.Elapsed.TotalMilliseconds);
     }
 }

@@ -228,6 +228,21 @@ public sealed class SnapshotFile : IDisposable
         return new SnapshotLoadResult(_state, pages, pages * SnapshotFormat.PageSize, discarded);
     }
 
+    /// <summary>
+    /// Lazy restore: maps every block's page area copy-on-write over the VM's RAM (<see cref="RamBlock.MapCopyOnWrite"/>),
+    /// so no page is read until the guest (or the VMM) touches it. The page areas were checked to lie inside the
+    /// file when it was opened; the file must then stay as it is while the VM runs (a file truncated under a mapping
+    /// faults the process on the next touch of a page past its new end). Returns the state sections, which the caller
+    /// restores after this.
+    /// </summary>
+    public SnapshotLoadResult MapInto(IReadOnlyList<RamBlock> blocks)
+    {
+        var targets = MatchBlocks(blocks);
+        for (var b = 0; b < _blocks.Length; b++)
+            targets[b].MapCopyOnWrite(_file, _blocks[b].PagesOffset, _blocks[b].PresentWords);
+        return new SnapshotLoadResult(_state, 0, 0, 0);
+    }
+
     private long LoadChunk(SnapshotBlock block, RamBlock target, ulong first, ulong end)
     {
         long loaded = 0;

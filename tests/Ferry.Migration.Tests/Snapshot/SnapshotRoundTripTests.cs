@@ -125,6 +125,39 @@ public sealed class SnapshotRoundTripTests
     }
 
     [Fact]
+    public void A_lazy_load_maps_the_file_reads_nothing_and_holds_what_an_eager_load_holds()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("vm.snap");
+        var source = SourceBlocks(out var dataPages);
+        var destination = LikeBlocks(source).Reverse().ToArray();
+        try
+        {
+            SnapshotWriter.SaveAll(path, source, SampleState(), threads: 2);
+            FillPages(destination[1], 1, 4, 9); // boot-time leftovers in pages the snapshot does not have
+
+            using (var file = SnapshotFile.Open(path))
+            {
+                var mapped = file.MapInto(destination);
+                Assert.Equal(0, mapped.PagesLoaded);
+                Assert.Equal(SampleState().Length, mapped.State.Count);
+            }
+            // Nothing was copied: the process owns no page of either block until one is written.
+            Assert.Equal(0UL, destination.Aggregate(0UL, (s, b) => s + b.AllocatedBytes()));
+            // The file was closed above: the mappings keep it alive.
+            AssertSameMemory(source, [destination[1], destination[0]]);
+            Assert.Equal(dataPages, destination.Aggregate(0UL, (s, b) => s + b.FileMappedPages));
+            // A later migration or snapshot finds exactly the present pages as data.
+            Assert.Equal(dataPages, destination.Aggregate(0UL, (s, b) => s + b.DataExtents().Aggregate(0UL, (n, e) => n + e.Length / Page)));
+        }
+        finally
+        {
+            DisposeAll(source);
+            DisposeAll(destination);
+        }
+    }
+
+    [Fact]
     public void An_empty_vm_saves_to_metadata_only()
     {
         using var dir = new TempDir();
