@@ -121,6 +121,22 @@ public sealed unsafe class RamBlock : IDisposable
         if (_fileSlots is not null)
             throw new InvalidOperationException($"{Name} is already mapped from a file");
 
+        // A mapping past the end of the file would fault the process (SIGBUS) on the first touch of such a page.
+        var add = false;
+        try
+        {
+            file.DangerousAddRef(ref add);
+            StatBuffer stat;
+            ErrnoException.Check(Libc.Fstat((int)file.DangerousGetHandle(), &stat), "fstat");
+            if ((ulong)stat.Size < fileOffset || (ulong)stat.Size - fileOffset < Size)
+                throw new ArgumentOutOfRangeException(nameof(fileOffset), $"{Name}: the file is {stat.Size} bytes, too short for {Size} bytes from offset {fileOffset}");
+        }
+        finally
+        {
+            if (add)
+                file.DangerousRelease();
+        }
+
         Mapping.MapFilePrivate(0, Size, file, (long)fileOffset);
         var slots = new PageBitmap(PageCount);
         present.CopyTo(slots.Words);
@@ -131,7 +147,7 @@ public sealed unsafe class RamBlock : IDisposable
         // Slots the bitmap calls absent should be holes (the writer never writes them and punches reused ones); any
         // data found there anyway (a damaged file, a filesystem without holes) is zeroed here and the page is
         // marked so that a later discard remaps it instead of letting the file show through again.
-        var add = false;
+        add = false;
         try
         {
             file.DangerousAddRef(ref add);

@@ -129,6 +129,8 @@ public sealed class RamBlockFileMappingTests : IDisposable
         Assert.Contains((AreaOffset + 512).ToString(System.Globalization.CultureInfo.InvariantCulture), unaligned.Message);
         var shortBitmap = Assert.Throws<ArgumentException>(() => block.MapCopyOnWrite(file, AreaOffset, present.AsSpan(1)));
         Assert.Contains("3 words", shortBitmap.Message);
+        var pastEnd = Assert.Throws<ArgumentOutOfRangeException>(() => block.MapCopyOnWrite(file, AreaOffset + Page, present));
+        Assert.Contains("too short", pastEnd.Message);
         Assert.False(block.IsFileMapped);
         block.MapCopyOnWrite(file, AreaOffset, present);
         Assert.Throws<InvalidOperationException>(() => block.MapCopyOnWrite(file, AreaOffset, present));
