@@ -93,16 +93,12 @@ public sealed class MigrationCommands
         var directory = Path.GetDirectoryName(Path.GetFullPath(path));
         if (directory is null || !Directory.Exists(directory))
             throw new QmpException(QmpException.GenericError, $"Parameter 'file': directory of '{path}' does not exist");
-        var resumeAfter = !pause && _machine.Status == "running";
         if (pause)
             _machine.Pause();
+        // The engine resumes a running guest itself once its state is in the file, before the final sync.
         StartJob($"file:{path}", MachineSnapshots.Output(path),
             source => MachineSnapshots.CreateSave(_machine, _parameters, _capabilities),
-            completed =>
-            {
-                if (resumeAfter)
-                    _machine.Resume();
-            },
+            completed => { },
             completed => MachineSnapshots.Commit(path, completed));
         return null;
     }

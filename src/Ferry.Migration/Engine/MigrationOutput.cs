@@ -33,8 +33,23 @@ public interface IMigrationOutput : IDisposable
     /// <summary>Opens the output for these blocks; returns one sink per sending thread.</summary>
     IReadOnlyList<IPageSink> Open(IReadOnlyList<RamBlock> blocks, CancellationToken cancel);
 
-    /// <summary>Writes the state, ends every sink and waits until the other side holds it all (or throws).</summary>
+    /// <summary>
+    /// A snapshot, not a move: the guest that was running may resume as soon as <see cref="Complete"/> returns, and
+    /// <see cref="Finish"/> then runs while it does. False for a migration (the guest now runs elsewhere).
+    /// </summary>
+    bool SourceRunsOn { get; }
+
+    /// <summary>
+    /// Writes the state, ends every sink and waits until the other side holds everything the guest needs (or
+    /// throws). The guest is paused throughout, so this is the part of the downtime the output controls.
+    /// </summary>
     void Complete(IReadOnlyList<StateSection> state, TimeSpan timeout);
+
+    /// <summary>
+    /// Makes what <see cref="Complete"/> handed over final (a file: synced and marked complete); the migration only
+    /// counts as completed after it. Runs after the guest resumed when <see cref="SourceRunsOn"/>.
+    /// </summary>
+    void Finish();
 
     /// <summary>Breaks off (cancel or failure). <paramref name="keepControl"/> leaves the channel a reason may come back on.</summary>
     void Abort(bool keepControl);
@@ -85,6 +100,11 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
         }
         return _channels;
     }
+
+    public bool SourceRunsOn => false;
+
+    /// <summary>Nothing left: RESUMED, which <see cref="Complete"/> waits for, already means the destination runs it all.</summary>
+    public void Finish() { }
 
     public void Complete(IReadOnlyList<StateSection> state, TimeSpan timeout)
     {

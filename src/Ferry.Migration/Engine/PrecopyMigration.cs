@@ -154,6 +154,8 @@ public sealed class PrecopyMigration : IDisposable
         _output = output;
         _clock.Start();
         var paused = false;
+        // A snapshot of a running guest resumes it right after the switch-over; a paused one stays paused.
+        var resumeAfter = output.SourceRunsOn && !_source.IsPaused;
         try
         {
             SetStatus(MigrationStatus.Setup);
@@ -235,12 +237,25 @@ public sealed class PrecopyMigration : IDisposable
             lock (_statsGate)
                 _passes.Add(final);
             output.Complete(_source.SaveState(), TimeSpan.FromMilliseconds(_parameters.SwitchoverTimeoutMs));
+            if (resumeAfter)
+            {
+                // A snapshot: the guest has nothing more to give, so it runs on (unthrottled) while the output
+                // makes its copy final.
+                if (_throttle != 0)
+                {
+                    _throttle = 0;
+                    _source.SetThrottle(0);
+                }
+                _source.ResumeGuest();
+                paused = false;
+            }
             lock (_statsGate)
             {
                 _downtimeMs = (_clock.Elapsed - pauseStart).TotalMilliseconds;
                 _remainingBytes = 0;
                 _notConverging = null;
             }
+            output.Finish();
             _clock.Stop();
             Cleanup();
             SetStatus(MigrationStatus.Completed);

@@ -4,7 +4,6 @@ using Ferry.Migration.Snapshot;
 
 namespace Ferry.Migration.Machines;
 
-/// <summary>What a restore did.</summary>
 /// <summary>
 /// What a restore did. Eager: <paramref name="PagesLoaded"/> pages read into RAM. Lazy: nothing read,
 /// <paramref name="PagesMapped"/> pages left to be read from the file when first touched.
@@ -51,7 +50,7 @@ public static class MachineSnapshots
     /// <summary>Saves the machine into <paramref name="path"/> and leaves it running if it was running.</summary>
     public static MigrationStats Save(Machine.Machine machine, string path, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
     {
-        var wasRunning = machine.Status == "running";
+        // The engine resumes a guest that was running as soon as its state is in the file (SnapshotOutput.SourceRunsOn).
         using var save = CreateSave(machine, parameters, capabilities);
         MigrationStats stats;
         using (var output = Output(path))
@@ -68,8 +67,6 @@ public static class MachineSnapshots
             }
         }
         Commit(path, completed: true);
-        if (wasRunning)
-            machine.Resume();
         return stats;
     }
 

@@ -8,8 +8,9 @@ namespace Ferry.Migration.Snapshot;
 /// passes into the file instead of channels. Each sending thread gets a sink over the one shared
 /// <see cref="SnapshotWriter"/>: PAGES become slot writes, ZERO_RUN marks the pages absent (punching a slot
 /// written in an earlier pass), BALLOON_BITMAP records the balloon and punches the ballooned slots. The engine's
-/// chunk-to-thread pinning orders all writes of a page, as the writer requires. <see cref="Complete"/> finishes
-/// the file (state, syncs, completion mark): "the other side holds it all" means it is on disk.
+/// chunk-to-thread pinning orders all writes of a page, as the writer requires. <see cref="Complete"/> writes the
+/// state and metadata while the guest is paused; <see cref="Finish"/> syncs and marks the file complete after the
+/// guest resumed (so the disk's final sync is not downtime), and the save only completes after it.
 ///
 /// The last sink to end a pass syncs the file. Without that, a pass would "finish" at page-cache speed, the
 /// engine would expect a short downtime from that bandwidth, and the paused guest would then wait for the whole
@@ -40,8 +41,18 @@ public sealed class SnapshotOutput(string path, int threads) : IMigrationOutput
         return [.. Enumerable.Range(0, threads).Select(_ => new Sink(this, _writer))];
     }
 
+    public bool SourceRunsOn => true;
+
+    /// <summary>
+    /// The state and the metadata go into the file (page cache): the paused guest needs nothing more, so it can
+    /// run on while <see cref="Finish"/> waits for the disk.
+    /// </summary>
     public void Complete(IReadOnlyList<StateSection> state, TimeSpan timeout) =>
-        (_writer ?? throw new InvalidOperationException("the snapshot output was never opened")).Finish(state);
+        (_writer ?? throw new InvalidOperationException("the snapshot output was never opened")).WriteFinalMetadata(state);
+
+    /// <summary>Sync, completion mark, sync: only now is the file a snapshot.</summary>
+    public void Finish() =>
+        (_writer ?? throw new InvalidOperationException("the snapshot output was never opened")).Seal();
 
     /// <summary>Closes the file unfinished: sending threads still writing get an error and stop; the reader refuses the file.</summary>
     public void Abort(bool keepControl) => _writer?.Dispose();

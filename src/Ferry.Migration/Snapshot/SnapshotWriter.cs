@@ -35,6 +35,9 @@ public sealed class SnapshotWriter : IDisposable
     private readonly ulong[][] _ballooned; // pages in the trusted balloon (contents not kept)
     private readonly ulong _tableOffset, _stateOffset;
     private int _state;
+    private bool _metadataWritten;
+    private int _sealing;
+    private uint _headerCrc;
     private int _inFlight;
     private volatile string? _failure;
     private long _pagesWritten, _bytesWritten, _pagesPunched;
@@ -261,10 +264,21 @@ public sealed class SnapshotWriter : IDisposable
     }
 
     /// <summary>
-    /// Ends the file: the bitmaps, the state sections (each with its checksum), the block table and the header,
-    /// then fsync; then the completion mark, then fsync again. Every write and mark call must have returned.
+    /// Ends the file: <see cref="WriteFinalMetadata"/>, then <see cref="Seal"/>. Every write and mark call must have
+    /// returned.
     /// </summary>
     public void Finish(IReadOnlyList<StateSection> state)
+    {
+        WriteFinalMetadata(state);
+        Seal();
+    }
+
+    /// <summary>
+    /// The last writes: the state sections (each with its checksum), the bitmaps, the block table and the header,
+    /// into the page cache. No page can be written after this. The file is not yet complete: <see cref="Seal"/>
+    /// makes it so, and may run while the saved guest already runs on (nothing it does can reach the file now).
+    /// </summary>
+    public void WriteFinalMetadata(IReadOnlyList<StateSection> state)
     {
         ValidateState(state);
         if (Interlocked.CompareExchange(ref _state, Finishing, Open) != Open)
@@ -279,11 +293,21 @@ public sealed class SnapshotWriter : IDisposable
         var stateArea = EncodeState(state);
         if (stateArea.Length != 0)
             RandomAccess.Write(_file, stateArea, (long)_stateOffset);
-        var headerCrc = WriteMetadata((ulong)stateArea.Length, (uint)state.Count);
+        _headerCrc = WriteMetadata((ulong)stateArea.Length, (uint)state.Count);
+        Volatile.Write(ref _metadataWritten, true);
+    }
+
+    /// <summary>
+    /// fsync; then the completion mark (which names this header's checksum); then fsync again. Only after this can
+    /// the file be taken for a snapshot: a crash anywhere before leaves a file the reader refuses.
+    /// </summary>
+    public void Seal()
+    {
+        if (!Volatile.Read(ref _metadataWritten) || Interlocked.CompareExchange(ref _sealing, 1, 0) != 0)
+            throw new InvalidOperationException($"snapshot {Path}: seal comes once, after the final metadata");
         RandomAccess.FlushToDisk(_file);
-        // Only now, with everything else on disk, can the file claim to be finished.
         Span<byte> mark = stackalloc byte[SnapshotFormat.CompletionMarkSize];
-        SnapshotHeader.EncodeCompletionMark(headerCrc, mark);
+        SnapshotHeader.EncodeCompletionMark(_headerCrc, mark);
         RandomAccess.Write(_file, mark, SnapshotFormat.CompletionMarkOffset);
         RandomAccess.FlushToDisk(_file);
         Volatile.Write(ref _state, Finished);

@@ -35,11 +35,30 @@ public sealed class SnapshotOutputTests
         Thread.Sleep(50);
         using var output = new SnapshotOutput(path, 4);
         using var migration = new PrecopyMigration(vm, new MigrationParameters { MaxBandwidth = (long)(256 * MiB) }, new MigrationCapabilities());
+        // What the guest held at the switch-over: the guest is resumed as soon as its state is written, before
+        // the file's final sync and completion mark.
+        RamBlock[]? atSwitchover = null;
+        var finishedAtResume = true;
+        long generationAtSwitchover = -1;
+        vm.Resuming += () =>
+        {
+            finishedAtResume = output.Writer!.IsFinished;
+            generationAtSwitchover = vm.Generation;
+            atSwitchover = [.. vm.Blocks.Select(b =>
+            {
+                var copy = RamBlock.Create(b.Name, b.GuestPhysicalAddress, b.Size, b.Slot);
+                b.Mapping.GetSpan(0, (int)b.Size).CopyTo(copy.Mapping.GetSpan(0, (int)b.Size));
+                return copy;
+            })];
+        };
 
         var stats = migration.Run(output);
 
         Assert.Equal(MigrationStatus.Completed, stats.Status);
-        Assert.True(vm.IsPaused);
+        Assert.False(vm.IsPaused, "a live snapshot leaves the guest running");
+        Assert.NotNull(atSwitchover);
+        Assert.False(finishedAtResume, "the guest waited for the final sync");
+        Assert.True(output.Writer!.IsFinished);
         Assert.True(stats.Passes.Count >= 2, $"{stats.Passes.Count} passes");
         Assert.Equal(4, stats.Channels);
         // Several passes rewrote the working set, each into the same slots: the file is RAM plus metadata.
@@ -47,16 +66,20 @@ public sealed class SnapshotOutputTests
         Assert.True(new FileInfo(path).Length < (long)(80 * MiB + 3 * MiB), $"{new FileInfo(path).Length} bytes");
         Assert.True(AllocatedOnDisk(path) < (8192L + 100) * Page + 2 * (long)MiB);
 
+        var generation = vm.Generation;
+        Thread.Sleep(50);
+        Assert.True(vm.Generation > generation, "the guest did not run on after the save");
+        vm.PauseGuest();
         var loaded = Load(path, vm.Blocks, out var result);
         try
         {
             Assert.Equal(8292, result.PagesLoaded);
-            Assert.Equal(vm.Generation, BitConverter.ToInt64(result.State.Single(s => s.Name == "synthetic").Blob));
-            AssertSameMemory(vm.Blocks, loaded);
+            Assert.Equal(generationAtSwitchover, BitConverter.ToInt64(result.State.Single(s => s.Name == "synthetic").Blob));
+            AssertSameMemory(atSwitchover, loaded);
         }
         finally
         {
-            foreach (var b in loaded)
+            foreach (var b in loaded.Concat(atSwitchover))
                 b.Dispose();
         }
     }
@@ -134,5 +157,47 @@ public sealed class SnapshotOutputTests
         Assert.Contains("cannot create snapshot /nonexistent-dir/x.snap", e.Message);
         Assert.False(vm.IsPaused);
         Assert.Equal(MigrationStatus.Failed, migration.Status);
+    }
+
+    [Fact]
+    public void A_final_sync_that_fails_after_the_guest_resumed_fails_the_save_leaves_an_unfinished_file_and_the_guest_running()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("unsynced.snap");
+        using var vm = new SyntheticVm(16 * MiB);
+        vm.Fill(0, 0, 100, 1);
+        vm.WorkingSet = (0, 100);
+        vm.PagesPerSecond = 10_000;
+        vm.Start();
+        using var output = new FinishFails(new SnapshotOutput(path, 2));
+        using var migration = new PrecopyMigration(vm, new MigrationParameters(), new MigrationCapabilities());
+
+        var e = Assert.Throws<MigrationException>(() => migration.Run(output));
+
+        Assert.Contains("disk full (simulated)", e.Message);
+        Assert.Equal(MigrationStatus.Failed, migration.Status);
+        Assert.False(vm.IsPaused);
+        output.Dispose();
+        Assert.Equal(SnapshotFault.NotFinished, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(path)).Fault);
+    }
+
+    /// <summary>A snapshot output whose final sync fails (as a full or failing disk would make it).</summary>
+    private sealed class FinishFails(SnapshotOutput inner) : IMigrationOutput
+    {
+        public string Description => inner.Description;
+
+        public bool SourceRunsOn => inner.SourceRunsOn;
+
+        public IReadOnlyList<IPageSink> Open(IReadOnlyList<RamBlock> blocks, CancellationToken cancel) => inner.Open(blocks, cancel);
+
+        public void Complete(IReadOnlyList<StateSection> state, TimeSpan timeout) => inner.Complete(state, timeout);
+
+        public void Finish() => throw new IOException("disk full (simulated)");
+
+        public void Abort(bool keepControl) => inner.Abort(keepControl);
+
+        public string? RemoteFailure() => inner.RemoteFailure();
+
+        public void Dispose() => inner.Dispose();
     }
 }

@@ -106,7 +106,15 @@ public sealed class SyntheticVm : IMigrationSource, IDisposable
         }
     }
 
-    public void ResumeGuest() => _paused = false;
+    /// <summary>Raised by <see cref="ResumeGuest"/> while the guest is still paused (its memory is what was saved).</summary>
+    public event Action? Resuming;
+
+    public void ResumeGuest()
+    {
+        if (_paused)
+            Resuming?.Invoke();
+        _paused = false;
+    }
 
     private bool _writerBusy;
 
