@@ -40,7 +40,8 @@ internal static class IncomingMigration
                 var report = MigrationReceiver.Receive(new MachineMigrationTarget(machine), listener, cancel.Token);
                 Console.Error.WriteLine(
                     $"ferry: migration loaded from {report.Channels} channel(s) in {report.TotalMs:F0} ms: {report.DataPages} pages, " +
-                    $"{report.ZeroPages} zero pages, {report.BalloonedPages} ballooned pages, {report.Bytes / (1024.0 * 1024):F1} MiB; guest running");
+                    $"{report.ZeroPages} zero pages, {report.BalloonedPages} ballooned pages, {report.Bytes / (1024.0 * 1024):F1} MiB; " +
+                    $"state restored in {report.StateRestoreMs:F1} ms, vCPUs resumed in {report.ResumeMs:F1} ms; guest running");
                 return 0;
             }
             catch (OperationCanceledException)

@@ -318,6 +318,18 @@ public static class MigrationJson
         };
         if (s.NotConverging is not null)
             ferry["not-converging"] = s.NotConverging;
+        if (s.Downtime is { } phases)
+        {
+            ferry["downtime-phases-ms"] = new JsonObject
+            {
+                ["pause"] = Math.Round(phases.PauseMs, 3),
+                ["dirty-sync"] = Math.Round(phases.SyncMs, 3),
+                ["final-pass"] = Math.Round(phases.FinalPassMs, 3),
+                ["save-state"] = Math.Round(phases.SaveStateMs, 3),
+                ["complete"] = Math.Round(phases.CompleteMs, 3),
+                ["resume"] = Math.Round(phases.ResumeMs, 3),
+            };
+        }
         if (passes)
         {
             var list = new JsonArray();

@@ -247,9 +247,12 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     public IReadOnlyList<VcpuState> CaptureVcpuStates()
     {
         RequirePaused();
-        _savedMsrs ??= MsrPolicy.Select(_kvm.GetMsrIndexList());
-        return [.. _vcpus.Select(v => VcpuState.Capture(v, _savedMsrs))];
+        var msrs = PrepareStateCapture();
+        return [.. _vcpus.Select(v => VcpuState.Capture(v, msrs))];
     }
+
+    /// <summary>The MSRs a vCPU state carries (chosen once per machine; the first choice costs milliseconds).</summary>
+    public uint[] PrepareStateCapture() => _savedMsrs ??= MsrPolicy.Select(_kvm.GetMsrIndexList());
 
     public void RestoreVcpuStates(IReadOnlyList<VcpuState> states)
     {

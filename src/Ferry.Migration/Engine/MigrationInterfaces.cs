@@ -34,6 +34,12 @@ public interface IMigrationSource
 
     /// <summary>vCPU and device state; the machine is paused.</summary>
     IReadOnlyList<StateSection> SaveState();
+
+    /// <summary>
+    /// Called once at setup, while the guest runs: does ahead whatever the first <see cref="SaveState"/> would
+    /// otherwise do inside the downtime (one-time queries, first-call compilation of the state path).
+    /// </summary>
+    void PrepareSwitchover() { }
 }
 
 /// <summary>The balloon as the engine sees it: the bitmap of ballooned pages and the free page hint protocol.</summary>
@@ -81,4 +87,10 @@ public interface IMigrationTarget
 
     /// <summary>Starts the loaded guest.</summary>
     void ResumeGuest();
+
+    /// <summary>
+    /// Called once while pages load (on its own thread, never at the same time as <see cref="RestoreState"/>):
+    /// does ahead what the first restore would otherwise do inside the downtime.
+    /// </summary>
+    void PrepareRestore() { }
 }

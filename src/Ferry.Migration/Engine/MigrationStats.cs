@@ -15,6 +15,13 @@ public sealed record PassReport(
     double ExpectedDowntimeMs,
     int ThrottlePercent);
 
+/// <summary>
+/// Where the downtime went, in order: stopping hints and pausing the vCPUs, the last dirty-log sync, the last pass,
+/// saving vCPU and device state, the output's completion (a destination: the state travels, is loaded and the
+/// guest started, until RESUMED comes back; a snapshot: state and metadata written), and resuming a snapshotted guest.
+/// </summary>
+public sealed record DowntimePhases(double PauseMs, double SyncMs, double FinalPassMs, double SaveStateMs, double CompleteMs, double ResumeMs);
+
 /// <summary>A snapshot of a migration's progress, the counterpart of QEMU's query-migrate.</summary>
 public sealed record MigrationStats
 {
@@ -23,6 +30,9 @@ public sealed record MigrationStats
     public double TotalTimeMs { get; init; }
     public double SetupTimeMs { get; init; }
     public double? DowntimeMs { get; init; }
+
+    /// <summary>The downtime split into its phases (once the migration completed).</summary>
+    public DowntimePhases? Downtime { get; init; }
     public double ExpectedDowntimeMs { get; init; }
     public long TransferredBytes { get; init; }
     public long RemainingBytes { get; init; }

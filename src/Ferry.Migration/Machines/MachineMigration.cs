@@ -28,6 +28,23 @@ public sealed class MachineMigrationSource(Machine.Machine machine) : IMigration
 
     public IReadOnlyList<StateSection> SaveState() => MachineState.Save(machine);
 
+    /// <summary>
+    /// The first state save of a machine cost 8-12 ms on these hosts, nearly all one-time work (choosing the MSRs,
+    /// compiling the codec), then 0.3 ms. The vCPUs cannot be read while they run, so this does the rest: the MSR
+    /// choice, a synthetic vCPU state through the codec, and the devices' own state (read under their locks).
+    /// </summary>
+    public void PrepareSwitchover()
+    {
+        var msrs = machine.PrepareStateCapture();
+        var synthetic = new VcpuState { Xsave = new byte[4096], Msrs = [.. msrs.Select(index => new Ferry.Interop.Kvm.KvmMsrEntry { Index = index })] };
+        _ = VcpuStateCodec.Decode(VcpuStateCodec.Encode(synthetic));
+        if (machine.Balloon is not null)
+        {
+            _ = machine.BalloonTransport!.SaveState();
+            _ = machine.Balloon.SaveState();
+        }
+    }
+
     private sealed class BalloonView : IMigrationBalloon
     {
         private readonly BalloonDevice _device;
@@ -100,6 +117,17 @@ public sealed class MachineMigrationTarget(Machine.Machine machine) : IMigration
     public void RestoreState(IReadOnlyList<StateSection> sections) => MachineState.Restore(machine, sections);
 
     public void ResumeGuest() => machine.Resume();
+
+    /// <summary>
+    /// The destination has not run yet, so its own vCPU state can make the whole round trip that the incoming state
+    /// will make (read, encode, decode, write back unchanged), moving that first-call cost out of the downtime.
+    /// </summary>
+    public void PrepareRestore()
+    {
+        machine.PrepareStateCapture();
+        var own = machine.CaptureVcpuStates();
+        machine.RestoreVcpuStates([.. own.Select(state => VcpuStateCodec.Decode(VcpuStateCodec.Encode(state)))]);
+    }
 }
 
 /// <summary>The state sections of a machine: one per vCPU, then the balloon's transport and device.</summary>
