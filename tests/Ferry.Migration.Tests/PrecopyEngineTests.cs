@@ -170,6 +170,32 @@ public sealed class PrecopyEngineTests
     }
 
     [Fact]
+    public void A_running_guest_with_pages_dirty_after_pass_1_gets_a_second_live_pass_an_idle_one_does_not()
+    {
+        using (var idle = new SyntheticVm(16 * MiB))
+        {
+            idle.Fill(0, 0, 100, 1);
+            idle.Start();
+            using var target = new SyntheticTarget(idle.Blocks);
+            var (stats, _) = Migrate(idle, target);
+            Assert.Equal(2, stats.Passes.Count); // pass 1, then the final pass: nothing was dirty
+        }
+        using var writer = new SyntheticVm(16 * MiB);
+        writer.Fill(0, 0, 100, 1);
+        writer.WorkingSet = (0, 10);
+        writer.PagesPerSecond = 1000;
+        writer.Start();
+        using var writerTarget = new SyntheticTarget(writer.Blocks);
+
+        var (written, _) = Migrate(writer, writerTarget);
+
+        // Pass 1's few dirty pages were well under the downtime limit, yet a second live pass ran before the final one.
+        Assert.True(written.Passes[0].ExpectedDowntimeMs < 300);
+        Assert.True(written.Passes.Count >= 3, $"{written.Passes.Count} passes");
+        AssertSameMemory(writer, writerTarget);
+    }
+
+    [Fact]
     public void Hinted_free_pages_are_not_sent_but_a_page_reused_after_its_hint_is()
     {
         using var vm = new SyntheticVm(64 * MiB);
