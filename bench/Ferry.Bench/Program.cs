@@ -9,6 +9,7 @@ using Ferry.Machine;
 //   fill     --mib N [--rounds R]   guest `fill N` in a fresh VM vs the host writing the same pattern into a fresh memfd
 //   dirtylog [--memory-gib G]       cost of one dirty-log sync of a G GiB guest with 0%, 1% and 50% of its pages dirty
 //   migrate  [--memory-gib 4,8] ... live migration, Ferry beside QEMU and the loopback TCP ceiling (issue 5)
+//   snapshot [--memory-gib 4,8] ... snapshot save/restore, Ferry beside a sequential write and QEMU's mapped-ram (issue 6)
 var mode = args.Length > 0 ? args[0] : "help";
 string Arg(string name, string fallback)
 {
@@ -45,8 +46,20 @@ switch (mode)
             Arg("json", "") is { Length: > 0 } json ? json : null,
             int.Parse(Arg("cpus", "2"), CultureInfo.InvariantCulture),
             args.Contains("--prepopulate-destination"));
+    case "snapshot":
+        return await SnapshotBench.Run(
+            args,
+            Arg("memory-gib", "4,8").Split(',').Select(g => ulong.Parse(g, CultureInfo.InvariantCulture)).ToArray(),
+            Arg("profiles", string.Join(',', SnapshotBench.DefaultProfiles)).Split(','),
+            int.Parse(Arg("repeat", "3"), CultureInfo.InvariantCulture),
+            Arg("dir", "/var/tmp/ferry-snap-bench"),
+            Arg("json", "") is { Length: > 0 } snapshotJson ? snapshotJson : null,
+            !args.Contains("--warm-only"),
+            !args.Contains("--no-qemu-restore"),
+            args.Contains("--paused"),
+            int.Parse(Arg("cpus", "2"), CultureInfo.InvariantCulture));
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 2] [--prepopulate-destination] [--json FILE]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 2] [--prepopulate-destination] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE]");
         return 2;
 }
 return 0;
