@@ -76,8 +76,12 @@ public sealed class SyntheticVm : IMigrationSource, IDisposable
         }
     }
 
+    /// <summary>Raised at the start of every <see cref="SyncDirtyLog"/> (block index): a test can write pages at an exact point.</summary>
+    public event Action<int>? Syncing;
+
     public void SyncDirtyLog(int block, PageBitmap into)
     {
+        Syncing?.Invoke(block);
         lock (_gate)
         {
             if (!_logging)
@@ -241,6 +245,12 @@ public sealed class SyntheticBalloon(SyntheticVm vm) : IMigrationBalloon
         }
     }
 
+    /// <summary>
+    /// What runs after the first one report, when set (a real guest reports only pages free at the time: a test
+    /// whose guest reuses hinted pages must leave them out of later runs).
+    /// </summary>
+    public List<(int Block, ulong Page, ulong Pages)>? LaterFreeRanges { get; set; }
+
     public void StartHinting()
     {
         List<(int, ulong, ulong)>? ranges;
@@ -249,7 +259,7 @@ public sealed class SyntheticBalloon(SyntheticVm vm) : IMigrationBalloon
             RunsStarted++;
             _runActive = true;
             _finishedByGuest = false;
-            ranges = FreeRanges;
+            ranges = RunsStarted > 1 && LaterFreeRanges is not null ? LaterFreeRanges : FreeRanges;
         }
         if (ranges is null)
             return;
