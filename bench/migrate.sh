@@ -3,7 +3,7 @@
 # with the same profiles, in one invocation, with Ferry/QEMU ratios. Needs /dev/kvm; QEMU is optional (its columns
 # stay "-" when qemu-system-x86_64 is missing). Builds guest and solution (Release) first.
 # Usage: bench/migrate.sh [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty]
-#                         [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 2]
+#                         [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1]
 #                         [--prepopulate-destination] [--json FILE]
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."

@@ -5,7 +5,7 @@
 # to a file and loading it back, all in one invocation. Needs /dev/kvm; QEMU is optional ("skipped" without it).
 # Builds guest and solution (Release) first.
 # Usage: bench/snapshot.sh [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint] [--repeat 3]
-#                          [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE]
+#                          [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 1] [--json FILE]
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 make -s -C guest
