@@ -202,6 +202,24 @@ public sealed class PrecopyEngineTests
     }
 
     [Fact]
+    public void The_guest_is_paused_only_after_the_destination_has_loaded_every_live_pass()
+    {
+        using var vm = new SyntheticVm(64 * MiB);
+        vm.Fill(0, 0, 8192, 1);
+        vm.Start();
+        using var target = new SyntheticTarget(vm.Blocks);
+        var loadedAtPause = false;
+        vm.Pausing += () =>
+            loadedAtPause = vm.Blocks[0].Mapping.GetSpan(0, 8192 * 4096).SequenceEqual(target.Blocks[0].Mapping.GetSpan(0, 8192 * 4096));
+
+        var (stats, _) = Migrate(vm, target, new MigrationParameters { MultifdChannels = 2 });
+
+        Assert.Equal(MigrationStatus.Completed, stats.Status);
+        Assert.True(loadedAtPause, "pass 1 was still being loaded when the guest paused (its backlog became downtime)");
+        AssertSameMemory(vm, target);
+    }
+
+    [Fact]
     public void Hinted_free_pages_are_not_sent_but_a_page_reused_after_its_hint_is()
     {
         using var vm = new SyntheticVm(64 * MiB);

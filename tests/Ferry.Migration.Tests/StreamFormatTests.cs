@@ -168,4 +168,27 @@ public sealed class StreamFormatTests
         Assert.Equal(0xE3069283u, Crc32C.Compute("123456789"u8));
         Assert.Equal(Crc32C.Compute("123456789"u8), Crc32C.Append(Crc32C.Compute("1234"u8), "56789"u8));
     }
+
+    [Fact]
+    public void Return_path_replies_round_trip_and_a_pass_loaded_reply_of_the_wrong_length_is_refused()
+    {
+        var stream = new MemoryStream();
+        ReturnPath.WriteAccept(stream, 0b1111);
+        ReturnPath.WritePassLoaded(stream, 7);
+        ReturnPath.WriteResumed(stream);
+        ReturnPath.WriteFailed(stream, "no room");
+        stream.Position = 0;
+        Assert.Equal(new Reply(ReplyType.Accept, 0b1111, ""), ReturnPath.Read(stream));
+        Assert.Equal(new Reply(ReplyType.PassLoaded, 7, ""), ReturnPath.Read(stream));
+        Assert.Equal(ReplyType.Resumed, ReturnPath.Read(stream).Type);
+        Assert.Equal("no room", ReturnPath.Read(stream).Message);
+
+        // A PASS_LOADED frame claiming an 8-byte payload (checksum valid): refused by its length, not read as a pass.
+        var frame = new byte[12 + 8];
+        BinaryPrimitives.WriteUInt16LittleEndian(frame, (ushort)ReplyType.PassLoaded);
+        BinaryPrimitives.WriteUInt32LittleEndian(frame.AsSpan(4), 8);
+        BinaryPrimitives.WriteUInt32LittleEndian(frame.AsSpan(8), Crc32C.Append(Crc32C.Compute(frame.AsSpan(0, 8)), frame.AsSpan(12)));
+        var error = Assert.Throws<StreamFormatException>(() => ReturnPath.Read(new MemoryStream(frame)));
+        Assert.Contains("PassLoaded reply has a bad length 8", error.Message);
+    }
 }

@@ -51,6 +51,13 @@ public interface IMigrationOutput : IDisposable
     /// </summary>
     void Finish();
 
+    /// <summary>
+    /// After a live pass: returns once the other side has loaded everything up to that pass's end (the guest runs
+    /// meanwhile), so no backlog of buffered pages is left to load inside the downtime. Outputs that write
+    /// synchronously return at once.
+    /// </summary>
+    void WaitUntilLoaded(int pass, TimeSpan timeout) { }
+
     /// <summary>Breaks off (cancel or failure). <paramref name="keepControl"/> leaves the channel a reason may come back on.</summary>
     void Abort(bool keepControl);
 
@@ -75,7 +82,7 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
             throw new MigrationException($"{blocks.Count} RAM blocks (1..{StreamHeader.MaxBlocks} can migrate)");
         _channels = new Channel[channelCount];
         var sessionId = (ulong)Random.Shared.NextInt64();
-        const ulong capabilities = 0b111UL; // zero-runs, balloon-bitmap, multichannel
+        const ulong capabilities = 0b1111UL; // zero-runs, balloon-bitmap, multichannel, pass-acks
         var header = new StreamHeader(capabilities, channelCount, [.. blocks.Select(b => new BlockDescriptor(b.Name, b.Size))], sessionId);
         for (var i = 0; i < channelCount; i++)
         {
@@ -90,6 +97,7 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
                     throw new MigrationException($"the destination refused the migration: {reply.Message}");
                 if ((reply.Capabilities & ~capabilities) != 0)
                     throw new MigrationException($"the destination accepted capabilities 0x{reply.Capabilities:X} that were not offered");
+                _passAcks = (reply.Capabilities & MigrationReceiver.PassAcks) != 0;
             }
             else
             {
@@ -102,6 +110,30 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
     }
 
     public bool SourceRunsOn => false;
+
+    /// <summary>The destination accepted pass-acks: it says PASS_LOADED after each pass.</summary>
+    private bool _passAcks;
+
+    /// <summary>The highest pass the destination said it has loaded.</summary>
+    private long _loadedPass;
+
+    public void WaitUntilLoaded(int pass, TimeSpan timeout)
+    {
+        if (!_passAcks)
+            return;
+        var deadline = DateTime.UtcNow + timeout;
+        while (_loadedPass < pass)
+        {
+            var left = deadline - DateTime.UtcNow;
+            if (left <= TimeSpan.Zero)
+                throw new MigrationException($"the destination had not loaded pass {pass} after {timeout.TotalMilliseconds:F0} ms");
+            var reply = ReadReply(left, $"the destination to load pass {pass}", stopAtPassLoaded: true);
+            if (reply.Type == ReplyType.Failed)
+                throw new MigrationException($"the destination failed: {reply.Message}");
+            if (reply.Type != ReplyType.PassLoaded)
+                throw new MigrationException($"the destination sent {reply.Type} while loading pass {pass}");
+        }
+    }
 
     /// <summary>Nothing left: RESUMED, which <see cref="Complete"/> waits for, already means the destination runs it all.</summary>
     public void Finish() { }
@@ -143,16 +175,32 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
         }
     }
 
-    private Reply ReadReply(TimeSpan timeout, string waitingFor)
+    /// <summary>
+    /// The next reply other than PASS_LOADED, which only moves <see cref="_loadedPass"/> on (unless
+    /// <paramref name="stopAtPassLoaded"/>, for the one caller waiting for it).
+    /// </summary>
+    private Reply ReadReply(TimeSpan timeout, string waitingFor, bool stopAtPassLoaded = false)
     {
         var stream = _channels[0].Stream;
-        var read = Task.Run(() => ReturnPath.Read(stream));
-        if (!read.Wait(timeout))
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
         {
-            _channels[0].Abort();
-            throw new MigrationException($"timed out after {timeout.TotalMilliseconds:F0} ms waiting for {waitingFor}");
+            var read = Task.Run(() => ReturnPath.Read(stream));
+            var left = deadline - DateTime.UtcNow;
+            if (left < TimeSpan.Zero || !read.Wait(left))
+            {
+                _channels[0].Abort();
+                throw new MigrationException($"timed out after {timeout.TotalMilliseconds:F0} ms waiting for {waitingFor}");
+            }
+            var reply = read.GetAwaiter().GetResult();
+            if (reply.Type != ReplyType.PassLoaded)
+                return reply;
+            if (!_passAcks || (long)reply.Capabilities <= _loadedPass)
+                throw new StreamFormatException($"the destination said pass {reply.Capabilities} was loaded after pass {_loadedPass}{(_passAcks ? "" : " (pass-acks were not accepted)")}");
+            _loadedPass = (long)reply.Capabilities;
+            if (stopAtPassLoaded)
+                return reply;
         }
-        return read.GetAwaiter().GetResult();
     }
 
     public void Dispose() => Abort(keepControl: false);

@@ -29,7 +29,10 @@ public sealed record IncomingReport(
 public static class MigrationReceiver
 {
     /// <summary>Capability bits this destination understands (docs/migration-stream.md).</summary>
-    public const ulong KnownCapabilities = 0b111;
+    public const ulong KnownCapabilities = 0b1111;
+
+    /// <summary>Capability bit 3: the destination says PASS_LOADED when every channel has loaded a pass.</summary>
+    public const ulong PassAcks = 0b1000;
 
     private static readonly TimeSpan ChannelJoinTimeout = TimeSpan.FromSeconds(10);
 
@@ -45,7 +48,25 @@ public static class MigrationReceiver
             var local = target.Blocks.Select(b => new BlockDescriptor(b.Name, b.Size)).ToArray();
             var reader0 = new RecordReader(new BufferedStream(control, 1 << 20), local);
             var header = reader0.ReadHeader();
-            ReturnPath.WriteAccept(control, header.Capabilities & KnownCapabilities);
+            var accepted = header.Capabilities & KnownCapabilities;
+            ReturnPath.WriteAccept(control, accepted);
+            // Channels report each PASS_END here; the last of a pass tells the source (capability pass-acks), so
+            // the source can let the guest run until the destination has caught up instead of pausing it while
+            // buffered pages are still being loaded.
+            var passEnds = new Dictionary<uint, int>();
+            void PassEnded(uint pass)
+            {
+                if ((accepted & PassAcks) == 0)
+                    return;
+                lock (passEnds)
+                {
+                    passEnds[pass] = passEnds.GetValueOrDefault(pass) + 1;
+                    if (passEnds[pass] != header.Channels)
+                        return;
+                    passEnds.Remove(pass);
+                    ReturnPath.WritePassLoaded(control, pass);
+                }
+            }
             // One-time restore work, overlapped with the pages instead of inside the downtime.
             var prepared = Task.Run(target.PrepareRestore, cancel);
 
@@ -75,7 +96,7 @@ public static class MigrationReceiver
                 {
                     try
                     {
-                        passes[channel] = Load(readers[channel], channel, target, sections);
+                        passes[channel] = Load(readers[channel], channel, target, sections, PassEnded);
                         lastByte[channel] = Stopwatch.GetTimestamp();
                     }
                     catch (Exception e)
@@ -102,7 +123,8 @@ public static class MigrationReceiver
             var restored = Stopwatch.GetTimestamp();
             target.ResumeGuest();
             var resumed = Stopwatch.GetTimestamp();
-            ReturnPath.WriteResumed(control);
+            lock (passEnds)
+                ReturnPath.WriteResumed(control);
             var totals = readers.Aggregate((Data: 0UL, Zero: 0UL, Ballooned: 0UL), (t, r) => (t.Data + r.Totals.Pages, t.Zero + r.Totals.ZeroPages, t.Ballooned + r.Totals.BalloonedPages));
             return new IncomingReport(
                 header.Channels, totals.Data, totals.Zero, totals.Ballooned, readers.Sum(r => r.BytesRead), passes.Max(),
@@ -137,7 +159,7 @@ public static class MigrationReceiver
     }
 
     /// <summary>Loads one channel until its END. Returns the number of passes it saw.</summary>
-    private static int Load(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections)
+    private static int Load(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections, Action<uint> passEnded)
     {
         var passes = 0;
         while (true)
@@ -151,6 +173,7 @@ public static class MigrationReceiver
                     if (record.Pass != passes + 1)
                         throw new StreamFormatException($"channel {channel}: pass {record.Pass} ended after pass {passes}");
                     passes++;
+                    passEnded(record.Pass);
                     break;
                 case RecordType.State:
                     if (channel != 0)

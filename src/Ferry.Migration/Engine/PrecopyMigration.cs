@@ -501,6 +501,10 @@ public sealed class PrecopyMigration : IDisposable
         var first = errors.FirstOrDefault(e => e is not null and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null);
         if (first is not null)
             throw first is OperationCanceledException ? new MigrationException("a channel failed", first) : first;
+        // A live pass ends when the destination has it, not when it left the sockets: the guest runs while the
+        // destination catches up, the pass's bandwidth is the end-to-end one, and no backlog is left for the downtime.
+        if (!finalPass)
+            _output!.WaitUntilLoaded(pass, TimeSpan.FromMilliseconds(_parameters.SwitchoverTimeoutMs));
         var elapsed = _clock.Elapsed - start;
         return new PassReport(
             pass,

@@ -56,8 +56,11 @@ public enum ReplyType : ushort
     Resumed = 2,
     /// <summary>The destination refused or failed: payload = the reason (UTF-8, ≤ 1 KiB).</summary>
     Failed = 3,
+    /// <summary>Every channel's records up to PASS_END of a pass are loaded: payload = the pass (u32). Capability pass-acks.</summary>
+    PassLoaded = 4,
 }
 
+/// <summary>A reply; <paramref name="Capabilities"/> holds ACCEPT's bits or PASS_LOADED's pass number.</summary>
 public readonly record struct Reply(ReplyType Type, ulong Capabilities, string Message);
 
 /// <summary>
@@ -76,6 +79,13 @@ public static class ReturnPath
     }
 
     public static void WriteResumed(System.IO.Stream output) => Write(output, ReplyType.Resumed, []);
+
+    public static void WritePassLoaded(System.IO.Stream output, uint pass)
+    {
+        var payload = new byte[4];
+        BinaryPrimitives.WriteUInt32LittleEndian(payload, pass);
+        Write(output, ReplyType.PassLoaded, payload);
+    }
 
     public static void WriteFailed(System.IO.Stream output, string message)
     {
@@ -105,7 +115,8 @@ public static class ReturnPath
             var length = BinaryPrimitives.ReadUInt32LittleEndian(frame.AsSpan(4));
             if (!Enum.IsDefined(type) || BinaryPrimitives.ReadUInt16LittleEndian(frame.AsSpan(2)) != 0)
                 throw new StreamFormatException($"the destination sent an unknown reply type {(ushort)type}");
-            if (length > MaxMessageBytes || (type == ReplyType.Accept && length != 8) || (type == ReplyType.Resumed && length != 0))
+            if (length > MaxMessageBytes || (type == ReplyType.Accept && length != 8) || (type == ReplyType.Resumed && length != 0)
+                || (type == ReplyType.PassLoaded && length != 4))
                 throw new StreamFormatException($"the destination's {type} reply has a bad length {length}");
             var payload = new byte[length];
             input.ReadExactly(payload);
@@ -114,6 +125,7 @@ public static class ReturnPath
             return type switch
             {
                 ReplyType.Accept => new Reply(type, BinaryPrimitives.ReadUInt64LittleEndian(payload), ""),
+                ReplyType.PassLoaded => new Reply(type, BinaryPrimitives.ReadUInt32LittleEndian(payload), ""),
                 ReplyType.Failed => new Reply(type, 0, Encoding.UTF8.GetString(payload)),
                 _ => new Reply(type, 0, ""),
             };

@@ -99,8 +99,13 @@ public sealed class SyntheticVm : IMigrationSource, IDisposable
         _writer.Start();
     }
 
+    /// <summary>Raised by <see cref="PauseGuest"/> before the guest stops (a test can look at the destination then).</summary>
+    public event Action? Pausing;
+
     public void PauseGuest()
     {
+        if (!_paused)
+            Pausing?.Invoke();
         _paused = true;
         // The writer checks the flag before each page; once it acknowledges, no write is in flight.
         lock (_gate)
