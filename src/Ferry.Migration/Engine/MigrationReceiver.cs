@@ -64,7 +64,15 @@ public static class MigrationReceiver
                     if (passEnds[pass] != header.Channels)
                         return;
                     passEnds.Remove(pass);
-                    ReturnPath.WritePassLoaded(control, pass);
+                    try
+                    {
+                        ReturnPath.WritePassLoaded(control, pass);
+                    }
+                    catch (Exception e) when (e is IOException or ObjectDisposedException)
+                    {
+                        // The source's side is gone: reading the channels will say why (truncated, reset), which is
+                        // the error worth reporting, not this advisory message that could not be delivered.
+                    }
                 }
             }
             // One-time restore work, overlapped with the pages instead of inside the downtime.
