@@ -382,6 +382,31 @@ public sealed class PrecopyEngineTests
     }
 
     [Fact]
+    public void A_cancel_during_setup_is_reported_as_a_cancel()
+    {
+        using var vm = new SyntheticVm(16 * MiB);
+        vm.Fill(0, 0, 100, 1);
+        // A guest that never answers the hint run: setup waits for it (up to the budget), and the cancel comes then.
+        vm.SyntheticBalloon = new SyntheticBalloon(vm) { FreeRanges = null };
+        vm.Start();
+        using var target = new SyntheticTarget(vm.Blocks);
+        var channels = new InMemoryChannels();
+        var receive = Task.Run(() => MigrationReceiver.Receive(target, channels, CancellationToken.None));
+        using var migration = new PrecopyMigration(vm, new MigrationParameters { HintBudgetMs = 5000 }, new MigrationCapabilities());
+        var run = Task.Run(() => migration.Run(channels));
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (vm.SyntheticBalloon.RunsStarted == 0 && DateTime.UtcNow < deadline)
+            Thread.Sleep(5);
+
+        migration.Cancel();
+
+        Assert.Equal("migration cancelled", Assert.Throws<MigrationException>(() => run.GetAwaiter().GetResult()).Message);
+        Assert.Equal(MigrationStatus.Cancelled, migration.Status);
+        Assert.False(vm.IsPaused);
+        Assert.Throws<MigrationException>(() => receive.GetAwaiter().GetResult());
+    }
+
+    [Fact]
     public void A_destination_killed_midway_fails_the_migration_and_the_source_runs_on()
     {
         using var vm = new SyntheticVm(64 * MiB);

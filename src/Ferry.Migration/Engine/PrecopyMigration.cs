@@ -630,6 +630,10 @@ public sealed class PrecopyMigration : IDisposable
         {
             if (_status == status)
                 return;
+            // A cancel that arrived during setup or a pass must not be undone by the engine moving on (it would then
+            // report the cancel's broken channels as a failure): from Cancelling only the end states follow.
+            if (_status == MigrationStatus.Cancelling && status is not (MigrationStatus.Cancelled or MigrationStatus.Failed))
+                return;
             _status = status;
         }
         StatusChanged?.Invoke(status);
