@@ -356,6 +356,16 @@ public sealed class PrecopyEngineTests
         return (migration, Task.Run(() => migration.Run(channels)), receive, channels);
     }
 
+    /// <summary>Waits until the slow migration is sending (not a fixed sleep: a loaded machine may start it late), then a little more.</summary>
+    private static void WaitUntilSending(PrecopyMigration migration)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (migration.Status != MigrationStatus.Active && DateTime.UtcNow < deadline)
+            Thread.Sleep(5);
+        Assert.Equal(MigrationStatus.Active, migration.Status);
+        Thread.Sleep(100);
+    }
+
     [Fact]
     public void Cancel_midway_leaves_the_source_running_and_the_destination_failed()
     {
@@ -368,7 +378,7 @@ public sealed class PrecopyEngineTests
         var (migration, run, receive, _) = StartSlow(vm, target);
         using (migration)
         {
-            Thread.Sleep(300);
+            WaitUntilSending(migration);
             migration.Cancel();
             Assert.Equal("migration cancelled", Assert.Throws<MigrationException>(() => run.GetAwaiter().GetResult()).Message);
             Assert.False(vm.IsPaused);
@@ -416,7 +426,7 @@ public sealed class PrecopyEngineTests
         var (migration, run, receive, channels) = StartSlow(vm, target);
         using (migration)
         {
-            Thread.Sleep(300);
+            WaitUntilSending(migration);
             channels.BreakAll();
             var error = Assert.Throws<MigrationException>(() => run.GetAwaiter().GetResult());
             Assert.Contains("connection", error.Message, StringComparison.OrdinalIgnoreCase);
