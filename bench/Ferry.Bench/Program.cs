@@ -180,7 +180,7 @@ internal static class DirtyLogBench
         using (machine)
         {
             machine.Vm.SetDirtyLogging(true);
-            var bitmaps = machine.Memory.Blocks.Select(b => new PageBitmap(b.PageCount)).ToArray();
+            var bitmaps = machine.Memory.Blocks.Select(b => new PageSet(b.PageCount)).ToArray();
             double Sync()
             {
                 foreach (var b in bitmaps)
@@ -210,7 +210,7 @@ internal static class DirtyLogBench
                         await Task.Delay(100);
                     }
                     var ms = Sync();
-                    dirty = (ulong)bitmaps.Sum(b => (double)b.CountSet());
+                    dirty = (ulong)bitmaps.Sum(b => (double)b.Count());
                     if (round > 0) // the first round includes first-touch effects
                         times.Add(ms);
                 }

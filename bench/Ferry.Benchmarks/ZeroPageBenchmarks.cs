@@ -1,3 +1,4 @@
+using Ferry.Kvm;
 using BenchmarkDotNet.Attributes;
 using Ferry.Migration.Ram;
 
@@ -11,7 +12,7 @@ public class ZeroPageBenchmarks
     private byte[] _memory = null!;
 
     [GlobalSetup]
-    public void Setup() => _memory = new byte[Pages * ZeroPage.Size];
+    public void Setup() => _memory = new byte[Pages * Page.Size];
 
     [Benchmark(Baseline = true, OperationsPerInvoke = Pages)]
     public int BclContainsAnyExcept()
@@ -19,7 +20,7 @@ public class ZeroPageBenchmarks
         var zero = 0;
         for (var p = 0; p < Pages; p++)
         {
-            if (!_memory.AsSpan(p * ZeroPage.Size, ZeroPage.Size).ContainsAnyExcept((byte)0))
+            if (!_memory.AsSpan(p * Page.Size, Page.Size).ContainsAnyExcept((byte)0))
                 zero++;
         }
         return zero;
@@ -31,7 +32,7 @@ public class ZeroPageBenchmarks
         var zero = 0;
         for (var p = 0; p < Pages; p++)
         {
-            if (ZeroPage.IsZero(_memory.AsSpan(p * ZeroPage.Size, ZeroPage.Size)))
+            if (ZeroPage.IsZero(_memory.AsSpan(p * Page.Size, Page.Size)))
                 zero++;
         }
         return zero;

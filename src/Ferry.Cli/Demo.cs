@@ -34,7 +34,7 @@ internal static class Demo
 
         var fillMib = (ulong)(config.MemoryBytes / GuestLayout.MiB / 2);
         machine.Vm.SetDirtyLogging(true);
-        var bitmaps = machine.Memory.Blocks.Select(b => new PageBitmap(b.PageCount)).ToArray();
+        var bitmaps = machine.Memory.Blocks.Select(b => new PageSet(b.PageCount)).ToArray();
         SyncAll(machine, bitmaps);
         foreach (var b in bitmaps)
             b.Clear();
@@ -43,7 +43,7 @@ internal static class Demo
         var fillNs = fill.GetProperty("ns").GetDouble();
         Console.WriteLine($"fill {fillMib} MiB: {fill.GetProperty("pages").GetUInt64()} pages of generation {fill.GetProperty("generation").GetUInt64()} in {fillNs / 1e6:0.0} ms ({fillMib / 1024.0 / (fillNs / 1e9):0.00} GiB/s)");
         SyncAll(machine, bitmaps);
-        var dirtyPages = bitmaps.Sum(b => (long)b.CountSet());
+        var dirtyPages = bitmaps.Sum(b => (long)b.Count());
         Console.WriteLine($"  KVM dirty log after the fill: {dirtyPages} pages dirty ({dirtyPages * 4 / 1024} MiB): the filled pages plus the guest's bookkeeping");
 
         var verify = await Cmd(console, "verify").ConfigureAwait(false);
@@ -107,7 +107,7 @@ internal static class Demo
         return reply;
     }
 
-    private static void SyncAll(Machine.Machine machine, PageBitmap[] bitmaps)
+    private static void SyncAll(Machine.Machine machine, PageSet[] bitmaps)
     {
         for (var i = 0; i < bitmaps.Length; i++)
             machine.Vm.SyncDirtyLog(machine.Memory.Blocks[i], bitmaps[i]);

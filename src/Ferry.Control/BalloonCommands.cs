@@ -60,7 +60,7 @@ public static class BalloonCommands
                 ["target-pages"] = d.TargetPages,
                 ["actual-pages"] = d.ActualPages,
                 ["poison-value"] = d.PoisonValue,
-                ["ballooned-pages"] = machine.Memory.Blocks.Sum(b => (long)d.BalloonBitmap(b).CountSet()),
+                ["ballooned-pages"] = machine.Memory.Blocks.Sum(b => (long)d.BalloonBitmap(b).Count()),
                 ["host-allocated-bytes"] = machine.Memory.Blocks.Sum(b => (long)b.AllocatedBytes()),
                 ["inflated-pages"] = c.InflatedPages,
                 ["deflated-pages"] = c.DeflatedPages,

@@ -68,7 +68,7 @@ public sealed class PausedMoveTests
             Assert.InRange(counters.NormalPages, 32L * 256, 40L * 256);
             var targetBalloon = target.Balloon!;
             Assert.Equal(64u * 256, targetBalloon.ActualPages);
-            Assert.Equal(64UL * 256, target.Memory.Blocks.Aggregate(0UL, (s, b) => s + targetBalloon.BalloonBitmap(b).CountSet()));
+            Assert.Equal(64UL * 256, target.Memory.Blocks.Aggregate(0UL, (s, b) => s + targetBalloon.BalloonBitmap(b).Count()));
             Assert.True((await console.CommandAsync("verify", BootedGuest.Timeout)).GetProperty("passed").GetBoolean());
             // The moved driver and device still talk: deflate through the restored queues.
             targetBalloon.SetTargetPages(0);
@@ -76,7 +76,7 @@ public sealed class PausedMoveTests
             while (targetBalloon.ActualPages != 0 && DateTime.UtcNow < deadline)
                 await Task.Delay(10);
             Assert.Equal(0u, targetBalloon.ActualPages);
-            Assert.Equal(0UL, target.Memory.Blocks.Aggregate(0UL, (s, b) => s + targetBalloon.BalloonBitmap(b).CountSet()));
+            Assert.Equal(0UL, target.Memory.Blocks.Aggregate(0UL, (s, b) => s + targetBalloon.BalloonBitmap(b).Count()));
             var stats = await targetBalloon.RequestStatsAsync(TimeSpan.FromSeconds(10));
             Assert.True(stats.ContainsKey(4));
         }

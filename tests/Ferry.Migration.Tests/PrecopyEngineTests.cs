@@ -1,3 +1,4 @@
+using Ferry.Kvm;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Stream;
 using Ferry.Migration.Tests.Synthetic;
@@ -117,7 +118,7 @@ public sealed class PrecopyEngineTests
             // After pass 1 sent it, the guest zeroes page 5 and rewrites page 6.
             vm.Blocks[0].Mapping.GetSpan(5 * 4096, 4096).Clear();
             vm.Fill(0, 6, 1, 2);
-            vm.Blocks[0].VmmDirty.Set(5);
+            vm.Blocks[0].VmmDirty.Add(5);
         };
 
         var stats = migration.Run(channels);
@@ -137,7 +138,7 @@ public sealed class PrecopyEngineTests
         var balloon = new SyntheticBalloon(vm) { FreeRanges = [] };
         vm.SyntheticBalloon = balloon;
         balloon.Inflate(0, 200, 200);                  // holes now
-        balloon.Bitmap(0).SetRange(600 * 4096, 100 * 4096); // in the balloon, host copy not yet dropped
+        balloon.Bitmap(0).AddRange(600, 100); // in the balloon, host copy not yet dropped
         using var target = new SyntheticTarget(vm.Blocks);
 
         var (stats, report) = Migrate(vm, target);
@@ -157,7 +158,7 @@ public sealed class PrecopyEngineTests
         vm.Fill(0, 0, 1000, 1);
         var balloon = new SyntheticBalloon(vm) { MustTellHost = false, FreeRanges = [] };
         vm.SyntheticBalloon = balloon;
-        balloon.Bitmap(0).SetRange(600 * 4096, 100 * 4096);
+        balloon.Bitmap(0).AddRange(600, 100);
         using var target = new SyntheticTarget(vm.Blocks);
 
         var (stats, _) = Migrate(vm, target);

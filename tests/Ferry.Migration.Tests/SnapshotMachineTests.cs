@@ -1,3 +1,4 @@
+using Ferry.Kvm;
 using Ferry.Machine;
 using Ferry.Migration.Machines;
 using Ferry.Migration.Snapshot;
@@ -116,7 +117,7 @@ public sealed class SnapshotMachineTests : IDisposable
         foreach (var block in restored.Machine.Memory.Blocks)
         {
             var saved = file.Blocks.Single(b => b.Name == block.Name);
-            foreach (var p in balloon.BalloonBitmap(block).EnumerateSet())
+            foreach (var p in balloon.BalloonBitmap(block).Pages())
             {
                 if (!saved.IsPresent(p))
                     continue;
@@ -189,7 +190,7 @@ public sealed class SnapshotMachineTests : IDisposable
         using var restored = Restore(guest, path);
         var restoredBalloon = restored.Machine.Balloon!;
         Assert.Equal(256u * 256, restoredBalloon.ActualPages);
-        Assert.Equal(256UL * 256, restored.Machine.Memory.Blocks.Aggregate(0UL, (s, b) => s + restoredBalloon.BalloonBitmap(b).CountSet()));
+        Assert.Equal(256UL * 256, restored.Machine.Memory.Blocks.Aggregate(0UL, (s, b) => s + restoredBalloon.BalloonBitmap(b).Count()));
         Assert.True((await restored.Cmd("verify")).GetProperty("passed").GetBoolean());
         restoredBalloon.SetTargetPages(0);
         deadline = DateTime.UtcNow.AddSeconds(60);

@@ -150,6 +150,20 @@ public sealed class PageSet
     /// <summary>Takes word <paramref name="word"/> out of the set atomically: returns its pages and leaves them clear.</summary>
     public ulong TakeWord(int word) => Volatile.Read(ref _words[word]) == 0 ? 0 : Interlocked.Exchange(ref _words[word], 0);
 
+    /// <summary>Every page in the set, in ascending order (allocates: for diagnostics and tests, not hot paths).</summary>
+    public IEnumerable<ulong> Pages()
+    {
+        for (var w = 0; w < _words.Length; w++)
+        {
+            var word = Volatile.Read(ref _words[w]);
+            while (word != 0)
+            {
+                yield return ((ulong)w << 6) + (ulong)BitOperations.TrailingZeroCount(word);
+                word &= word - 1;
+            }
+        }
+    }
+
     /// <summary>Pages in the set.</summary>
     public ulong Count() => CountBits(_words);
 
@@ -175,6 +189,25 @@ public sealed class PageSet
             throw new ArgumentException($"the bitmap has page {past} set, past a {PageCount}-page set", nameof(bitmap));
         Clear();
         bitmap.CopyTo(MemoryMarshal.AsBytes(_words.AsSpan()));
+    }
+
+    /// <summary>
+    /// Replaces whole words from <paramref name="firstPage"/> (a multiple of 64) with a little-endian bitmap of
+    /// whole words (a balloon bitmap record): the bitmap is the truth for every page it covers. Bits past the block
+    /// are refused.
+    /// </summary>
+    public void ReplaceWords(ulong firstPage, ReadOnlySpan<byte> bitmap)
+    {
+        if (firstPage % 64 != 0 || bitmap.Length % 8 != 0)
+            throw new ArgumentException($"a bitmap covers whole 64-page words (first page {firstPage}, {bitmap.Length} bytes)", nameof(bitmap));
+        var words = MemoryMarshal.Cast<byte, ulong>(bitmap);
+        var firstWord = firstPage / 64;
+        if (firstWord > (ulong)_words.Length || (ulong)words.Length > (ulong)_words.Length - firstWord)
+            throw new ArgumentOutOfRangeException(nameof(firstPage), $"a bitmap for pages {firstPage}..{firstPage + (ulong)words.Length * 64 - 1} runs past a {PageCount}-page set");
+        if (FirstPast(bitmap, PageCount - firstPage) is var past and >= 0)
+            throw new ArgumentOutOfRangeException(nameof(bitmap), $"the bitmap has page {firstPage + (ulong)past} set, past a {PageCount}-page set");
+        for (var i = 0; i < words.Length; i++)
+            Volatile.Write(ref _words[(int)firstWord + i], words[i]);
     }
 
     /// <summary>Adds every page in <paramref name="words"/> (KVM's dirty log of the same block), atomically per word.</summary>

@@ -1,3 +1,4 @@
+using Ferry.Kvm;
 using System.Diagnostics;
 using Ferry.Migration.Ram;
 using Ferry.Migration.Stream;
@@ -190,7 +191,7 @@ public static class MigrationReceiver
                         sections.Add(new StateSection(record.StateKind, record.StateIndex, record.StateName, record.Data.ToArray()));
                     break;
                 case RecordType.BalloonBitmap:
-                    target.ApplyBalloonBitmap(record.Block, record.PageOffset / StreamLimits.PageSize, record.Data.Span);
+                    target.ApplyBalloonBitmap(record.Block, record.PageOffset / Page.Size, record.Data.Span);
                     break;
                 default:
                     RamLoader.Apply(record, target.Blocks);

@@ -41,9 +41,9 @@ public sealed class PrecopyMigration : IDisposable
     private readonly List<PassReport> _passes = [];
     private readonly object _statsGate = new();
 
-    private PageBitmap[] _pending = [];      // pages still to send in this pass; consumed word by word
-    private PageBitmap[] _balloon = [];      // the trusted balloon bitmap as of this pass
-    private PageBitmap[] _balloonSent = [];  // what the destination has been told
+    private PageSet[] _pending = [];      // pages still to send in this pass; consumed word by word
+    private PageSet[] _balloon = [];      // the trusted balloon bitmap as of this pass
+    private PageSet[] _balloonSent = [];  // what the destination has been told
     private IMigrationOutput? _output;
     private IReadOnlyList<IPageSink> _sinks = [];
     private volatile bool _acceptHints;
@@ -180,7 +180,7 @@ public sealed class PrecopyMigration : IDisposable
                 var bandwidth = report.Bytes >= 1 << 20 ? report.Bytes / seconds : Math.Max(_passes.Count > 0 ? _passes[^1].BandwidthBytesPerSecond : 0, report.Bytes / seconds);
                 if (bandwidth <= 0)
                     bandwidth = _limiter.BytesPerSecond > 0 ? _limiter.BytesPerSecond : 100 << 20;
-                var remaining = dirtyPages * StreamLimits.PageSize;
+                var remaining = dirtyPages * Page.Size;
                 var expectedMs = remaining / bandwidth * 1000;
                 var dirtyRate = dirtyPages / seconds;
                 report = report with
@@ -210,7 +210,7 @@ public sealed class PrecopyMigration : IDisposable
                 // Not converging yet. QEMU's auto-converge rule: when the bytes dirtied during a pass exceed the
                 // threshold share of the bytes sent in it, twice in a row, throttle (further).
                 var why = $"pass {pass}: expected downtime {expectedMs:F0} ms is over downtime-limit {_parameters.DowntimeLimitMs} ms " +
-                          $"({dirtyPages} dirty pages, dirty rate {dirtyRate * StreamLimits.PageSize / (1 << 20):F0} MiB/s, bandwidth {bandwidth / (1 << 20):F0} MiB/s)";
+                          $"({dirtyPages} dirty pages, dirty rate {dirtyRate * Page.Size / (1 << 20):F0} MiB/s, bandwidth {bandwidth / (1 << 20):F0} MiB/s)";
                 if (remaining * 100.0 > report.Bytes * (double)_parameters.ThrottleTriggerThreshold)
                     dirtyHighCount++;
                 else
@@ -305,9 +305,9 @@ public sealed class PrecopyMigration : IDisposable
     private void PrepareFirstPass()
     {
         var blocks = _source.Blocks;
-        _pending = [.. blocks.Select(b => new PageBitmap(b.PageCount))];
-        _balloon = [.. blocks.Select(b => new PageBitmap(b.PageCount))];
-        _balloonSent = [.. blocks.Select(b => new PageBitmap(b.PageCount))];
+        _pending = [.. blocks.Select(b => new PageSet(b.PageCount))];
+        _balloon = [.. blocks.Select(b => new PageSet(b.PageCount))];
+        _balloonSent = [.. blocks.Select(b => new PageSet(b.PageCount))];
         var balloon = _source.Balloon;
         _trustBalloon = false;
         _balloonSkip = (balloon, _capabilities.BalloonSkip) switch
@@ -334,7 +334,7 @@ public sealed class PrecopyMigration : IDisposable
         for (var b = 0; b < blocks.Count; b++)
         {
             foreach (var (offset, length) in blocks[b].DataExtents())
-                _pending[b].SetRange(offset, length);
+                _pending[b].AddRange(offset >> Page.Shift, Page.PagesFor(length));
         }
         // Pages never touched and not in the balloon: counted once, never read.
         var pending = _pending;
@@ -419,7 +419,7 @@ public sealed class PrecopyMigration : IDisposable
         MaskBalloon(countSkipped: true);
         lock (_statsGate)
             _syncCount++;
-        return _pending.Sum(p => (long)p.CountSet());
+        return _pending.Sum(p => (long)p.Count());
     }
 
     private void StartHints()
@@ -445,8 +445,8 @@ public sealed class PrecopyMigration : IDisposable
         if (!_acceptHints || (uint)block >= (uint)_pending.Length || length == 0)
             return;
         var words = _pending[block].Words;
-        var first = offset / (ulong)StreamLimits.PageSize;
-        var end = Math.Min((offset + length + (ulong)StreamLimits.PageSize - 1) / (ulong)StreamLimits.PageSize, _pending[block].PageCount);
+        var first = offset / (ulong)Page.Size;
+        var end = Math.Min((offset + length + (ulong)Page.Size - 1) / (ulong)Page.Size, _pending[block].PageCount);
         long cleared = 0;
         for (var page = first; page < end;)
         {
@@ -568,9 +568,9 @@ public sealed class PrecopyMigration : IDisposable
         {
             if (runLength == 0)
                 return;
-            var bytes = (int)(runLength * StreamLimits.PageSize);
+            var bytes = (int)(runLength * Page.Size);
             _limiter.Acquire(bytes, token);
-            writer.WritePages(index, runStart * StreamLimits.PageSize, block.Mapping.GetSpan(runStart * StreamLimits.PageSize, bytes));
+            writer.WritePages(index, runStart * Page.Size, block.Mapping.GetSpan(runStart * Page.Size, bytes));
             normal += (long)runLength;
             runLength = 0;
         }
@@ -578,7 +578,7 @@ public sealed class PrecopyMigration : IDisposable
         {
             if (zeroLength == 0)
                 return;
-            writer.WriteZeroRun(index, zeroStart * StreamLimits.PageSize, (uint)zeroLength);
+            writer.WriteZeroRun(index, zeroStart * Page.Size, (uint)zeroLength);
             zero += (long)zeroLength;
             zeroLength = 0;
         }
@@ -594,7 +594,7 @@ public sealed class PrecopyMigration : IDisposable
                 var bit = BitOperations.TrailingZeroCount(bits);
                 bits &= bits - 1;
                 var page = (ulong)w * 64 + (ulong)bit;
-                if (ZeroPage.IsZero(block.Mapping.GetSpan(page * StreamLimits.PageSize, StreamLimits.PageSize)))
+                if (ZeroPage.IsZero(block.Mapping.GetSpan(page * Page.Size, Page.Size)))
                 {
                     if (runLength != 0)
                         FlushData();

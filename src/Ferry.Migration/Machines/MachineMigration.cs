@@ -18,7 +18,7 @@ public sealed class MachineMigrationSource(Machine.Machine machine) : IMigration
 
     public void SetDirtyLogging(bool enabled) => machine.Vm.SetDirtyLogging(enabled);
 
-    public void SyncDirtyLog(int block, PageBitmap into) => machine.Vm.SyncDirtyLog(machine.Memory.Blocks[block], into);
+    public void SyncDirtyLog(int block, PageSet into) => machine.Vm.SyncDirtyLog(machine.Memory.Blocks[block], into);
 
     public void PauseGuest() => machine.Pause();
 
@@ -79,7 +79,7 @@ public sealed class MachineMigrationSource(Machine.Machine machine) : IMigration
 
         public bool HintRunFinishedByGuest => _device.HintStatus.State is FreePageHintState.Stopped or FreePageHintState.Done;
 
-        public void CopyBalloonBitmap(int block, PageBitmap into) => _device.BalloonBitmap(_memory.Blocks[block]).Words.CopyTo(into.Words);
+        public void CopyBalloonBitmap(int block, PageSet into) => into.CopyFrom(_device.BalloonBitmap(_memory.Blocks[block]));
 
         public void StartHinting() => _device.StartFreePageHinting();
 
@@ -111,7 +111,8 @@ public sealed class MachineMigrationTarget(Machine.Machine machine) : IMigration
             throw new InvalidDataException("the stream carries a balloon bitmap but this machine has no balloon (start it with the source's configuration)");
         machine.Balloon.ApplyBalloonBitmap(ramBlock, firstPage, bitmap);
         // Ballooned pages hold nothing: make them holes, one punch per run.
-        BitmapRuns.ForEach(bitmap, firstPage, (page, count) => ramBlock.Discard(page * RamBlock.PageSize, count * RamBlock.PageSize));
+        foreach (var run in PageSet.RunsIn(bitmap, firstPage))
+            ramBlock.Discard(run.Start << Page.Shift, run.Length << Page.Shift);
     }
 
     public void RestoreState(IReadOnlyList<StateSection> sections) => MachineState.Restore(machine, sections);

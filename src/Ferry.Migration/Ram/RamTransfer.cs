@@ -25,15 +25,15 @@ public static class RamLoader
             case RecordType.ZeroRun:
             {
                 var block = blocks[record.Block];
-                block.Discard(record.PageOffset, record.PageCount * ZeroPage.Size);
+                block.Discard(record.PageOffset, record.PageCount * Page.Size);
                 return true;
             }
             case RecordType.BalloonBitmap:
             {
                 var block = blocks[record.Block];
                 // One hole punch per run of ballooned pages, not one per page.
-                BitmapRuns.ForEach(record.Data.Span, record.PageOffset / ZeroPage.Size,
-                    (page, count) => block.Discard(page * ZeroPage.Size, count * ZeroPage.Size));
+                foreach (var run in PageSet.RunsIn(record.Data.Span, record.PageOffset >> Page.Shift))
+                    block.Discard(run.Start << Page.Shift, run.Length << Page.Shift);
                 return true;
             }
             default:

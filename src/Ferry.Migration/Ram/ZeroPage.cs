@@ -1,3 +1,5 @@
+using Ferry.Kvm;
+
 namespace Ferry.Migration.Ram;
 
 /// <summary>
@@ -7,12 +9,10 @@ namespace Ferry.Migration.Ram;
 /// </summary>
 public static class ZeroPage
 {
-    public const int Size = 4096;
-
     public static bool IsZero(ReadOnlySpan<byte> page)
     {
-        if (page.Length != Size)
-            throw new ArgumentException($"a page is {Size} bytes, not {page.Length}", nameof(page));
+        if (page.Length != Page.Size)
+            throw new ArgumentException($"a page is {Page.Size} bytes, not {page.Length}", nameof(page));
         return !page.ContainsAnyExcept((byte)0);
     }
 }

@@ -11,10 +11,10 @@ namespace Ferry.Migration.Snapshot;
 /// <summary>One RAM block of an opened snapshot: its place in the file and its (validated) bitmaps.</summary>
 public sealed class SnapshotBlock
 {
-    private readonly ulong[] _present;
-    private readonly ulong[] _ballooned;
+    private readonly PageSet _present;
+    private readonly PageSet _ballooned;
 
-    internal SnapshotBlock(int index, BlockEntry entry, ulong[] present, ulong[] ballooned)
+    internal SnapshotBlock(int index, BlockEntry entry, PageSet present, PageSet ballooned)
     {
         Index = index;
         Name = entry.Name;
@@ -22,8 +22,8 @@ public sealed class SnapshotBlock
         PagesOffset = entry.PagesOffset;
         _present = present;
         _ballooned = ballooned;
-        PresentPages = PageBits.Count(present);
-        BalloonedPages = PageBits.Count(ballooned);
+        PresentPages = present.Count();
+        BalloonedPages = ballooned.Count();
     }
 
     public int Index { get; }
@@ -32,7 +32,7 @@ public sealed class SnapshotBlock
 
     public ulong Size { get; }
 
-    public ulong PageCount => Size >> SnapshotFormat.PageShift;
+    public ulong PageCount => Size >> Page.Shift;
 
     /// <summary>File offset of page 0's slot; page i is at PagesOffset + i * 4096.</summary>
     public ulong PagesOffset { get; }
@@ -47,14 +47,15 @@ public sealed class SnapshotBlock
     public ulong AbsentPages => PageCount - PresentPages - BalloonedPages;
 
     /// <summary>Bit i (byte i/8, bit i%8) = page i is present.</summary>
-    public ReadOnlySpan<byte> PresentBitmap => MemoryMarshal.AsBytes(_present.AsSpan());
+    public ReadOnlySpan<byte> PresentBitmap => _present.Bytes;
 
     /// <summary>Bit i = page i is in the balloon: what <see cref="IMigrationTarget.ApplyBalloonBitmap"/> takes (first page 0).</summary>
-    public ReadOnlySpan<byte> BalloonBitmap => MemoryMarshal.AsBytes(_ballooned.AsSpan());
+    public ReadOnlySpan<byte> BalloonBitmap => _ballooned.Bytes;
 
-    internal ReadOnlySpan<ulong> PresentWords => _present;
+    /// <summary>The pages whose slot holds their contents (read-only by convention: the file's truth).</summary>
+    internal PageSet Present => _present;
 
-    public bool IsPresent(ulong page) => page < PageCount && (_present[page >> 6] & (1UL << (int)(page & 63))) != 0;
+    public bool IsPresent(ulong page) => _present.Contains(page);
 }
 
 /// <summary>What <see cref="SnapshotFile.LoadInto"/> did.</summary>
@@ -145,8 +146,8 @@ public sealed class SnapshotFile : IDisposable
         var state = _state.Select((s, i) => new SnapshotStateInfo(s.Kind, s.Index, s.Name, s.Blob.Length, _stateCrcs[i])).ToArray();
         var present = _blocks.Aggregate(0UL, (sum, b) => sum + b.PresentPages);
         return new SnapshotInspection(
-            Path, SnapshotFormat.Version, SnapshotFormat.PageSize, FileLength, allocated,
-            (long)present * SnapshotFormat.PageSize, blocks, state,
+            Path, SnapshotFormat.Version, Page.Size, FileLength, allocated,
+            (long)present * Page.Size, blocks, state,
             new SnapshotChecksums(_checksumsVerified, 0, "ok: header, completion mark, block table, bitmaps and state sections verified; pages carry no checksum"));
     }
 
@@ -169,24 +170,16 @@ public sealed class SnapshotFile : IDisposable
         for (var b = 0; b < _blocks.Length; b++)
         {
             var target = targets[b];
-            var present = _blocks[b].PresentWords;
+            var present = _blocks[b].Present;
             foreach (var (offset, length) in target.DataExtents().ToArray())
             {
-                var position = offset / SnapshotFormat.PageSize;
-                var end = (offset + length) / SnapshotFormat.PageSize;
-                // Runs of clear bits inside the extent: walk the set runs and discard the gaps between them.
-                while (position < end)
+                // The pages of the extent the snapshot does not hold: discard each gap between present runs.
+                var position = offset >> Page.Shift;
+                var end = (offset + length) >> Page.Shift;
+                while (present.NextGap(ref position, end, out var start, out var count))
                 {
-                    var from = position;
-                    var found = PageBits.NextRun(present, ref position, end, out var start, out _);
-                    var gapEnd = found ? start : end;
-                    if (gapEnd > from)
-                    {
-                        target.Discard(from * SnapshotFormat.PageSize, (gapEnd - from) * SnapshotFormat.PageSize);
-                        discarded += (long)(gapEnd - from);
-                    }
-                    if (!found)
-                        break;
+                    target.Discard(start << Page.Shift, count << Page.Shift);
+                    discarded += (long)count;
                 }
             }
         }
@@ -225,7 +218,7 @@ public sealed class SnapshotFile : IDisposable
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error).Throw();
         if (error is not null)
             throw new SnapshotFormatException(SnapshotFault.Io, $"snapshot {Path}: loading failed: {error.Message}", error);
-        return new SnapshotLoadResult(_state, pages, pages * SnapshotFormat.PageSize, discarded);
+        return new SnapshotLoadResult(_state, pages, pages * Page.Size, discarded);
     }
 
     /// <summary>
@@ -239,7 +232,7 @@ public sealed class SnapshotFile : IDisposable
     {
         var targets = MatchBlocks(blocks);
         for (var b = 0; b < _blocks.Length; b++)
-            targets[b].MapCopyOnWrite(_file, _blocks[b].PagesOffset, _blocks[b].PresentWords);
+            targets[b].MapCopyOnWrite(_file, _blocks[b].PagesOffset, _blocks[b].Present.Words);
         return new SnapshotLoadResult(_state, 0, 0, 0);
     }
 
@@ -247,11 +240,11 @@ public sealed class SnapshotFile : IDisposable
     {
         long loaded = 0;
         var position = first;
-        while (PageBits.NextRun(block.PresentWords, ref position, end, out var start, out var length))
+        while (block.Present.NextRun(ref position, end, out var start, out var length))
         {
-            var bytes = (int)(length * SnapshotFormat.PageSize);
-            var into = target.Mapping.GetSpan(start * SnapshotFormat.PageSize, bytes);
-            var offset = (long)(block.PagesOffset + start * SnapshotFormat.PageSize);
+            var bytes = (int)(length * Page.Size);
+            var into = target.Mapping.GetSpan(start * Page.Size, bytes);
+            var offset = (long)(block.PagesOffset + start * Page.Size);
             if (!SparseFile.ReadExactly(_file, into, offset))
                 throw new SnapshotFormatException(SnapshotFault.Truncated, $"snapshot {Path}: truncated: block '{block.Name}' pages {start}..{start + length - 1} end early (the file changed after it was opened?)");
             loaded += (long)length;
@@ -323,8 +316,8 @@ public sealed class SnapshotFile : IDisposable
             if (headerLength != SnapshotFormat.HeaderSize)
                 throw Fault(SnapshotFault.BadHeader, $"header length {headerLength} is not {SnapshotFormat.HeaderSize}");
             var pageSize = BinaryPrimitives.ReadUInt32LittleEndian(header[16..]);
-            if (pageSize != SnapshotFormat.PageSize)
-                throw Fault(SnapshotFault.BadHeader, $"unsupported page size {pageSize} (only {SnapshotFormat.PageSize})");
+            if (pageSize != Page.Size)
+                throw Fault(SnapshotFault.BadHeader, $"unsupported page size {pageSize} (only {Page.Size})");
             var flags = BinaryPrimitives.ReadUInt32LittleEndian(header[60..]);
             if (flags != 0)
                 throw Fault(SnapshotFault.BadHeader, $"unknown header flags 0x{flags:X8}");
@@ -431,7 +424,7 @@ public sealed class SnapshotFile : IDisposable
                     BinaryPrimitives.ReadUInt64LittleEndian(entry[104..]),
                     BinaryPrimitives.ReadUInt32LittleEndian(entry[112..]),
                     BinaryPrimitives.ReadUInt32LittleEndian(entry[116..]));
-                if (parsed.Size == 0 || parsed.Size % SnapshotFormat.PageSize != 0 || parsed.Size > SnapshotFormat.MaxBlockBytes)
+                if (parsed.Size == 0 || parsed.Size % Page.Size != 0 || parsed.Size > SnapshotFormat.MaxBlockBytes)
                     throw Fault(SnapshotFault.BlockEntry, $"{where}: size {parsed.Size} is absurd (a multiple of 4 KiB, at most {SnapshotFormat.MaxBlockBytes})");
                 var bitmapBytes = SnapshotFormat.BitmapBytes(parsed.PageCount);
                 if (parsed.BitmapLength != bitmapBytes)
@@ -450,29 +443,33 @@ public sealed class SnapshotFile : IDisposable
         {
             var present = ReadBitmap(entry, entry.PresentBitmapOffset, entry.PresentBitmapCrc, "present-page");
             var ballooned = ReadBitmap(entry, entry.BalloonBitmapOffset, entry.BalloonBitmapCrc, "balloon");
-            for (var w = 0; w < present.Length; w++)
+            if (present.CountCommon(ballooned) != 0)
             {
-                var both = present[w] & ballooned[w];
-                if (both != 0)
-                    throw Fault(SnapshotFault.BitmapConflict, $"block '{entry.Name}': page {(ulong)w * 64 + (ulong)System.Numerics.BitOperations.TrailingZeroCount(both)} is both present and ballooned");
+                foreach (var run in present.Runs())
+                {
+                    var position = run.Start;
+                    if (ballooned.NextRun(ref position, run.End, out var both, out _))
+                        throw Fault(SnapshotFault.BitmapConflict, $"block '{entry.Name}': page {both} is both present and ballooned");
+                }
             }
             return new SnapshotBlock(index, entry, present, ballooned);
         }
 
-        private ulong[] ReadBitmap(BlockEntry entry, ulong offset, uint crc, string what)
+        private PageSet ReadBitmap(BlockEntry entry, ulong offset, uint crc, string what)
         {
-            var words = new ulong[entry.BitmapLength / 8];
-            var bytes = MemoryMarshal.AsBytes(words.AsSpan());
+            var bytes = new byte[entry.BitmapLength];
             if (!SparseFile.ReadExactly(file, bytes, (long)offset))
                 throw Fault(SnapshotFault.Truncated, $"truncated: the {what} bitmap of '{entry.Name}' ends early");
             var computed = Crc32C.Compute(bytes);
             if (computed != crc)
                 throw Fault(SnapshotFault.BitmapChecksum, $"block '{entry.Name}': {what} bitmap checksum mismatch (stored 0x{crc:X8}, computed 0x{computed:X8})");
             _checksums++;
-            var past = PageBits.FirstBitPast(words, entry.PageCount);
+            var past = PageSet.FirstPast(bytes, entry.PageCount);
             if (past >= 0)
                 throw Fault(SnapshotFault.BitmapPastBlock, $"block '{entry.Name}': the {what} bitmap claims page {past}, past its block ({entry.PageCount} pages)");
-            return words;
+            var pages = new PageSet(entry.PageCount);
+            pages.CopyFrom(bytes);
+            return pages;
         }
 
         private (StateSection[] State, uint[] Crcs) ReadState(SnapshotHeader fields)

@@ -1,3 +1,4 @@
+using Ferry.Kvm;
 using System.Buffers.Binary;
 using System.Text;
 using Ferry.Migration.Stream;
@@ -17,8 +18,6 @@ public static class SnapshotFormat
     public static ReadOnlySpan<byte> CompletionMagic => "COMPLETE"u8;
 
     public const uint Version = 1;
-    public const int PageSize = 4096;
-    public const int PageShift = 12;
 
     public const int HeaderSize = 128;
     /// <summary>The header checksum covers bytes [0, HeaderCrcOffset).</summary>
@@ -110,7 +109,7 @@ internal readonly record struct SnapshotHeader(
         SnapshotFormat.Magic.CopyTo(header);
         BinaryPrimitives.WriteUInt32LittleEndian(header[8..], SnapshotFormat.Version);
         BinaryPrimitives.WriteUInt32LittleEndian(header[12..], SnapshotFormat.HeaderSize);
-        BinaryPrimitives.WriteUInt32LittleEndian(header[16..], SnapshotFormat.PageSize);
+        BinaryPrimitives.WriteUInt32LittleEndian(header[16..], Page.Size);
         BinaryPrimitives.WriteUInt32LittleEndian(header[20..], BlockCount);
         BinaryPrimitives.WriteUInt64LittleEndian(header[24..], BlockTableOffset);
         BinaryPrimitives.WriteUInt64LittleEndian(header[32..], BlockTableLength);
@@ -147,7 +146,7 @@ internal readonly record struct BlockEntry(
     uint PresentBitmapCrc,
     uint BalloonBitmapCrc)
 {
-    public ulong PageCount => Size >> SnapshotFormat.PageShift;
+    public ulong PageCount => Size >> Page.Shift;
 
     public void Encode(Span<byte> entry)
     {
@@ -199,7 +198,7 @@ internal sealed class SnapshotLayout
         var bitmaps = new (ulong Present, ulong Balloon, ulong Length)[blocks.Count];
         for (var i = 0; i < blocks.Count; i++)
         {
-            var length = SnapshotFormat.BitmapBytes(blocks[i].Size >> SnapshotFormat.PageShift);
+            var length = SnapshotFormat.BitmapBytes(blocks[i].Size >> Page.Shift);
             var present = position;
             var balloon = SnapshotFormat.AlignUp(present + length, MetadataAlignment);
             position = SnapshotFormat.AlignUp(balloon + length, MetadataAlignment);

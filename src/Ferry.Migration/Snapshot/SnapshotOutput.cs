@@ -75,12 +75,12 @@ public sealed class SnapshotOutput(string path, int threads) : IMigrationOutput
 
         public void WritePages(ushort block, ulong pageOffset, ReadOnlySpan<byte> pages)
         {
-            writer.WritePages(block, pageOffset / SnapshotFormat.PageSize, pages);
+            writer.WritePages(block, pageOffset / Page.Size, pages);
             BytesWritten += pages.Length;
         }
 
         public void WriteZeroRun(ushort block, ulong pageOffset, uint count) =>
-            writer.MarkAbsent(block, pageOffset / SnapshotFormat.PageSize, count);
+            writer.MarkAbsent(block, pageOffset / Page.Size, count);
 
         public void WriteBalloonBitmap(ushort block, ulong firstPage, ReadOnlySpan<byte> bitmap) =>
             writer.SetBallooned(block, firstPage, bitmap);

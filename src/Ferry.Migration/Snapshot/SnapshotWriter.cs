@@ -31,8 +31,8 @@ public sealed class SnapshotWriter : IDisposable
 
     private readonly SafeFileHandle _file;
     private readonly BlockEntry[] _entries;
-    private readonly ulong[][] _present;   // pages whose slot holds their latest contents
-    private readonly ulong[][] _ballooned; // pages in the trusted balloon (contents not kept)
+    private readonly PageSet[] _present;   // pages whose slot holds their latest contents
+    private readonly PageSet[] _ballooned; // pages in the trusted balloon (contents not kept)
     private readonly ulong _tableOffset, _stateOffset;
     private int _state;
     private bool _metadataWritten;
@@ -49,8 +49,8 @@ public sealed class SnapshotWriter : IDisposable
         _entries = layout.Entries;
         _tableOffset = layout.BlockTableOffset;
         _stateOffset = layout.StateOffset;
-        _present = [.. _entries.Select(e => new ulong[PageBits.WordCount(e.PageCount)])];
-        _ballooned = [.. _entries.Select(e => new ulong[PageBits.WordCount(e.PageCount)])];
+        _present = [.. _entries.Select(e => new PageSet(e.PageCount))];
+        _ballooned = [.. _entries.Select(e => new PageSet(e.PageCount))];
     }
 
     public string Path { get; }
@@ -68,7 +68,7 @@ public sealed class SnapshotWriter : IDisposable
     public long PagesPunched => Interlocked.Read(ref _pagesPunched);
 
     /// <summary>Pages whose slot currently holds data.</summary>
-    public long PresentPages => _present.Sum(words => (long)PageBits.Count(words));
+    public long PresentPages => _present.Sum(set => (long)set.Count());
 
     public bool IsFinished => Volatile.Read(ref _state) == Finished;
 
@@ -116,7 +116,7 @@ public sealed class SnapshotWriter : IDisposable
                 throw new ArgumentException($"RAM block name '{block.Name}' is {nameBytes} bytes (1..{SnapshotFormat.MaxNameBytes})", nameof(blocks));
             if (!names.Add(block.Name))
                 throw new ArgumentException($"two RAM blocks are named '{block.Name}'", nameof(blocks));
-            if (block.Size == 0 || block.Size % SnapshotFormat.PageSize != 0 || block.Size > SnapshotFormat.MaxBlockBytes)
+            if (block.Size == 0 || block.Size % Page.Size != 0 || block.Size > SnapshotFormat.MaxBlockBytes)
                 throw new ArgumentException($"RAM block '{block.Name}': size {block.Size} is not a multiple of 4 KiB in 4 KiB..1 TiB", nameof(blocks));
         }
     }
@@ -127,17 +127,17 @@ public sealed class SnapshotWriter : IDisposable
     /// </summary>
     public void WritePages(int block, ulong firstPage, ReadOnlySpan<byte> pages)
     {
-        if (pages.IsEmpty || pages.Length % SnapshotFormat.PageSize != 0)
+        if (pages.IsEmpty || pages.Length % Page.Size != 0)
             throw new ArgumentException($"{pages.Length} bytes is not a positive number of whole pages", nameof(pages));
-        var count = (ulong)pages.Length / SnapshotFormat.PageSize;
+        var count = (ulong)pages.Length / Page.Size;
         var entry = CheckRange(block, firstPage, count);
         Enter();
         try
         {
-            RandomAccess.Write(_file, pages, (long)(entry.PagesOffset + firstPage * SnapshotFormat.PageSize));
-            PageBits.SetRange(_present[block], firstPage, count);
+            RandomAccess.Write(_file, pages, (long)(entry.PagesOffset + firstPage * Page.Size));
+            _present[block].AddRange(firstPage, count);
             // A page with data is not in the balloon, whatever an earlier bitmap said.
-            PageBits.ClearRange(_ballooned[block], firstPage, count);
+            _ballooned[block].RemoveRange(firstPage, count);
             Interlocked.Add(ref _pagesWritten, (long)count);
             Interlocked.Add(ref _bytesWritten, pages.Length);
         }
@@ -190,33 +190,19 @@ public sealed class SnapshotWriter : IDisposable
         if (bitmap.IsEmpty)
             return;
         var entry = CheckBlock(block);
-        var words = MemoryMarshal.Cast<byte, ulong>(bitmap);
+        var words = (ulong)bitmap.Length / 8;
         var firstWord = firstPage / 64;
-        if (firstWord > (ulong)_ballooned[block].Length || (ulong)words.Length > (ulong)_ballooned[block].Length - firstWord)
-            throw new ArgumentOutOfRangeException(nameof(firstPage), $"balloon bitmap for pages {firstPage}..{firstPage + (ulong)words.Length * 64 - 1} runs past '{entry.Name}'");
-        if (PageBits.FirstBitPast(words, entry.PageCount - firstPage) >= 0)
+        if (firstWord > (ulong)PageSet.WordsFor(entry.PageCount) || words > (ulong)PageSet.WordsFor(entry.PageCount) - firstWord)
+            throw new ArgumentOutOfRangeException(nameof(firstPage), $"balloon bitmap for pages {firstPage}..{firstPage + words * 64 - 1} runs past '{entry.Name}'");
+        if (PageSet.FirstPast(bitmap, entry.PageCount - firstPage) >= 0)
             throw new ArgumentOutOfRangeException(nameof(bitmap), $"balloon bitmap claims pages past the end of '{entry.Name}'");
         Enter();
         try
         {
-            var ballooned = _ballooned[block];
-            for (var i = 0; i < words.Length; i++)
-            {
-                var w = (int)firstWord + i;
-                Volatile.Write(ref ballooned[w], words[i]);
-                var bits = words[i];
-                // Punch each run of ballooned pages that had a slot written.
-                var position = 0;
-                while (bits >> position != 0)
-                {
-                    position += System.Numerics.BitOperations.TrailingZeroCount(bits >> position);
-                    var ones = System.Numerics.BitOperations.TrailingZeroCount(~(bits >> position));
-                    PunchCleared(_present[block], entry, (ulong)w * 64 + (ulong)position, (ulong)ones);
-                    position += ones;
-                    if (position >= 64)
-                        break;
-                }
-            }
+            _ballooned[block].ReplaceWords(firstPage, bitmap);
+            // Punch each run of ballooned pages that had a slot written.
+            foreach (var run in PageSet.RunsIn(bitmap, firstPage))
+                PunchCleared(_present[block], entry, run.Start, run.Length);
         }
         catch (Exception e)
         {
@@ -229,11 +215,11 @@ public sealed class SnapshotWriter : IDisposable
         }
     }
 
-    private void PunchCleared(ulong[] present, BlockEntry entry, ulong firstPage, ulong count)
+    private void PunchCleared(PageSet present, BlockEntry entry, ulong firstPage, ulong count)
     {
         var target = new PunchTarget(_file, entry.PagesOffset);
-        var punched = PageBits.ClearRange(present, firstPage, count, ref target, static (ref PunchTarget t, ulong page, ulong pages) =>
-            SparseFile.PunchHole(t.File, (long)(t.PagesOffset + page * SnapshotFormat.PageSize), (long)(pages * SnapshotFormat.PageSize)));
+        var punched = present.RemoveRange(firstPage, count, ref target, static (ref PunchTarget t, ulong page, ulong pages) =>
+            SparseFile.PunchHole(t.File, (long)(t.PagesOffset + page * Page.Size), (long)(pages * Page.Size)));
         if (punched != 0)
             Interlocked.Add(ref _pagesPunched, (long)punched);
     }
@@ -319,8 +305,8 @@ public sealed class SnapshotWriter : IDisposable
         var table = new byte[_entries.Length * SnapshotFormat.BlockEntrySize];
         for (var b = 0; b < _entries.Length; b++)
         {
-            var present = MemoryMarshal.AsBytes(_present[b].AsSpan());
-            var ballooned = MemoryMarshal.AsBytes(_ballooned[b].AsSpan());
+            var present = _present[b].Bytes;
+            var ballooned = _ballooned[b].Bytes;
             WriteSparse(present, _entries[b].PresentBitmapOffset);
             WriteSparse(ballooned, _entries[b].BalloonBitmapOffset);
             var entry = _entries[b] with { PresentBitmapCrc = Crc32C.Compute(present), BalloonBitmapCrc = Crc32C.Compute(ballooned) };
@@ -412,7 +398,7 @@ public sealed class SnapshotWriter : IDisposable
             data[b] = new ulong[PageBits.WordCount(blocks[b].PageCount)];
             ulong inExtents = 0;
             foreach (var (offset, length) in blocks[b].DataExtents())
-                inExtents += PageBits.SetRange(data[b], offset / SnapshotFormat.PageSize, length / SnapshotFormat.PageSize);
+                inExtents += PageBits.SetRange(data[b], offset / Page.Size, length / Page.Size);
             untouched += (long)(blocks[b].PageCount - inExtents);
             chunkBase[b + 1] = chunkBase[b] + (long)((blocks[b].PageCount + ChunkPages - 1) / ChunkPages);
         }
@@ -459,11 +445,11 @@ public sealed class SnapshotWriter : IDisposable
             ulong runStart = 0, runLength = 0;
             for (var page = start; page < start + length; page++)
             {
-                if (ZeroPage.IsZero(block.Mapping.GetSpan(page * SnapshotFormat.PageSize, SnapshotFormat.PageSize)))
+                if (ZeroPage.IsZero(block.Mapping.GetSpan(page * Page.Size, Page.Size)))
                 {
                     zeroPages++;
                     if (runLength != 0)
-                        WritePages(index, runStart, block.Mapping.GetSpan(runStart * SnapshotFormat.PageSize, (int)(runLength * SnapshotFormat.PageSize)));
+                        WritePages(index, runStart, block.Mapping.GetSpan(runStart * Page.Size, (int)(runLength * Page.Size)));
                     runLength = 0;
                     continue;
                 }
@@ -473,7 +459,7 @@ public sealed class SnapshotWriter : IDisposable
                 dataPages++;
             }
             if (runLength != 0)
-                WritePages(index, runStart, block.Mapping.GetSpan(runStart * SnapshotFormat.PageSize, (int)(runLength * SnapshotFormat.PageSize)));
+                WritePages(index, runStart, block.Mapping.GetSpan(runStart * Page.Size, (int)(runLength * Page.Size)));
         }
     }
 

@@ -1,3 +1,4 @@
+using Ferry.Kvm;
 using System.Buffers.Binary;
 using System.Text;
 
@@ -148,7 +149,7 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
                 CheckRange(block, offset, count, where);
                 if (type == RecordType.Pages)
                 {
-                    if ((ulong)(p.Length - 16) != count * (ulong)StreamLimits.PageSize)
+                    if ((ulong)(p.Length - 16) != count * (ulong)Page.Size)
                         throw new StreamFormatException($"{where}: {p.Length - 16} data bytes for {count} pages");
                     _pages += count;
                     return new Record(type, block, offset, count, _buffer.AsMemory(16, p.Length - 16));
@@ -169,10 +170,10 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
                 var bitmap = p[16..];
                 var lastSet = LastSetBit(bitmap);
                 if (lastSet >= 0)
-                    CheckRange(block, first * StreamLimits.PageSize, (ulong)lastSet + 1, where + " (the bitmap claims pages past its block)");
+                    CheckRange(block, first * Page.Size, (ulong)lastSet + 1, where + " (the bitmap claims pages past its block)");
                 foreach (var b in bitmap)
                     _ballooned += (ulong)System.Numerics.BitOperations.PopCount(b);
-                return new Record(type, block, first * StreamLimits.PageSize, bytes * 8UL, _buffer.AsMemory(16, (int)bytes));
+                return new Record(type, block, first * Page.Size, bytes * 8UL, _buffer.AsMemory(16, (int)bytes));
             }
             case RecordType.State:
             {
@@ -221,9 +222,9 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
     private void CheckRange(int block, ulong byteOffset, ulong pages, string where)
     {
         var size = localBlocks[block].Size;
-        if (byteOffset % StreamLimits.PageSize != 0)
+        if (byteOffset % Page.Size != 0)
             throw new StreamFormatException($"{where}: offset 0x{byteOffset:X} is not page-aligned");
-        if (byteOffset > size || pages > (size - byteOffset) / StreamLimits.PageSize)
+        if (byteOffset > size || pages > (size - byteOffset) / Page.Size)
             throw new StreamFormatException($"{where}: {pages} pages at offset 0x{byteOffset:X} run past the end of block '{localBlocks[block].Name}' ({size} bytes)");
     }
 

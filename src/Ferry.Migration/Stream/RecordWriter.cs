@@ -1,3 +1,4 @@
+using Ferry.Kvm;
 using System.Buffers.Binary;
 using System.Text;
 
@@ -12,7 +13,7 @@ public sealed class RecordWriter(System.IO.Stream output)
     private readonly byte[] _frame = new byte[StreamLimits.FrameHeaderSize + 32];
 
     // Pages of a running guest change under the sender: the checksum and the bytes sent must come from one copy.
-    private readonly byte[] _pageCopy = new byte[StreamLimits.MaxPagesPerRecord * StreamLimits.PageSize];
+    private readonly byte[] _pageCopy = new byte[StreamLimits.MaxPagesPerRecord * Page.Size];
     private uint _sequence;
     private ulong _pages, _zeroPages, _ballooned;
 
@@ -32,9 +33,9 @@ public sealed class RecordWriter(System.IO.Stream output)
 
     public void WritePages(ushort block, ulong pageOffset, ReadOnlySpan<byte> pages)
     {
-        if (pages.Length == 0 || pages.Length % StreamLimits.PageSize != 0 || pages.Length > StreamLimits.MaxPagesPerRecord * StreamLimits.PageSize)
+        if (pages.Length == 0 || pages.Length % Page.Size != 0 || pages.Length > StreamLimits.MaxPagesPerRecord * Page.Size)
             throw new ArgumentException($"a PAGES record carries 1..{StreamLimits.MaxPagesPerRecord} whole pages, not {pages.Length} bytes", nameof(pages));
-        var count = (uint)(pages.Length / StreamLimits.PageSize);
+        var count = (uint)(pages.Length / Page.Size);
         Span<byte> fixedPart = stackalloc byte[16];
         BinaryPrimitives.WriteUInt16LittleEndian(fixedPart, block);
         BinaryPrimitives.WriteUInt32LittleEndian(fixedPart[4..], count);

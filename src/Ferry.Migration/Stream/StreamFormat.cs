@@ -41,7 +41,6 @@ public sealed class StreamFormatException : Exception
 public static class StreamLimits
 {
     public const int FrameHeaderSize = 16;
-    public const int PageSize = 4096;
     public const int MaxPagesPerRecord = 256;
     public const int MaxBitmapBytes = 1 << 20;
     public const int MaxStateBlobBytes = 16 << 20;

@@ -64,7 +64,7 @@ public sealed class SnapshotOutputTests
         // Several passes rewrote the working set, each into the same slots: the file is RAM plus metadata.
         Assert.True(output.Writer!.PagesWritten > 8192 + 100, $"{output.Writer.PagesWritten} page writes");
         Assert.True(new FileInfo(path).Length < (long)(80 * MiB + 3 * MiB), $"{new FileInfo(path).Length} bytes");
-        Assert.True(AllocatedOnDisk(path) < (8192L + 100) * Page + 2 * (long)MiB);
+        Assert.True(AllocatedOnDisk(path) < (8192L + 100) * Page.Size + 2 * (long)MiB);
 
         var generation = vm.Generation;
         Thread.Sleep(50);
@@ -99,7 +99,7 @@ public sealed class SnapshotOutputTests
                 return;
             vm.Blocks[0].Mapping.GetSpan(5 * 4096, 4096).Clear();
             vm.Fill(0, 6, 1, 2);
-            vm.Blocks[0].VmmDirty.Set(5);
+            vm.Blocks[0].VmmDirty.Add(5);
         };
 
         migration.Run(output);
@@ -109,7 +109,7 @@ public sealed class SnapshotOutputTests
         try
         {
             Assert.Equal(99, result.PagesLoaded);
-            Assert.Equal(99UL * Page, loaded[0].AllocatedBytes());
+            Assert.Equal(99UL * Page.Size, loaded[0].AllocatedBytes());
             AssertSameMemory(vm.Blocks, loaded);
         }
         finally
@@ -128,7 +128,7 @@ public sealed class SnapshotOutputTests
         var balloon = new SyntheticBalloon(vm) { FreeRanges = [] };
         vm.SyntheticBalloon = balloon;
         balloon.Inflate(0, 200, 200);
-        balloon.Bitmap(0).SetRange(600 * 4096, 100 * 4096);
+        balloon.Bitmap(0).AddRange(600, 100);
         vm.PauseGuest();
         using var output = new SnapshotOutput(path, 3);
         using var migration = new PrecopyMigration(vm, new MigrationParameters(), new MigrationCapabilities());

@@ -51,7 +51,7 @@ public sealed class SyntheticVm : IMigrationSource, IDisposable
         var words = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(b.Mapping.GetSpan(firstPage * 4096, (int)(pages * 4096)));
         for (var i = 0; i < words.Length; i++)
             words[i] = Pattern(firstPage * 4096 + (ulong)i * 8, generation);
-        b.VmmDirty.SetRange(firstPage * 4096, pages * 4096);
+        b.VmmDirty.AddRange(firstPage, pages);
     }
 
     public void SetDirtyLogging(bool enabled)
@@ -79,14 +79,14 @@ public sealed class SyntheticVm : IMigrationSource, IDisposable
     /// <summary>Raised at the start of every <see cref="SyncDirtyLog"/> (block index): a test can write pages at an exact point.</summary>
     public event Action<int>? Syncing;
 
-    public void SyncDirtyLog(int block, PageBitmap into)
+    public void SyncDirtyLog(int block, PageSet into)
     {
         Syncing?.Invoke(block);
         lock (_gate)
         {
             if (!_logging)
                 throw new InvalidOperationException("dirty logging is off");
-            _blocks[block].VmmDirty.DrainInto(into.Words);
+            _blocks[block].VmmDirty.DrainInto(into);
         }
     }
 
@@ -212,7 +212,7 @@ public sealed class SyntheticVm : IMigrationSource, IDisposable
 /// </summary>
 public sealed class SyntheticBalloon(SyntheticVm vm) : IMigrationBalloon
 {
-    private readonly PageBitmap[] _bitmaps = [.. vm.Blocks.Select(b => new PageBitmap(b.PageCount))];
+    private readonly PageSet[] _bitmaps = [.. vm.Blocks.Select(b => new PageSet(b.PageCount))];
     private readonly object _gate = new();
     private bool _runActive, _finishedByGuest;
 
@@ -230,16 +230,16 @@ public sealed class SyntheticBalloon(SyntheticVm vm) : IMigrationBalloon
 
     public event Action<int, ulong, ulong>? Hinted;
 
-    public PageBitmap Bitmap(int block) => _bitmaps[block];
+    public PageSet Bitmap(int block) => _bitmaps[block];
 
     /// <summary>Inflates pages: in the bitmap and gone from the host (a hole).</summary>
     public void Inflate(int block, ulong firstPage, ulong pages)
     {
-        _bitmaps[block].SetRange(firstPage * 4096, pages * 4096);
-        vm.Blocks[block].Discard(firstPage * 4096, pages * 4096);
+        _bitmaps[block].AddRange(firstPage, pages);
+        vm.Blocks[block].Discard(firstPage * Page.Size, pages * Page.Size);
     }
 
-    public void CopyBalloonBitmap(int block, PageBitmap into) => _bitmaps[block].Words.CopyTo(into.Words);
+    public void CopyBalloonBitmap(int block, PageSet into) => into.CopyFrom(_bitmaps[block]);
 
     public bool HintRunFinishedByGuest
     {
@@ -316,12 +316,12 @@ public sealed class SyntheticTarget : IMigrationTarget, IDisposable
     public SyntheticTarget(IReadOnlyList<RamBlock> like)
     {
         _blocks = [.. like.Select(b => RamBlock.Create(b.Name, b.GuestPhysicalAddress, b.Size, b.Slot))];
-        BalloonBitmaps = [.. _blocks.Select(b => new PageBitmap(b.PageCount))];
+        BalloonBitmaps = [.. _blocks.Select(b => new PageSet(b.PageCount))];
     }
 
     public IReadOnlyList<RamBlock> Blocks => _blocks;
 
-    public PageBitmap[] BalloonBitmaps { get; }
+    public PageSet[] BalloonBitmaps { get; }
 
     public IReadOnlyList<StateSection>? State { get; private set; }
 
@@ -330,12 +330,12 @@ public sealed class SyntheticTarget : IMigrationTarget, IDisposable
     public void ApplyBalloonBitmap(int block, ulong firstPage, ReadOnlySpan<byte> bitmap)
     {
         var covered = Math.Min((ulong)bitmap.Length * 8, _blocks[block].PageCount - firstPage);
-        BalloonBitmaps[block].ClearRange(firstPage * 4096, covered * 4096);
-        BitmapRuns.ForEach(bitmap, firstPage, (page, count) =>
+        BalloonBitmaps[block].RemoveRange(firstPage, covered);
+        foreach (var run in PageSet.RunsIn(bitmap, firstPage))
         {
-            BalloonBitmaps[block].SetRange(page * 4096, count * 4096);
-            _blocks[block].Discard(page * 4096, count * 4096);
-        });
+            BalloonBitmaps[block].AddRange(run.Start, run.Length);
+            _blocks[block].Discard(run.Start * Page.Size, run.Length * Page.Size);
+        }
     }
 
     public void RestoreState(IReadOnlyList<StateSection> sections)
