@@ -3,8 +3,8 @@
 
 #include "buddy.h"
 #include "config.h"
-#include "oom.h"
 #include "pattern.h"
+#include "reclaim.h"
 #include "workload.h"
 
 /* vCPU 0's alone (the shell and the balloon driver run there). */
@@ -15,7 +15,7 @@ static struct {
 
 const char *cache_add(uint64_t pages, uint32_t *generation_out)
 {
-    if (!oom_make_room(pages, OOM_FREE_HINTS_ONLY))
+    if (!reclaim_make_room(pages, RECLAIM_HINTS))
         return "out of memory for cache pages";
     uint32_t generation = workload_next_generation();
     unsigned order = BUDDY_MAX_ORDER;
@@ -69,4 +69,10 @@ uint64_t cache_drop(uint64_t pages)
 uint64_t cache_pages(void)
 {
     return cache.pages;
+}
+
+void cache_init(void)
+{
+    static const struct reclaimer reclaimer = {"cache", RECLAIM_CACHE, cache_pages, cache_drop};
+    reclaim_register(&reclaimer);
 }

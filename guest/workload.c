@@ -8,9 +8,9 @@
 #include "format.h"
 #include "idle.h"
 #include "io.h"
-#include "oom.h"
 #include "panic.h"
 #include "pattern.h"
+#include "reclaim.h"
 
 /* How long vCPU 0 waits for the other vCPUs to acknowledge a dirty mode change before declaring them dead. */
 #define ACK_TIMEOUT_MS 10000
@@ -365,7 +365,7 @@ const char *workload_fill(uint64_t mib, struct fill_result *result)
 {
     uint64_t start = rdtsc();
     uint64_t pages = mib * PAGES_PER_MIB;
-    if (mib > UINT64_MAX / PAGES_PER_MIB || !oom_make_room(pages, OOM_RECLAIM_ALL))
+    if (mib > UINT64_MAX / PAGES_PER_MIB || !reclaim_make_room(pages, RECLAIM_OOM))
         return out_of_memory(mib);
     result->pages = pages;
     result->generation = workload_next_generation();
@@ -433,7 +433,7 @@ const char *workload_dirty_start(uint64_t rate_mib_s, uint64_t wss_mib, uint64_t
     if (workload_cpu0_dirtying)
         return "dirty is already running (stop it first)";
     uint64_t pages = wss_mib * PAGES_PER_MIB;
-    if (wss_mib > UINT64_MAX / PAGES_PER_MIB || !oom_make_room(pages, OOM_RECLAIM_ALL))
+    if (wss_mib > UINT64_MAX / PAGES_PER_MIB || !reclaim_make_room(pages, RECLAIM_OOM))
         return out_of_memory(wss_mib);
 
     /* A stopped run's working set stays allocated and verifiable: it joins the fill blocks as the newest. */
