@@ -5,7 +5,6 @@
 #include "config.h"
 #include "pattern.h"
 #include "reclaim.h"
-#include "workload.h"
 
 /* vCPU 0's alone (the shell and the balloon driver run there). */
 static struct {
@@ -17,7 +16,7 @@ const char *cache_add(uint64_t pages, uint32_t *generation_out)
 {
     if (!reclaim_make_room(pages, RECLAIM_HINTS))
         return "out of memory for cache pages";
-    uint32_t generation = workload_next_generation();
+    uint32_t generation = pattern_next_generation();
     unsigned order = BUDDY_MAX_ORDER;
     while (pages > 0) {
         while ((1ull << order) > pages)
