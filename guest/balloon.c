@@ -5,9 +5,9 @@
 
 #include "balloon_internal.h"
 #include "buddy.h"
-#include "cache.h"
 #include "config.h"
 #include "lib.h"
+#include "reclaim.h"
 
 #define VIRTIO_ID_BALLOON 5
 
@@ -70,10 +70,11 @@ static void stats_post(void)
     if (!has_feature(BALLOON_F_DEFLATE_ON_OOM))
         total -= balloon.pages;
     uint64_t values[STAT_COUNT] = {0};
+    uint64_t caches = reclaim_stage_pages(RECLAIM_CACHE);
     values[STAT_MEMFREE] = stats.free_pages * PAGE_SIZE;
     values[STAT_MEMTOT] = total * PAGE_SIZE;
-    values[STAT_AVAIL] = (stats.free_pages + cache_pages()) * PAGE_SIZE;
-    values[STAT_CACHES] = cache_pages() * PAGE_SIZE;
+    values[STAT_AVAIL] = (stats.free_pages + caches) * PAGE_SIZE;
+    values[STAT_CACHES] = caches * PAGE_SIZE;
     struct balloon_stat *entries = (struct balloon_stat *)balloon.stats_q->scratch;
     for (unsigned tag = 0; tag < STAT_COUNT; tag++) {
         entries[tag].tag = (uint16_t)tag;
@@ -110,6 +111,24 @@ static void config_changed(void)
     if (has_feature(BALLOON_F_FREE_PAGE_HINT))
         hint_config_changed(virtio_config_read32(&balloon.dev, BALLOON_CFG_HINT_CMD_ID));
 }
+
+/* ---- reclaimers ---- */
+
+static uint64_t hinted_pages(void)
+{
+    return balloon.hinted_pages;
+}
+
+/* Frees blocks held for free page hinting that the device does not hold (as Linux's shrinker may), all of them
+ * once the device is broken. */
+static uint64_t release_hints(uint64_t pages)
+{
+    return hint_release(pages, balloon.dev.broken);
+}
+
+static const struct reclaimer hint_reclaimer = {"free page hints", RECLAIM_HINTS, hinted_pages, release_hints};
+static const struct reclaimer oom_reclaimer = {"balloon deflate on OOM", RECLAIM_OOM, oom_deflatable_pages,
+                                               oom_deflate};
 
 /* ---- setup ---- */
 
@@ -162,6 +181,8 @@ static const char *setup_queues(void)
 
 void balloon_init(const struct boot_info *info, const struct guest_options *options)
 {
+    reclaim_register(&hint_reclaimer);
+    reclaim_register(&oom_reclaimer);
     balloon.tsc_khz = info->tsc_khz;
     balloon.list_head = PFN_NONE;
     balloon.hint_list = PFN_NONE;
@@ -269,7 +290,7 @@ void balloon_service(uint32_t isr)
     store_relaxed(&balloon_wake_tsc, wake);
 }
 
-/* ---- queries for the shell and the OOM path ---- */
+/* ---- queries for the shell ---- */
 
 void balloon_get_info(struct balloon_info *info)
 {
@@ -302,7 +323,7 @@ uint64_t balloon_pages(void)
 
 uint64_t balloon_hinted_pages(void)
 {
-    return balloon.hinted_pages;
+    return hinted_pages();
 }
 
 uint64_t balloon_driver_start(void)
@@ -313,9 +334,4 @@ uint64_t balloon_driver_start(void)
 uint64_t balloon_driver_end(void)
 {
     return driver_end;
-}
-
-void balloon_release_hints(uint64_t pages)
-{
-    hint_release(pages, balloon.dev.broken);
 }

@@ -24,7 +24,8 @@ static inline uint32_t balloon_isr_peek(void)
 }
 
 /* Finds, negotiates and starts the balloon (vCPU 0, before the shell). A missing device is not an error; a
- * faulty one is reported as a virtio_error event and left alone. */
+ * faulty one is reported as a virtio_error event and left alone. Registers the driver's reclaimers (held free
+ * page hints, deflate on OOM) either way. */
 void balloon_init(const struct boot_info *info, const struct guest_options *options);
 
 /* The driver's work: acknowledges `isr` (as peeked), reaps returned buffers, acts on config changes and does
@@ -55,14 +56,5 @@ uint64_t balloon_pages(void);
 uint64_t balloon_hinted_pages(void);
 uint64_t balloon_driver_start(void);
 uint64_t balloon_driver_end(void);
-
-/* Frees blocks held for free page hinting that the device does not hold (as Linux's shrinker may) until at
- * least `pages` pages are freed or none are left. */
-void balloon_release_hints(uint64_t pages);
-
-/* With DEFLATE_ON_OOM: pages the balloon could give back; deflates (telling the host first with MUST_TELL_HOST)
- * at least `pages` of them, or all it has. */
-uint64_t balloon_oom_deflatable_pages(void);
-void balloon_oom_deflate(uint64_t pages);
 
 #endif

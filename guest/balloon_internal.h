@@ -123,6 +123,10 @@ bool balloon_send_and_wait(struct virtq *q, const struct virtq_buf *bufs, unsign
 
 /* balloon_resize.c */
 void resize_step(uint64_t deadline);
+/* With DEFLATE_ON_OOM: pages the balloon could give back; deflates (telling the host first with MUST_TELL_HOST)
+ * at least `pages` of them, or all it has. Returns the pages deflated. */
+uint64_t oom_deflatable_pages(void);
+uint64_t oom_deflate(uint64_t pages);
 
 /* balloon_hint.c */
 void hint_config_changed(uint32_t cmd_id);

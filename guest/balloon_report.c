@@ -1,9 +1,9 @@
 /* Free page reporting (REPORTING) and Ferry's free page bitmap on request (FERRY_F_FREE_PAGE_BITMAP). */
 #include "balloon_internal.h"
 #include "buddy.h"
-#include "cache.h"
 #include "config.h"
 #include "lib.h"
+#include "reclaim.h"
 
 #define FBMAP_CMD_GET_FREE_PAGES 1
 #define FBMAP_FLAG_DROP_CACHES 1
@@ -85,7 +85,7 @@ void fbmap_reap(void)
     }
     balloon.free_bitmap_requests++;
     if (req->flags & FBMAP_FLAG_DROP_CACHES)
-        cache_drop(UINT64_MAX);
+        reclaim_stage_drop(RECLAIM_CACHE, UINT64_MAX);
     balloon.fbmap_req_id = req->req_id;
     balloon.fbmap_next_pfn = 0;
     balloon.fbmap_active = true;

@@ -167,15 +167,15 @@ void resize_step(uint64_t deadline)
     }
 }
 
-uint64_t balloon_oom_deflatable_pages(void)
+uint64_t oom_deflatable_pages(void)
 {
     return balloon_usable() && has_feature(BALLOON_F_DEFLATE_ON_OOM) ? balloon.pages : 0;
 }
 
-void balloon_oom_deflate(uint64_t pages)
+uint64_t oom_deflate(uint64_t pages)
 {
-    if (balloon_oom_deflatable_pages() == 0)
-        return;
+    if (oom_deflatable_pages() == 0)
+        return 0;
     /* In steps of Linux's VIRTIO_BALLOON_OOM_NR_PAGES (256): its OOM notifier gives back that much per call. */
     pages = (pages + OOM_DEFLATE_STEP - 1) / OOM_DEFLATE_STEP * OOM_DEFLATE_STEP;
     if (pages > balloon.pages)
@@ -190,4 +190,5 @@ void balloon_oom_deflate(uint64_t pages)
     balloon.oom_deflated_pages += done;
     /* As Linux: the balloon does not chase its target again until the host sets one. */
     balloon.resizing = false;
+    return done;
 }

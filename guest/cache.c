@@ -3,9 +3,8 @@
 
 #include "buddy.h"
 #include "config.h"
-#include "oom.h"
 #include "pattern.h"
-#include "workload.h"
+#include "reclaim.h"
 
 /* vCPU 0's alone (the shell and the balloon driver run there). */
 static struct {
@@ -15,9 +14,9 @@ static struct {
 
 const char *cache_add(uint64_t pages, uint32_t *generation_out)
 {
-    if (!oom_make_room(pages, OOM_FREE_HINTS_ONLY))
+    if (!reclaim_make_room(pages, RECLAIM_HINTS))
         return "out of memory for cache pages";
-    uint32_t generation = workload_next_generation();
+    uint32_t generation = pattern_next_generation();
     unsigned order = BUDDY_MAX_ORDER;
     while (pages > 0) {
         while ((1ull << order) > pages)
@@ -69,4 +68,10 @@ uint64_t cache_drop(uint64_t pages)
 uint64_t cache_pages(void)
 {
     return cache.pages;
+}
+
+void cache_init(void)
+{
+    static const struct reclaimer reclaimer = {"cache", RECLAIM_CACHE, cache_pages, cache_drop};
+    reclaim_register(&reclaimer);
 }

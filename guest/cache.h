@@ -4,6 +4,9 @@
 
 #include <stdint.h>
 
+/* Registers the cache pages with reclaim (vCPU 0, at init). */
+void cache_init(void);
+
 /* Allocates `pages` pages (largest orders first) and writes each with the pattern of a new generation. Returns
  * NULL (and the generation) or an error message; allocates nothing when memory is short. */
 const char *cache_add(uint64_t pages, uint32_t *generation);

@@ -4,6 +4,7 @@
 #include "balloon.h"
 #include "bootinfo.h"
 #include "buddy.h"
+#include "cache.h"
 #include "config.h"
 #include "idle.h"
 #include "io.h"
@@ -132,6 +133,7 @@ void guest_main(const struct boot_info *info, uint64_t cpu_index)
         panic(error);
     idle_port_present = (info->flags & BOOT_FLAG_IDLE_PORT) != 0;
     workload_init(info->cpu_count, info->tsc_khz);
+    cache_init();
     /* Before "ready": the driver's rings are reserved memory, not part of usable_bytes. */
     balloon_init(info, &options);
     shell_init(info);

@@ -8,6 +8,9 @@
 #define PATTERN_ADDRESS_FACTOR 0x9E3779B97F4A7C15ull
 #define PATTERN_GENERATION_FACTOR 0xC2B2AE3D27D4EB4Full
 
+/* A fresh generation (never 0), from any vCPU. */
+uint32_t pattern_next_generation(void);
+
 /* Writes the pattern of `generation` over [address, address + bytes): one store and one add per word. */
 static inline void write_pattern(uint64_t address, uint64_t bytes, uint32_t generation)
 {

@@ -8,9 +8,9 @@
 #include "format.h"
 #include "idle.h"
 #include "io.h"
-#include "oom.h"
 #include "panic.h"
 #include "pattern.h"
+#include "reclaim.h"
 
 /* How long vCPU 0 waits for the other vCPUs to acknowledge a dirty mode change before declaring them dead. */
 #define ACK_TIMEOUT_MS 10000
@@ -56,9 +56,6 @@ struct dirty_cpu {
 
 static struct dirty_cpu dirty_cpus[MAX_CPUS];
 
-/* The generation source for fills and dirtied pages (0 is never handed out: it means "no pattern"). */
-static uint32_t last_generation;
-
 /* Set by workload_init before the other vCPUs are released, read-only afterwards. */
 static unsigned cpu_count;
 static uint64_t tsc_khz;
@@ -81,15 +78,6 @@ void workload_init(unsigned cpus, uint64_t khz)
     tick_cycles = khz;
     fill_blocks.head = PFN_NONE;
     working_set.head = PFN_NONE;
-}
-
-uint32_t workload_next_generation(void)
-{
-    uint32_t generation;
-    do
-        generation = fetch_add_relaxed(&last_generation, 1) + 1;
-    while (generation == 0);
-    return generation;
 }
 
 static uint64_t tsc_to_ns(uint64_t cycles)
@@ -261,7 +249,7 @@ static uint64_t pages_owed(struct dirty_cpu *cpu, uint64_t now)
 static void dirty_next_page(struct dirty_cpu *cpu)
 {
     uint32_t pfn = cpu->cursor_block + cpu->cursor_offset;
-    uint32_t generation = workload_next_generation();
+    uint32_t generation = pattern_next_generation();
     write_pattern((uint64_t)pfn << PAGE_SHIFT, PAGE_SIZE, generation);
     store_release(&page_meta[pfn].generation, generation); /* publish only after the contents */
     cpu->pace_pages++;
@@ -365,10 +353,10 @@ const char *workload_fill(uint64_t mib, struct fill_result *result)
 {
     uint64_t start = rdtsc();
     uint64_t pages = mib * PAGES_PER_MIB;
-    if (mib > UINT64_MAX / PAGES_PER_MIB || !oom_make_room(pages, OOM_RECLAIM_ALL))
+    if (mib > UINT64_MAX / PAGES_PER_MIB || !reclaim_make_room(pages, RECLAIM_OOM))
         return out_of_memory(mib);
     result->pages = pages;
-    result->generation = workload_next_generation();
+    result->generation = pattern_next_generation();
     result->range_count = 0;
     result->ranges_truncated = false;
     allocate_blocks(&fill_blocks, pages, result->generation, result);
@@ -433,7 +421,7 @@ const char *workload_dirty_start(uint64_t rate_mib_s, uint64_t wss_mib, uint64_t
     if (workload_cpu0_dirtying)
         return "dirty is already running (stop it first)";
     uint64_t pages = wss_mib * PAGES_PER_MIB;
-    if (wss_mib > UINT64_MAX / PAGES_PER_MIB || !oom_make_room(pages, OOM_RECLAIM_ALL))
+    if (wss_mib > UINT64_MAX / PAGES_PER_MIB || !reclaim_make_room(pages, RECLAIM_OOM))
         return out_of_memory(wss_mib);
 
     /* A stopped run's working set stays allocated and verifiable: it joins the fill blocks as the newest. */
@@ -442,7 +430,7 @@ const char *workload_dirty_start(uint64_t rate_mib_s, uint64_t wss_mib, uint64_t
         block_list_remove(&working_set, pfn);
         block_list_push(&fill_blocks, pfn);
     }
-    allocate_blocks(&working_set, pages, workload_next_generation(), NULL);
+    allocate_blocks(&working_set, pages, pattern_next_generation(), NULL);
 
     /* vCPU i owns pages [pages * i / n, pages * (i + 1) / n) of the working set, walked in list order, and
      * dirties them at its share of the rate. */

@@ -55,9 +55,6 @@ bool workload_dirty_running(void);
 uint64_t workload_pages_dirtied(unsigned cpu); /* by this vCPU in the current or last dirty run */
 uint64_t workload_verify_failures_total(void); /* failures found by all verify commands since boot */
 
-/* A fresh pattern generation (never 0). */
-uint32_t workload_next_generation(void);
-
 /* vCPU 0's share of the dirty work, called from the console loop: writes owed pages until `deadline` (TSC). */
 extern bool workload_cpu0_dirtying; /* read inline by the console loop so its idle path makes no calls */
 void workload_cpu0_step(uint64_t deadline);
