@@ -82,7 +82,7 @@ public sealed unsafe class GuestMemory : IDisposable
     public Span<byte> GetWriteSpan(ulong gpa, int length)
     {
         var (block, offset) = Translate(gpa, (ulong)length);
-        block.VmmDirty.SetRange(offset, (ulong)length);
+        MarkDirty(block, offset, (ulong)length);
         return block.Mapping.GetSpan(offset, length);
     }
 
@@ -99,8 +99,15 @@ public sealed unsafe class GuestMemory : IDisposable
     public void Write<T>(ulong gpa, T value) where T : unmanaged
     {
         var (block, offset) = Translate(gpa, (ulong)sizeof(T));
-        block.VmmDirty.SetRange(offset, (ulong)sizeof(T));
+        MarkDirty(block, offset, (ulong)sizeof(T));
         Unsafe.WriteUnaligned(block.Mapping.Pointer(offset, (ulong)sizeof(T)), value);
+    }
+
+    /// <summary>Marks the pages the VMM writes in its own dirty set (KVM's log cannot see them).</summary>
+    private static void MarkDirty(RamBlock block, ulong offset, ulong length)
+    {
+        var (first, count) = Page.Covering(offset, length);
+        block.VmmDirty.AddRange(first, count);
     }
 
     public void Dispose()

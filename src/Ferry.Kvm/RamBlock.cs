@@ -16,9 +16,6 @@ namespace Ferry.Kvm;
 /// </summary>
 public sealed unsafe class RamBlock : IDisposable
 {
-    public const int PageShift = 12;
-    public const ulong PageSize = 1UL << PageShift;
-
     private RamBlock(string name, ulong guestPhysicalAddress, ulong size, int slot, SafeFd memfd, MappedRegion mapping)
     {
         Name = name;
@@ -27,7 +24,7 @@ public sealed unsafe class RamBlock : IDisposable
         Slot = slot;
         Memfd = memfd;
         Mapping = mapping;
-        VmmDirty = new PageBitmap(PageCount);
+        VmmDirty = new PageSet(PageCount);
     }
 
     public string Name { get; }
@@ -36,7 +33,7 @@ public sealed unsafe class RamBlock : IDisposable
 
     public ulong Size { get; }
 
-    public ulong PageCount => Size >> PageShift;
+    public ulong PageCount => Size >> Page.Shift;
 
     /// <summary>The KVM memory slot this block is registered as.</summary>
     public int Slot { get; }
@@ -47,7 +44,7 @@ public sealed unsafe class RamBlock : IDisposable
     public MappedRegion Mapping { get; }
 
     /// <summary>Pages the VMM itself wrote (KVM's dirty log does not see writes through the VMM's mapping).</summary>
-    public PageBitmap VmmDirty { get; }
+    public PageSet VmmDirty { get; }
 
     public ulong EndAddress => GuestPhysicalAddress + Size;
 
@@ -55,7 +52,7 @@ public sealed unsafe class RamBlock : IDisposable
     /// Set while the block is mapped copy-on-write from a file: the pages whose file slot may hold data, so must
     /// never be read through the file again once discarded. Null for an ordinary memfd block.
     /// </summary>
-    private PageBitmap? _fileSlots;
+    private PageSet? _fileSlots;
 
     /// <summary>Serializes discards of a file-mapped block (each is a test of its slot bits and a remap).</summary>
     private readonly Lock _remapLock = new();
@@ -64,7 +61,7 @@ public sealed unsafe class RamBlock : IDisposable
     public bool IsFileMapped => _fileSlots is not null;
 
     /// <summary>Pages of a file-mapped block still read through the file (0 for a memfd block).</summary>
-    public ulong FileMappedPages => _fileSlots?.CountSet() ?? 0;
+    public ulong FileMappedPages => _fileSlots?.Count() ?? 0;
 
     /// <summary>Discards of a file-mapped block that could not remap (out of mappings) and zeroed the pages instead.</summary>
     public long DiscardsZeroFilled { get; private set; }
@@ -74,7 +71,7 @@ public sealed unsafe class RamBlock : IDisposable
 
     public static RamBlock Create(string name, ulong guestPhysicalAddress, ulong size, int slot)
     {
-        if (size == 0 || size % PageSize != 0)
+        if (size == 0 || !Page.IsAligned(size))
             throw new ArgumentOutOfRangeException(nameof(size), $"RAM block {name}: size {size} is not a positive multiple of 4 KiB");
         var memfd = SafeFd.FromResult(Libc.MemfdCreate("ferry:" + name, Libc.MFD_CLOEXEC), "memfd_create");
         try
@@ -100,7 +97,7 @@ public sealed unsafe class RamBlock : IDisposable
         ErrnoException.Check(Libc.Fstat(Memfd.Fd, &stat), "fstat");
         var bytes = (ulong)stat.Blocks * 512;
         if (_fileSlots is not null)
-            bytes += PageMap.PrivatePages(Mapping.Address, PageCount, [], allocatedOnly: true) * PageSize;
+            bytes += PageMap.PrivatePages(Mapping.Address, PageCount, [], allocatedOnly: true) * Page.Size;
         return bytes;
     }
 
@@ -113,9 +110,9 @@ public sealed unsafe class RamBlock : IDisposable
     /// </summary>
     public void MapCopyOnWrite(SafeHandle file, ulong fileOffset, ReadOnlySpan<ulong> present)
     {
-        if (fileOffset % PageSize != 0)
+        if (!Page.IsAligned(fileOffset))
             throw new ArgumentOutOfRangeException(nameof(fileOffset), $"file offset {fileOffset} of {Name} is not page-aligned");
-        var words = (int)((PageCount + 63) / 64);
+        var words = PageSet.WordsFor(PageCount);
         if (present.Length != words)
             throw new ArgumentException($"present bitmap of {present.Length} words does not match {Name}'s {words}", nameof(present));
         if (_fileSlots is not null)
@@ -138,11 +135,9 @@ public sealed unsafe class RamBlock : IDisposable
         }
 
         Mapping.MapFilePrivate(0, Size, file, (long)fileOffset);
-        var slots = new PageBitmap(PageCount);
-        present.CopyTo(slots.Words);
+        var slots = new PageSet(PageCount);
         // Bits past the block would name pages that do not exist: the caller validated them, but never trust it.
-        if (PageCount % 64 != 0)
-            slots.Words[^1] &= (1UL << (int)(PageCount % 64)) - 1;
+        slots.UnionWith(present);
 
         // Slots the bitmap calls absent should be holes (the writer never writes them and punches reused ones); any
         // data found there anyway (a damaged file, a filesystem without holes) is zeroed here and the page is
@@ -154,13 +149,13 @@ public sealed unsafe class RamBlock : IDisposable
             var fd = (int)file.DangerousGetHandle();
             foreach (var (offset, length) in FileDataExtents(fd, fileOffset, Size))
             {
-                var end = (offset + length) >> PageShift;
-                for (var page = offset >> PageShift; page < end; page++)
+                var end = (offset + length) >> Page.Shift;
+                for (var page = offset >> Page.Shift; page < end; page++)
                 {
-                    if (slots.Get(page))
+                    if (slots.Contains(page))
                         continue;
-                    slots.Set(page);
-                    Mapping.GetSpan(page << PageShift, (int)PageSize).Clear();
+                    slots.Add(page);
+                    Mapping.GetSpan(page << Page.Shift, Page.Size).Clear();
                 }
             }
         }
@@ -193,8 +188,8 @@ public sealed unsafe class RamBlock : IDisposable
             var hole = ErrnoException.Check(Libc.Lseek(fd, data, Libc.SEEK_HOLE), "lseek(SEEK_HOLE)");
             var stop = Math.Min((ulong)hole, end);
             // Page granularity: a partial page of data makes the whole page count.
-            var first = ((ulong)data - start) & ~(PageSize - 1);
-            var last = (stop - start + PageSize - 1) & ~(PageSize - 1);
+            var first = ((ulong)data - start) & ~((ulong)Page.Size - 1);
+            var last = (stop - start + Page.Size - 1) & ~((ulong)Page.Size - 1);
             yield return (first, last - first);
             position = stop;
         }
@@ -218,24 +213,12 @@ public sealed unsafe class RamBlock : IDisposable
     /// </summary>
     private IEnumerable<(ulong Offset, ulong Length)> FileMappedDataExtents()
     {
-        var pages = new ulong[(PageCount + 63) / 64];
-        _fileSlots!.Words.CopyTo(pages);
-        PageMap.PrivatePages(Mapping.Address, PageCount, pages);
-        ulong page = 0;
-        while (page < PageCount)
-        {
-            var word = pages[page >> 6] >> (int)(page & 63);
-            if (word == 0)
-            {
-                page = (page | 63) + 1;
-                continue;
-            }
-            page += (ulong)System.Numerics.BitOperations.TrailingZeroCount(word);
-            var start = page;
-            while (page < PageCount && (pages[page >> 6] & (1UL << (int)(page & 63))) != 0)
-                page++;
-            yield return (start << PageShift, (page - start) << PageShift);
-        }
+        var pages = new PageSet(PageCount);
+        pages.CopyFrom(_fileSlots!);
+        PageMap.PrivatePages(Mapping.Address, PageCount, pages.Words);
+        ulong position = 0;
+        while (pages.NextRun(ref position, PageCount, out var start, out var length))
+            yield return (start << Page.Shift, length << Page.Shift);
     }
 
     private IEnumerable<(ulong Offset, ulong Length)> MemfdDataExtents()
@@ -262,7 +245,7 @@ public sealed unsafe class RamBlock : IDisposable
     /// <summary>Gives the pages in [offset, offset + length) back to the host: they read as zero afterwards.</summary>
     public void Discard(ulong offset, ulong length)
     {
-        if (offset % PageSize != 0 || length % PageSize != 0 || !Contains(GuestPhysicalAddress + offset, length))
+        if (!Page.IsAligned(offset) || !Page.IsAligned(length) || !Contains(GuestPhysicalAddress + offset, length))
             throw new ArgumentOutOfRangeException(nameof(offset), $"discard [0x{offset:X}, +0x{length:X}) is not page-aligned inside {Name}");
         if (length == 0)
             return;
@@ -272,7 +255,7 @@ public sealed unsafe class RamBlock : IDisposable
             return;
         }
         lock (_remapLock)
-            DiscardFileMapped(offset >> PageShift, (offset + length) >> PageShift);
+            DiscardFileMapped(offset >> Page.Shift, (offset + length) >> Page.Shift);
     }
 
     /// <summary>
@@ -286,12 +269,12 @@ public sealed unsafe class RamBlock : IDisposable
         var page = firstPage;
         while (page < endPage)
         {
-            var inFile = slots.Get(page);
+            var inFile = slots.Contains(page);
             var start = page;
-            while (page < endPage && slots.Get(page) == inFile)
-                page++;
-            var offset = start << PageShift;
-            var length = (page - start) << PageShift;
+            var found = inFile ? slots.NextRun(ref page, endPage, out _, out _) : slots.NextGap(ref page, endPage, out _, out _);
+            System.Diagnostics.Debug.Assert(found);
+            var offset = start << Page.Shift;
+            var length = (page - start) << Page.Shift;
             if (!inFile)
             {
                 ErrnoException.Check(Libc.Madvise(Mapping.Address + (nint)offset, (nuint)length, Libc.MADV_DONTNEED), "madvise(DONTNEED)");
@@ -308,7 +291,7 @@ public sealed unsafe class RamBlock : IDisposable
                 DiscardsZeroFilled++;
                 continue;
             }
-            slots.ClearRange(offset, length);
+            slots.RemoveRange(start, page - start);
         }
     }
 

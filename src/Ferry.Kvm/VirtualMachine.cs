@@ -70,7 +70,7 @@ public sealed unsafe class VirtualMachine : IDisposable
     /// and ORs the result into <paramref name="destination"/> (one bit per page of the block). The one API that
     /// answers "which pages changed since the last sync".
     /// </summary>
-    public void SyncDirtyLog(RamBlock block, PageBitmap destination)
+    public void SyncDirtyLog(RamBlock block, PageSet destination)
     {
         if (destination.PageCount != block.PageCount)
             throw new ArgumentException($"bitmap has {destination.PageCount} pages, block {block.Name} has {block.PageCount}", nameof(destination));
@@ -78,21 +78,19 @@ public sealed unsafe class VirtualMachine : IDisposable
         {
             if (!_dirtyLogging)
                 throw new InvalidOperationException("dirty logging is off; enable it before syncing the dirty log");
-            var words = destination.Words;
-            var kvmBitmap = (ulong*)NativeMemory.AlignedAlloc((nuint)(words.Length * 8), 64);
+            var wordCount = PageSet.WordsFor(block.PageCount);
+            var kvmBitmap = (ulong*)NativeMemory.AlignedAlloc((nuint)(wordCount * 8), 64);
             try
             {
                 var log = new KvmDirtyLog { Slot = (uint)block.Slot, DirtyBitmap = (ulong)kvmBitmap };
                 KvmSystem.Check(Libc.Ioctl(_fd.Fd, KvmIoctls.KVM_GET_DIRTY_LOG, &log), "KVM_GET_DIRTY_LOG");
-                var fromKvm = new ReadOnlySpan<ulong>(kvmBitmap, words.Length);
-                for (var i = 0; i < words.Length; i++)
-                    words[i] |= fromKvm[i];
+                destination.UnionWith(new ReadOnlySpan<ulong>(kvmBitmap, wordCount));
             }
             finally
             {
                 NativeMemory.AlignedFree(kvmBitmap);
             }
-            block.VmmDirty.DrainInto(words);
+            block.VmmDirty.DrainInto(destination);
         }
     }
 

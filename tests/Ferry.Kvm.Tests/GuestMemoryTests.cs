@@ -30,8 +30,8 @@ public sealed class GuestMemoryTests
         memory.Write(4096 * 3 - 2, 0x11223344U);                 // straddles pages 2 and 3
         memory.GetWriteSpan((1UL << 32) + 4096 * 7, 10).Fill(1);
         _ = memory.Read<uint>(4096 * 100);                        // reads are not writes
-        Assert.Equal([2UL, 3UL], memory.Blocks[0].VmmDirty.EnumerateSet());
-        Assert.Equal([7UL], memory.Blocks[1].VmmDirty.EnumerateSet());
+        Assert.Equal([2UL, 3UL], memory.Blocks[0].VmmDirty.Pages());
+        Assert.Equal([7UL], memory.Blocks[1].VmmDirty.Pages());
     }
 
     [Fact]
@@ -60,53 +60,6 @@ public sealed class GuestMemoryTests
     }
 }
 
-public sealed class PageBitmapTests
-{
-    [Fact]
-    public void Set_get_count_and_enumerate_agree_with_a_naive_model()
-    {
-        var random = new Random(42);
-        var bitmap = new PageBitmap(1000);
-        var model = new SortedSet<ulong>();
-        for (var i = 0; i < 300; i++)
-        {
-            var page = (ulong)random.Next(1000);
-            bitmap.Set(page);
-            model.Add(page);
-        }
-        Assert.Equal((ulong)model.Count, bitmap.CountSet());
-        Assert.Equal(model, bitmap.EnumerateSet());
-        for (ulong p = 0; p < 1000; p++)
-            Assert.Equal(model.Contains(p), bitmap.Get(p));
-        Assert.Throws<ArgumentOutOfRangeException>(() => bitmap.Set(1000));
-    }
-
-    [Fact]
-    public void DrainInto_ors_and_clears()
-    {
-        var source = new PageBitmap(128);
-        source.SetRange(4096 * 10, 4096 * 3);
-        var destination = new ulong[2];
-        destination[1] = 1;
-        source.DrainInto(destination);
-        Assert.Equal(0b1110000000000UL, destination[0]);
-        Assert.Equal(1UL, destination[1]);
-        Assert.Equal(0UL, source.CountSet());
-    }
-
-    [Fact]
-    public void Concurrent_setters_lose_no_bits()
-    {
-        var bitmap = new PageBitmap(64 * 1024);
-        Parallel.For(0, 4, t =>
-        {
-            for (ulong p = (ulong)t; p < 64 * 1024; p += 4)
-                bitmap.Set(p);
-        });
-        Assert.Equal(64UL * 1024, bitmap.CountSet());
-    }
-}
-
 public sealed class MsrPolicyTests
 {
     [Fact]
@@ -126,28 +79,5 @@ public sealed class KvmSystemErrorTests
         Assert.Contains("is not a KVM device", Assert.Throws<KvmUnavailableException>(() => KvmSystem.Open("/dev/null")).Message, StringComparison.Ordinal);
         // Root is never refused, so the permission case is checked at the errno mapping.
         Assert.Contains("permission denied", KvmSystem.OpenError("/dev/kvm", Ferry.Interop.Libc.EACCES).Message, StringComparison.Ordinal);
-    }
-}
-
-public sealed class BitmapRunsTests
-{
-    [Fact]
-    public void Runs_cover_exactly_the_set_bits_and_are_maximal()
-    {
-        var random = new Random(7);
-        for (var trial = 0; trial < 200; trial++)
-        {
-            var bitmap = new byte[random.Next(1, 40)];
-            random.NextBytes(bitmap);
-            for (var i = 0; i < bitmap.Length; i++)
-                bitmap[i] &= (byte)random.Next(256); // sparser
-            var runs = new List<(ulong Start, ulong Count)>();
-            BitmapRuns.ForEach(bitmap, 1000, (start, count) => runs.Add((start, count)));
-            var fromRuns = runs.SelectMany(r => Enumerable.Range(0, (int)r.Count).Select(k => r.Start + (ulong)k)).ToList();
-            var naive = Enumerable.Range(0, bitmap.Length * 8).Where(b => (bitmap[b / 8] & (1 << (b % 8))) != 0).Select(b => 1000UL + (ulong)b).ToList();
-            Assert.Equal(naive, fromRuns);
-            for (var r = 1; r < runs.Count; r++)
-                Assert.True(runs[r].Start > runs[r - 1].Start + runs[r - 1].Count, "two runs touch: they should have been one");
-        }
     }
 }

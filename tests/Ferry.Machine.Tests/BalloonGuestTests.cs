@@ -48,14 +48,14 @@ public sealed class BalloonGuestTests
         var inflatedBytes = (ulong)target * 4096;
         var returned = allocatedBefore - Allocated(guest.Machine);
         Assert.True(returned >= inflatedBytes * 85 / 100, $"host allocation fell by {returned >> 20} MiB for {inflatedBytes >> 20} MiB inflated");
-        Assert.Equal((ulong)target, guest.Machine.Memory.Blocks.Aggregate(0UL, (s, b) => s + balloon.BalloonBitmap(b).CountSet()));
+        Assert.Equal((ulong)target, guest.Machine.Memory.Blocks.Aggregate(0UL, (s, b) => s + balloon.BalloonBitmap(b).Count()));
         var stats = await guest.Cmd("stats");
         Assert.Equal(freeBefore - inflatedBytes, stats.GetProperty("free_bytes").GetUInt64());
         Assert.Equal(inflatedBytes, stats.GetProperty("balloon_bytes").GetUInt64());
 
         balloon.SetTargetPages(0);
         await WaitUntil(() => balloon.ActualPages == 0, "the balloon is empty");
-        Assert.Equal(0UL, guest.Machine.Memory.Blocks.Aggregate(0UL, (s, b) => s + balloon.BalloonBitmap(b).CountSet()));
+        Assert.Equal(0UL, guest.Machine.Memory.Blocks.Aggregate(0UL, (s, b) => s + balloon.BalloonBitmap(b).Count()));
         Assert.Equal(freeBefore, (await guest.Cmd("stats")).GetProperty("free_bytes").GetUInt64());
         await guest.Cmd($"fill {freeBefore / (1 << 20) - 8}");
         Assert.True((await guest.Cmd("verify")).GetProperty("passed").GetBoolean());
@@ -78,10 +78,10 @@ public sealed class BalloonGuestTests
         balloon.StartFreePageHinting();
         await WaitUntil(() => balloon.HintStatus.State == FreePageHintState.Stopped, "the guest has no more free blocks to hint");
         var hinted = balloon.HintedPages(guest.Machine.Memory.Blocks[0])!;
-        Assert.True(hinted.CountSet() * 4096 >= free * 9 / 10, $"hinted {hinted.CountSet() * 4096 >> 20} MiB of {free >> 20} MiB free");
-        Assert.DoesNotContain(hinted.EnumerateSet(), held.Contains);
+        Assert.True(hinted.Count() * 4096 >= free * 9 / 10, $"hinted {hinted.Count() * 4096 >> 20} MiB of {free >> 20} MiB free");
+        Assert.DoesNotContain(hinted.Pages(), held.Contains);
         var during = (await guest.Cmd("balloon")).GetProperty("hinted_pages").GetUInt64();
-        Assert.Equal(hinted.CountSet(), during);
+        Assert.Equal(hinted.Count(), during);
 
         balloon.FinishFreePageHinting();
         await WaitUntil(() => guest.Console.CommandAsync("balloon").Result.GetProperty("hinted_pages").GetUInt64() == 0, "the guest freed the hinted blocks");
@@ -132,7 +132,7 @@ public sealed class BalloonGuestTests
         var usesBitmaps = balloon.Has(BalloonDevice.FERRY_F_PAGE_BITMAP);
         Assert.Equal(expectBitmaps, usesBitmaps);
         Assert.Equal(usesBitmaps, balloon.Counters.BitmapMessages > 0);
-        return [.. balloon.BalloonBitmap(guest.Machine.Memory.Blocks[0]).EnumerateSet()];
+        return [.. balloon.BalloonBitmap(guest.Machine.Memory.Blocks[0]).Pages()];
     }
 
     [KvmFact]
@@ -154,7 +154,7 @@ public sealed class BalloonGuestTests
         var result = await balloon.RequestFreePageBitmapAsync(dropCaches: false, Wait);
         Assert.Equal(stats.GetProperty("free_bytes").GetUInt64() / 4096, result.FreePages);
         var start = fill.GetProperty("ranges")[0][0].GetUInt64() / 4096;
-        Assert.False(result.Blocks[0].Get(start));
+        Assert.False(result.Blocks[0].Contains(start));
         Assert.Equal(0UL, result.DroppedOutsideRamPages);
     }
 

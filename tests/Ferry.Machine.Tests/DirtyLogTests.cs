@@ -14,7 +14,7 @@ public sealed class DirtyLogTests
         var info = await guest.Cmd("info");
         var machine = guest.Machine;
         var block = machine.Memory.Blocks[0];
-        var log = new PageBitmap(block.PageCount);
+        var log = new PageSet(block.PageCount);
         machine.Vm.SetDirtyLogging(true);
         machine.Vm.SyncDirtyLog(block, log);
         log.Clear();
@@ -29,7 +29,7 @@ public sealed class DirtyLogTests
                 filled.Add(a / 4096);
         }
         Assert.Equal(4096, filled.Count);
-        var dirty = log.EnumerateSet().ToHashSet();
+        var dirty = log.Pages().ToHashSet();
         Assert.Empty(filled.Except(dirty));
 
         // Everything else the guest wrote is its own bookkeeping: .data/.bss (globals, its stacks), the
@@ -52,15 +52,15 @@ public sealed class DirtyLogTests
         var machine = guest.Machine;
         var block = machine.Memory.Blocks[0];
         machine.Vm.SetDirtyLogging(true);
-        var log = new PageBitmap(block.PageCount);
+        var log = new PageSet(block.PageCount);
         machine.Vm.SyncDirtyLog(block, log);
         log.Clear();
         const ulong address = 40 * 1024 * 1024 + 8; // a free page, far from anything the guest is using
         machine.Memory.Write(address, 0xDEADBEEFUL);
         machine.Vm.SyncDirtyLog(block, log);
-        Assert.True(log.Get(address / 4096));
+        Assert.True(log.Contains(address / 4096));
         log.Clear();
         machine.Vm.SyncDirtyLog(block, log);
-        Assert.False(log.Get(address / 4096));
+        Assert.False(log.Contains(address / 4096));
     }
 }

@@ -33,6 +33,10 @@ public static class Page
     /// <summary>Chunks needed to hold <paramref name="pages"/> pages (rounded up).</summary>
     public static ulong ChunksFor(ulong pages) => (pages + ChunkPages - 1) >> ChunkShift;
 
+    /// <summary>The pages that the byte range [offset, offset + length) touches: the first and how many.</summary>
+    public static (ulong First, ulong Count) Covering(ulong offset, ulong length) =>
+        length == 0 ? (offset >> Shift, 0) : (offset >> Shift, ((offset + length - 1) >> Shift) - (offset >> Shift) + 1);
+
     /// <summary>Whether <paramref name="bytes"/> is a whole number of pages.</summary>
     public static bool IsAligned(ulong bytes) => (bytes & (Size - 1)) == 0;
 }

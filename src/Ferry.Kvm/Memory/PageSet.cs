@@ -150,6 +150,20 @@ public sealed class PageSet
     /// <summary>Takes word <paramref name="word"/> out of the set atomically: returns its pages and leaves them clear.</summary>
     public ulong TakeWord(int word) => Volatile.Read(ref _words[word]) == 0 ? 0 : Interlocked.Exchange(ref _words[word], 0);
 
+    /// <summary>Every page in the set, in ascending order (allocates: for diagnostics and tests, not hot paths).</summary>
+    public IEnumerable<ulong> Pages()
+    {
+        for (var w = 0; w < _words.Length; w++)
+        {
+            var word = Volatile.Read(ref _words[w]);
+            while (word != 0)
+            {
+                yield return ((ulong)w << 6) + (ulong)BitOperations.TrailingZeroCount(word);
+                word &= word - 1;
+            }
+        }
+    }
+
     /// <summary>Pages in the set.</summary>
     public ulong Count() => CountBits(_words);
 

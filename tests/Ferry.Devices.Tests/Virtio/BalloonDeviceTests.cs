@@ -27,16 +27,16 @@ public sealed class BalloonDeviceTests
         d.Kick(Inflate);
         Assert.Single(d.TakeUsed(Inflate));
         var bitmap = d.Balloon.BalloonBitmap(block);
-        Assert.Equal(256UL, bitmap.CountSet());
-        Assert.True(bitmap.Get(4096) && bitmap.Get(4351) && !bitmap.Get(4352));
+        Assert.Equal(256UL, bitmap.Count());
+        Assert.True(bitmap.Contains(4096) && bitmap.Contains(4351) && !bitmap.Contains(4352));
         Assert.True(before - block.AllocatedBytes() >= 1 << 20, "the inflated MiB was not given back to the host");
         Assert.Equal(0, d.Memory.Read<byte>((16 << 20) + 77));
 
         d.Post(Deflate, (d.PutPfns(pfns[..128]), 512, false));
         d.Kick(Deflate);
-        Assert.Equal(128UL, bitmap.CountSet());
-        Assert.False(bitmap.Get(4096));
-        Assert.True(bitmap.Get(4351));
+        Assert.Equal(128UL, bitmap.Count());
+        Assert.False(bitmap.Contains(4096));
+        Assert.True(bitmap.Contains(4351));
     }
 
     [Fact]
@@ -46,7 +46,7 @@ public sealed class BalloonDeviceTests
         d.Negotiate(StandardOnly, 6);
         d.Post(Inflate, (d.PutPfns(10, 0x4_0000, 0xFFFF_FFFF, 11), 16, false));
         d.Kick(Inflate);
-        Assert.Equal(2UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+        Assert.Equal(2UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
         Assert.Equal(2UL, d.Balloon.Counters.DroppedPfns);
         Assert.Equal(2, d.Log.Count(VirtioFaults.BufferOutsideRam));
     }
@@ -115,8 +115,8 @@ public sealed class BalloonDeviceTests
         viaBitmap.Post(Inflate, (FakeDriver.BufferBase, 32, false), (FakeDriver.BufferBase + 32, 512, false));
         viaBitmap.Kick(Inflate);
 
-        var a = viaPfns.Balloon.BalloonBitmap(viaPfns.Memory.Blocks[0]).EnumerateSet().ToArray();
-        var b = viaBitmap.Balloon.BalloonBitmap(viaBitmap.Memory.Blocks[0]).EnumerateSet().ToArray();
+        var a = viaPfns.Balloon.BalloonBitmap(viaPfns.Memory.Blocks[0]).Pages().ToArray();
+        var b = viaBitmap.Balloon.BalloonBitmap(viaBitmap.Memory.Blocks[0]).Pages().ToArray();
         Assert.Equal(pfns, a);
         Assert.Equal(a, b);
         Assert.Equal(1UL, viaBitmap.Balloon.Counters.BitmapMessages);
@@ -144,7 +144,7 @@ public sealed class BalloonDeviceTests
         d.Post(Inflate, (FakeDriver.BufferBase, length, false));
         d.Kick(Inflate);
         Assert.Single(d.TakeUsed(Inflate));
-        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
         Assert.Equal(1, d.Log.Count(VirtioFaults.BadRequest));
     }
 
@@ -283,7 +283,7 @@ public sealed class BalloonDeviceTests
         Assert.Equal(requestId, result.RequestId);
         Assert.Equal(5UL, result.FreePages);           // pfn 20000 lies past the 64 MiB of RAM
         Assert.Equal(1UL, result.DroppedOutsideRamPages);
-        Assert.True(result.Blocks[0].Get(16383));
+        Assert.True(result.Blocks[0].Contains(16383));
     }
 
     [Fact]
@@ -293,9 +293,9 @@ public sealed class BalloonDeviceTests
         d.Negotiate(StandardOnly, 6);
         d.Post(Inflate, (d.PutPfns(4096, 4097), 8, false));
         d.Kick(Inflate);
-        Assert.Equal(2UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+        Assert.Equal(2UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
         d.SetReg(0x70, 0);
-        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
     }
 }
 
@@ -359,6 +359,6 @@ public sealed class DeviceWritesTests
         _ = d.Balloon.RequestFreePageBitmapAsync(false, TimeSpan.FromSeconds(1));
         var usedRingPage = (FakeDriver.DescTable(5) + 0x2000) / 4096;
         var bufferPage = (FakeDriver.BufferBase + 0x10000) / 4096;
-        Assert.Equal(new[] { bufferPage, usedRingPage }.Order(), block.VmmDirty.EnumerateSet());
+        Assert.Equal(new[] { bufferPage, usedRingPage }.Order(), block.VmmDirty.Pages());
     }
 }

@@ -70,7 +70,7 @@ public sealed class TransportTests
         var head = d.Post(Inflate, (d.PutPfns(100), 4, false));
         d.Kick(Inflate);
         Assert.Contains(d.TakeUsed(Inflate), u => u.Head == head);
-        Assert.True(d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Get(100));
+        Assert.True(d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Contains(100));
     }
 
     private static void AssertChainDropped(FakeDriver d, string fault, ushort head)
@@ -79,7 +79,7 @@ public sealed class TransportTests
         Assert.Equal(1, d.Log.Count(fault));
         Assert.Contains(d.Warnings, w => w.Contains(fault, StringComparison.Ordinal));
         Assert.Contains(d.TakeUsed(Inflate), u => u.Head == head && u.Length == 0);
-        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
         Assert.Equal(0u, d.Reg(0x70) & 0x40);
         AssertStillServing(d);
     }
@@ -219,7 +219,7 @@ public sealed class ReviewedFaultTests
         d.Kick(0);
         Assert.Equal(1, d.Log.Count(VirtioFaults.BufferOutsideRam));
         Assert.Contains(d.TakeUsed(0), u => u.Head == head && u.Length == 0);
-        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).CountSet());
+        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
     }
 
     [Fact]

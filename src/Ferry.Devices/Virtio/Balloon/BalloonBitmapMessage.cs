@@ -29,8 +29,8 @@ public readonly record struct BalloonBitmapMessage(ushort Command, ushort Flags,
         var requestId = BinaryPrimitives.ReadUInt64LittleEndian(span[8..]);
         var startPfn = BinaryPrimitives.ReadUInt64LittleEndian(span[16..]);
         var length = BinaryPrimitives.ReadUInt64LittleEndian(span[24..]);
-        if (pageShift != 12)
-            error = $"page_shift {pageShift} is not 12";
+        if (pageShift != Ferry.Kvm.Page.Shift)
+            error = $"page_shift {pageShift} is not {Ferry.Kvm.Page.Shift}";
         else if (length % 8 != 0 || length > MaxBitmapBytes)
             error = $"bmap_len {length} is not a multiple of 8 up to {MaxBitmapBytes}";
         else if (length > (ulong)(data.Length - HeaderSize))
@@ -46,6 +46,6 @@ public readonly record struct BalloonBitmapMessage(ushort Command, ushort Flags,
         return false;
     }
 
-    /// <summary>Calls <paramref name="run"/> for each run of consecutive set bits: (first pfn, page count).</summary>
-    public void ForEachRun(Action<ulong, ulong> run) => Ferry.Kvm.BitmapRuns.ForEach(Bitmap.Span, StartPfn, run);
+    /// <summary>The runs of consecutive set bits as (first pfn, page count), without allocating.</summary>
+    public Ferry.Kvm.PageSet.RunEnumerator Runs() => Ferry.Kvm.PageSet.RunsIn(Bitmap.Span, StartPfn);
 }

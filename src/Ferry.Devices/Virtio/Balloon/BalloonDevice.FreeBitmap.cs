@@ -4,7 +4,7 @@ using Ferry.Kvm;
 namespace Ferry.Devices.Virtio.Balloon;
 
 /// <summary>The guest's free pages as a bitmap, per block, for one request (extension b).</summary>
-public sealed record FreePageBitmapResult(ulong RequestId, IReadOnlyList<PageBitmap> Blocks, ulong FreePages, ulong DroppedOutsideRamPages);
+public sealed record FreePageBitmapResult(ulong RequestId, IReadOnlyList<PageSet> Blocks, ulong FreePages, ulong DroppedOutsideRamPages);
 
 /// <summary>
 /// FERRY_F_FREE_PAGE_BITMAP (docs/virtio-balloon.md, extension b): the driver keeps a request buffer posted; the
@@ -16,7 +16,7 @@ public sealed partial class BalloonDevice
     private int _freeBitmapQueue = -1;
     private ulong _nextRequestId = 1;
     private ulong _outstandingRequest;
-    private PageBitmap[]? _freeResult;
+    private PageSet[]? _freeResult;
     private ulong _freeResultPages, _freeResultDropped;
     private TaskCompletionSource<FreePageBitmapResult>? _freeWaiter;
 
@@ -49,7 +49,7 @@ public sealed partial class BalloonDevice
             if (!queue.Ready)
                 throw new InvalidOperationException("the guest's free bitmap queue is not live");
             _outstandingRequest = _nextRequestId++;
-            _freeResult = [.. _memory.Blocks.Select(b => new PageBitmap(b.PageCount))];
+            _freeResult = [.. _memory.Blocks.Select(b => new PageSet(b.PageCount))];
             _freeResultPages = _freeResultDropped = 0;
             _freeWaiter = new TaskCompletionSource<FreePageBitmapResult>(TaskCreationOptions.RunContinuationsAsynchronously);
             wait = _freeWaiter.Task;
@@ -112,14 +112,14 @@ public sealed partial class BalloonDevice
         }
         else
         {
-            message.ForEachRun((pfn, count) =>
+            foreach (var run in message.Runs())
             {
-                _freeResultDropped += _memory.ForEachRamRange(pfn << 12, count << 12, (block, offset, length) =>
+                _freeResultDropped += _memory.ForEachRamRange(run.Start << Page.Shift, run.Length << Page.Shift, (block, offset, length) =>
                 {
-                    _freeResult![IndexOf(block)].SetRange(offset, length);
-                    _freeResultPages += length >> 12;
-                }) >> 12;
-            });
+                    _freeResult![IndexOf(block)].AddRange(offset >> Page.Shift, length >> Page.Shift);
+                    _freeResultPages += length >> Page.Shift;
+                }) >> Page.Shift;
+            }
             if ((message.Flags & BalloonBitmapMessage.FlagDone) != 0)
             {
                 var result = new FreePageBitmapResult(_outstandingRequest, _freeResult!, _freeResultPages, _freeResultDropped);

@@ -14,7 +14,7 @@ public sealed partial class BalloonDevice
     private uint _driverCmdId;
     private FreePageHintState _hintState = FreePageHintState.Idle;
     private ulong _hintedPages, _staleHints, _hintBytesOutsideRam;
-    private PageBitmap[]? _hintBitmaps;
+    private PageSet[]? _hintBitmaps;
 
     /// <summary>Raised (on the vCPU thread, under the device lock: keep it quick) for every validated hint.</summary>
     public event Action<FreePageHint>? FreePageHinted;
@@ -29,7 +29,7 @@ public sealed partial class BalloonDevice
     }
 
     /// <summary>Pages hinted in the current (or last) run, per block; null before the first run.</summary>
-    public PageBitmap? HintedPages(RamBlock block)
+    public PageSet? HintedPages(RamBlock block)
     {
         lock (_transport.SyncRoot)
             return _hintBitmaps?[IndexOf(block)];
@@ -47,7 +47,7 @@ public sealed partial class BalloonDevice
             _configCmdId = id;
             _hintState = FreePageHintState.Requested;
             _hintedPages = 0;
-            _hintBitmaps = [.. _memory.Blocks.Select(b => new PageBitmap(b.PageCount))];
+            _hintBitmaps = [.. _memory.Blocks.Select(b => new PageSet(b.PageCount))];
             _transport.SignalConfigChange();
             return id;
         }
@@ -114,7 +114,7 @@ public sealed partial class BalloonDevice
                 _staleHints++;
                 continue;
             }
-            if (segment.Address % 4096 != 0 || segment.Length % 4096 != 0)
+            if (!Page.IsAligned(segment.Address) || !Page.IsAligned(segment.Length))
             {
                 _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"hint 0x{segment.Address:X}+0x{segment.Length:X} is not page-aligned");
                 continue;
@@ -122,8 +122,8 @@ public sealed partial class BalloonDevice
             // Descriptors were checked to lie in one RAM block already; the split keeps this right if that rule changes.
             _hintBytesOutsideRam += _memory.ForEachRamRange(segment.Address, segment.Length, (block, offset, length) =>
             {
-                _hintBitmaps![IndexOf(block)].SetRange(offset, length);
-                _hintedPages += length >> 12;
+                _hintBitmaps![IndexOf(block)].AddRange(offset >> Page.Shift, length >> Page.Shift);
+                _hintedPages += length >> Page.Shift;
                 FreePageHinted?.Invoke(new FreePageHint(_driverCmdId, block, offset, length));
             });
         }

@@ -57,7 +57,7 @@ public sealed partial class BalloonDevice
             _heldStats = ReadChain(ref r, _statsQueue);
             _heldRequest = ReadChain(ref r, _freeBitmapQueue);
             r.End();
-            _hintBitmaps = [.. _memory.Blocks.Select(b => new PageBitmap(b.PageCount))];
+            _hintBitmaps = [.. _memory.Blocks.Select(b => new PageSet(b.PageCount))];
         }
     }
 
@@ -69,9 +69,10 @@ public sealed partial class BalloonDevice
         if (firstPage < block.PageCount)
         {
             var covered = Math.Min((ulong)bitmap.Length * 8, block.PageCount - firstPage);
-            target.ClearRange(firstPage * 4096, covered * 4096);
+            target.RemoveRange(firstPage, covered);
         }
-        BitmapRuns.ForEach(bitmap, firstPage, (page, count) => target.SetRange(page * 4096, count * 4096));
+        foreach (var run in PageSet.RunsIn(bitmap, firstPage))
+            target.AddRange(run.Start, run.Length);
     }
 
     private static void WriteChain(StateWriter w, DescriptorChain? chain)

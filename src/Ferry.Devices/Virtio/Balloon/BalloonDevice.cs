@@ -39,7 +39,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
     private enum Role { Inflate, Deflate, Stats, FreePage, Reporting, FreeBitmap }
 
     private readonly GuestMemory _memory;
-    private readonly PageBitmap[] _balloonBitmaps;
+    private readonly PageSet[] _balloonBitmaps;
     private Role?[] _roleByQueue = [];
     private IVirtioTransport _transport = null!;
 
@@ -53,7 +53,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
     public BalloonDevice(GuestMemory memory)
     {
         _memory = memory;
-        _balloonBitmaps = [.. memory.Blocks.Select(b => new PageBitmap(b.PageCount))];
+        _balloonBitmaps = [.. memory.Blocks.Select(b => new PageSet(b.PageCount))];
     }
 
     public string Name => "virtio-balloon";
@@ -77,7 +77,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
     public event Action<uint>? ActualChanged;
 
     /// <summary>The per-block balloon bitmap (device state): pages the guest gave to the host.</summary>
-    public PageBitmap BalloonBitmap(RamBlock block) => _balloonBitmaps[IndexOf(block)];
+    public PageSet BalloonBitmap(RamBlock block) => _balloonBitmaps[IndexOf(block)];
 
     /// <summary>Whether the balloon bitmap can be trusted: only when the guest promised to tell before reuse.</summary>
     public bool MustTellHost => Has(MUST_TELL_HOST);
@@ -288,7 +288,8 @@ public sealed partial class BalloonDevice : IVirtioDevice
             else
             {
                 _bitmapMessages++;
-                message.ForEachRun((pfn, count) => ApplyPages(pfn, count, inflate));
+                foreach (var run in message.Runs())
+                    ApplyPages(run.Start, run.Length, inflate);
             }
         }
         else
@@ -324,25 +325,25 @@ public sealed partial class BalloonDevice : IVirtioDevice
 
     private void ApplyPages(ulong pfn, ulong count, bool inflate)
     {
-        var dropped = _memory.ForEachRamRange(pfn << 12, count << 12, (block, offset, length) =>
+        var dropped = _memory.ForEachRamRange(pfn << Page.Shift, count << Page.Shift, (block, offset, length) =>
         {
             var bitmap = _balloonBitmaps[IndexOf(block)];
             if (inflate)
             {
                 block.Discard(offset, length);
-                bitmap.SetRange(offset, length);
-                _inflated += length >> 12;
+                bitmap.AddRange(offset >> Page.Shift, length >> Page.Shift);
+                _inflated += length >> Page.Shift;
             }
             else
             {
-                bitmap.ClearRange(offset, length);
-                _deflated += length >> 12;
+                bitmap.RemoveRange(offset >> Page.Shift, length >> Page.Shift);
+                _deflated += length >> Page.Shift;
             }
         });
         if (dropped > 0)
         {
-            _droppedPfns += dropped >> 12;
-            _transport.Log.Warn(Name, VirtioFaults.BufferOutsideRam, $"{dropped >> 12} PFNs from 0x{pfn:X} are outside guest RAM; dropped");
+            _droppedPfns += dropped >> Page.Shift;
+            _transport.Log.Warn(Name, VirtioFaults.BufferOutsideRam, $"{dropped >> Page.Shift} PFNs from 0x{pfn:X} are outside guest RAM; dropped");
         }
     }
 
@@ -352,19 +353,19 @@ public sealed partial class BalloonDevice : IVirtioDevice
         var safe = !Has(PAGE_POISON) || _poisonValue == 0;
         foreach (var segment in chain.Segments)
         {
-            if (!segment.Writable || segment.Address % 4096 != 0 || segment.Length % 4096 != 0)
+            if (!segment.Writable || !Page.IsAligned(segment.Address) || !Page.IsAligned(segment.Length))
             {
                 _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"reported range 0x{segment.Address:X}+0x{segment.Length:X} is not a page-aligned device-writable buffer");
                 continue;
             }
-            _reported += segment.Length >> 12;
+            _reported += segment.Length >> Page.Shift;
             if (!safe)
                 continue;
             _memory.ForEachRamRange(segment.Address, segment.Length, (block, offset, length) =>
             {
                 // Pages the balloon already holds stay as they are; everything else becomes a hole.
                 block.Discard(offset, length);
-                _discardedReported += length >> 12;
+                _discardedReported += length >> Page.Shift;
             });
         }
         queue.PushUsed(chain.Head, 0);
