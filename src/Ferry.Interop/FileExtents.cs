@@ -10,16 +10,10 @@ namespace Ferry.Interop;
 /// </summary>
 public readonly struct FileExtents
 {
-    private readonly SafeHandle _file;
-    private readonly long _start;
-    private readonly long _end;
+    /// <summary>The walk at its start: each <see cref="GetEnumerator"/> walks from there on a copy.</summary>
+    private readonly Enumerator _start;
 
-    private FileExtents(SafeHandle file, long start, long end)
-    {
-        _file = file;
-        _start = start;
-        _end = end;
-    }
+    private FileExtents(Enumerator start) => _start = start;
 
     /// <summary>The data extents of [<paramref name="start"/>, <paramref name="end"/>) of <paramref name="file"/>.</summary>
     public static FileExtents Data(SafeHandle file, long start, long end)
@@ -27,10 +21,10 @@ public readonly struct FileExtents
         ArgumentNullException.ThrowIfNull(file);
         ArgumentOutOfRangeException.ThrowIfNegative(start);
         ArgumentOutOfRangeException.ThrowIfLessThan(end, start);
-        return new FileExtents(file, start, end);
+        return new FileExtents(new Enumerator(file, start, end));
     }
 
-    public Enumerator GetEnumerator() => new(_file, _start, _end);
+    public Enumerator GetEnumerator() => _start;
 
     public struct Enumerator
     {
