@@ -34,36 +34,10 @@ internal static class SparseFile
     /// </summary>
     public static long DataBytes(SafeFileHandle file)
     {
-        var added = false;
-        try
-        {
-            file.DangerousAddRef(ref added);
-            var fd = (int)file.DangerousGetHandle();
-            var size = RandomAccess.GetLength(file);
-            long position = 0, total = 0;
-            while (position < size)
-            {
-                var data = Libc.Lseek(fd, position, Libc.SEEK_DATA);
-                if (data < 0)
-                {
-                    if (Libc.LastErrno == Libc.ENXIO)
-                        break; // no data after position
-                    ErrnoException.ThrowLast("lseek(SEEK_DATA)");
-                }
-                var hole = ErrnoException.Check(Libc.Lseek(fd, data, Libc.SEEK_HOLE), "lseek(SEEK_HOLE)");
-                var end = Math.Min(hole, size);
-                if (data >= end)
-                    break;
-                total += end - data;
-                position = end;
-            }
-            return total;
-        }
-        finally
-        {
-            if (added)
-                file.DangerousRelease();
-        }
+        long total = 0;
+        foreach (var (_, length) in FileExtents.Data(file, 0, RandomAccess.GetLength(file)))
+            total += length;
+        return total;
     }
 
     /// <summary>Fills <paramref name="buffer"/> from <paramref name="offset"/>; false when the file ends first.</summary>
