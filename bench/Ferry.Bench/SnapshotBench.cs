@@ -442,7 +442,7 @@ internal static class SnapshotBench
             var clock = Stopwatch.StartNew();
             stats = MachineSnapshots.Save(source, path);
             saveWallMs = clock.Elapsed.TotalMilliseconds;
-            var expected = paused ? "paused" : "running";
+            var expected = paused ? MachineStatus.Paused : MachineStatus.Running;
             if (source.Status != expected)
                 throw new InvalidOperationException($"the guest is '{source.Status}' after the save, not {expected}");
         }

@@ -89,12 +89,12 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     /// <summary>Completes when the guest powers off, panics, a vCPU faults or <see cref="Stop"/> is called.</summary>
     public Task<MachineExit> Exited => _exited.Task;
 
-    public string Status
+    public MachineStatus Status
     {
         get
         {
             lock (_stateLock)
-                return _exited.Task.IsCompleted ? "shutdown" : !_started ? "prelaunch" : _paused ? "paused" : "running";
+                return _exited.Task.IsCompleted ? MachineStatus.Shutdown : !_started ? MachineStatus.Prelaunch : _paused ? MachineStatus.Paused : MachineStatus.Running;
         }
     }
 

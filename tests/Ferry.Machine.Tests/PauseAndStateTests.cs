@@ -77,7 +77,7 @@ public sealed class LifecycleTests
     {
         var machine = Machine.Create(new MachineConfig { MemoryBytes = 64UL << 20, GuestImagePath = GuestImageLocator.Locate() }, new GuestConsole());
         machine.Dispose();
-        Assert.Equal("shutdown", machine.Status);
+        Assert.Equal(MachineStatus.Shutdown, machine.Status);
     }
 
     [KvmFact]
@@ -95,7 +95,7 @@ public sealed class LifecycleTests
                     guest.Machine.Resume();
             })).ToArray();
             await Task.WhenAll(calls);
-            var expected = guest.Machine.Status == "paused" ? VcpuRunner.RunnerState.Paused : VcpuRunner.RunnerState.Running;
+            var expected = guest.Machine.Status == MachineStatus.Paused ? VcpuRunner.RunnerState.Paused : VcpuRunner.RunnerState.Running;
             Assert.All(guest.Machine.Runners, r => Assert.Equal(expected, r.State));
         }
         guest.Machine.Resume();

@@ -150,9 +150,9 @@ public sealed class LiveMigrationTests
         migration.Cancel();
         Assert.Equal("migration cancelled", (await Assert.ThrowsAsync<MigrationException>(() => run)).Message);
         await Assert.ThrowsAsync<MigrationException>(() => receive);
-        Assert.Equal("running", source.Machine.Status);
+        Assert.Equal(MachineStatus.Running, source.Machine.Status);
         Assert.False(source.Machine.Vm.DirtyLoggingEnabled);
         Assert.True((await source.Cmd("verify")).GetProperty("passed").GetBoolean());
-        Assert.Equal("paused", destination.Status);
+        Assert.Equal(MachineStatus.Paused, destination.Status);
     }
 }

@@ -36,7 +36,7 @@ public sealed class SnapshotMachineTests : IDisposable
             {
                 var path = Path.Combine(_directory, $"round{round}.snap");
                 var stats = MachineSnapshots.Save(guest.Machine, path);
-                Assert.Equal("running", guest.Machine.Status); // a snapshot, not a move: the guest runs on
+                Assert.Equal(MachineStatus.Running, guest.Machine.Status); // a snapshot, not a move: the guest runs on
                 Assert.False(File.Exists(MachineSnapshots.PartialPath(path)));
                 var restored = Restore(guest, path);
                 guest.Dispose();
@@ -162,7 +162,7 @@ public sealed class SnapshotMachineTests : IDisposable
         guest.Machine.Pause();
         var path = Path.Combine(_directory, "paused.snap");
         var stats = MachineSnapshots.Save(guest.Machine, path);
-        Assert.Equal("paused", guest.Machine.Status);
+        Assert.Equal(MachineStatus.Paused, guest.Machine.Status);
         Assert.Equal(2, stats.Passes.Count);
         Assert.Equal(0, stats.Passes[^1].NormalPages);
         using var restored = Restore(guest, path);
@@ -210,6 +210,6 @@ public sealed class SnapshotMachineTests : IDisposable
         using var machine = Machine.Machine.Create(guest.Machine.Config, new GuestConsole());
         machine.Start(paused: true);
         Assert.Throws<SnapshotFormatException>(() => MachineSnapshots.Restore(machine, path));
-        Assert.Equal("paused", machine.Status);
+        Assert.Equal(MachineStatus.Paused, machine.Status);
     }
 }

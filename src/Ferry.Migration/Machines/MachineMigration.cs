@@ -1,5 +1,6 @@
 using Ferry.Devices.Virtio.Balloon;
 using Ferry.Kvm;
+using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Stream;
 
@@ -12,7 +13,7 @@ public sealed class MachineMigrationSource(Machine.Machine machine) : IMigration
 
     public IReadOnlyList<RamBlock> Blocks => machine.Memory.Blocks;
 
-    public bool IsPaused => machine.Status != "running";
+    public bool IsPaused => machine.Status != MachineStatus.Running;
 
     public IMigrationBalloon? Balloon => _balloon;
 
