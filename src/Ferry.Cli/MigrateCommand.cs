@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Ferry.Control;
+using Ferry.Kvm;
 using Ferry.Machine;
 
 namespace Ferry.Cli;
@@ -130,7 +131,7 @@ internal static class MigrateCommand
         var ram = s["ram"]!;
         var f = s["ferry"]!;
         long L(JsonNode? n) => n?.GetValue<long>() ?? 0;
-        string Pages(long pages) => $"{pages,12:N0}  ({pages * 4096 / (1024.0 * 1024),10:F1} MiB)";
+        string Pages(long pages) => $"{pages,12:N0}  ({pages * (long)RamBlock.PageSize / (1024.0 * 1024),10:F1} MiB)";
         Console.WriteLine($"status               {s["status"]}");
         Console.WriteLine($"total time           {f["total-time-exact-ms"]} ms (setup {s["setup-time"]} ms)");
         Console.WriteLine($"downtime             {(f["downtime-exact-ms"] is { } d ? $"{d} ms" : "-")}");

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Ferry.Kvm;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Machines;
 using Ferry.Migration.Transport;
@@ -291,11 +292,11 @@ public static class MigrationJson
                 ["total"] = s.TotalBytes,
                 ["duplicate"] = s.ZeroPages,
                 ["normal"] = s.NormalPages,
-                ["normal-bytes"] = s.NormalPages * 4096,
+                ["normal-bytes"] = s.NormalPages * (long)RamBlock.PageSize,
                 ["dirty-sync-count"] = s.DirtySyncCount,
                 ["dirty-pages-rate"] = (long)s.DirtyPagesRate,
                 ["mbps"] = Math.Round(s.Mbps, 3),
-                ["page-size"] = 4096,
+                ["page-size"] = (int)RamBlock.PageSize,
             },
         };
         if (s.DowntimeMs is { } downtime)
