@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Ferry.Devices.Virtio.Balloon;
 using Ferry.Kvm;
+using Ferry.Machine;
 
 namespace Ferry.Control;
 
@@ -12,7 +13,7 @@ public static class BalloonCommands
 {
     private static readonly TimeSpan GuestTimeout = TimeSpan.FromSeconds(10);
 
-    public static void Register(QmpServer server, Ferry.Machine.Machine machine)
+    public static void Register(QmpServer server, GuestMachine machine)
     {
         var balloon = machine.Balloon;
         var ram = machine.Memory.TotalBytes;

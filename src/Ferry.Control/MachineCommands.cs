@@ -6,7 +6,7 @@ namespace Ferry.Control;
 /// <summary>The QMP commands that act on a machine: query-status, stop, cont, quit. Emits STOP/RESUME events.</summary>
 public static class MachineCommands
 {
-    public static void Register(QmpServer server, Ferry.Machine.Machine machine)
+    public static void Register(QmpServer server, GuestMachine machine)
     {
         server.Register("query-status", _ =>
         {

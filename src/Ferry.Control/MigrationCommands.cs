@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Ferry.Kvm;
+using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Machines;
 using Ferry.Migration.Transport;
@@ -15,13 +16,13 @@ namespace Ferry.Control;
 public sealed class MigrationCommands
 {
     private readonly QmpServer _server;
-    private readonly Ferry.Machine.Machine _machine;
+    private readonly GuestMachine _machine;
     private readonly object _gate = new();
     private readonly MigrationSettingsCommands _settings;
     private PrecopyMigration? _current;
     private MigrationStats? _last;
 
-    private MigrationCommands(QmpServer server, Ferry.Machine.Machine machine)
+    private MigrationCommands(QmpServer server, GuestMachine machine)
     {
         _server = server;
         _machine = machine;
@@ -38,7 +39,7 @@ public sealed class MigrationCommands
         }
     }
 
-    public static MigrationCommands Register(QmpServer server, Ferry.Machine.Machine machine)
+    public static MigrationCommands Register(QmpServer server, GuestMachine machine)
     {
         var commands = new MigrationCommands(server, machine);
         server.Register("migrate", commands.Migrate);

@@ -16,7 +16,7 @@ public sealed class SnapshotMachineTests : IDisposable
     private static BootedGuest Restore(BootedGuest like, string path, bool lazy = false)
     {
         var console = new GuestConsole();
-        var machine = Machine.Machine.Create(like.Machine.Config, console);
+        var machine = GuestMachine.Create(like.Machine.Config, console);
         machine.Start(paused: true);
         var report = MachineSnapshots.Restore(machine, path, lazy: lazy);
         Assert.Equal(lazy, report.Lazy);
@@ -207,7 +207,7 @@ public sealed class SnapshotMachineTests : IDisposable
         MachineSnapshots.Save(guest.Machine, path);
         using (var stream = File.OpenWrite(path))
             stream.SetLength(stream.Length / 2);
-        using var machine = Machine.Machine.Create(guest.Machine.Config, new GuestConsole());
+        using var machine = GuestMachine.Create(guest.Machine.Config, new GuestConsole());
         machine.Start(paused: true);
         Assert.Throws<SnapshotFormatException>(() => MachineSnapshots.Restore(machine, path));
         Assert.Equal(MachineStatus.Paused, machine.Status);

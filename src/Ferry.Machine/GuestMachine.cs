@@ -16,7 +16,7 @@ public sealed record MachineExit(MachineExitKind Kind, int ExitCode, string Mess
 /// One running VM: KVM objects, guest RAM, devices and a thread per vCPU. Built from a <see cref="MachineConfig"/>
 /// with the guest image loaded and every vCPU at the guest's entry point, paused until <see cref="Start"/>.
 /// </summary>
-public sealed class Machine : IDisposable, IVcpuExitHandler
+public sealed class GuestMachine : IDisposable, IVcpuExitHandler
 {
     private static readonly TimeSpan PauseTimeout = TimeSpan.FromSeconds(5);
 
@@ -32,7 +32,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     private bool _started;
     private bool _paused;
 
-    private Machine(MachineConfig config, KvmSystem kvm, VirtualMachine vm, GuestMemory memory, ISerialOutput console)
+    private GuestMachine(MachineConfig config, KvmSystem kvm, VirtualMachine vm, GuestMemory memory, ISerialOutput console)
     {
         Config = config;
         _kvm = kvm;
@@ -99,7 +99,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     }
 
     /// <summary>Builds the machine. Throws ConfigException, KvmUnavailableException or InvalidGuestImageException with a reason.</summary>
-    public static Machine Create(MachineConfig config, ISerialOutput console)
+    public static GuestMachine Create(MachineConfig config, ISerialOutput console)
     {
         config.Validate(MachineConfig.HostMemoryBytes());
         var image = ElfImage.Load(config.GuestImagePath);
@@ -118,7 +118,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
             memory = new GuestMemory(GuestLayout.RamBlocks(config.MemoryBytes).Select(b => RamBlock.Create(b.Name, b.Address, b.Size, slot++)));
             foreach (var block in memory.Blocks)
                 vm.AddMemory(block);
-            var machine = new Machine(config, kvm, vm, memory, console);
+            var machine = new GuestMachine(config, kvm, vm, memory, console);
             if (console is GuestConsole lines)
                 lines.AttachInput(bytes => machine.Serial.EnqueueInput(bytes));
             machine.Boot(image);
