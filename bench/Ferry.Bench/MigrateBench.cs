@@ -277,7 +277,7 @@ internal static class MigrateBench
             Balloon = true,
         };
         var console = new GuestConsole();
-        using var source = Machine.Create(config, console);
+        using var source = GuestMachine.Create(config, console);
         source.Start();
         var readyTask = console.WaitForEventAsync("ready", Guest.Timeout);
         if (await Task.WhenAny(readyTask, source.Exited) != readyTask)
@@ -316,7 +316,7 @@ internal static class MigrateBench
         var total = stats0.GetProperty("total_bytes").GetUInt64();
 
         var destConsole = new GuestConsole();
-        using var destination = Machine.Create(config, destConsole);
+        using var destination = GuestMachine.Create(config, destConsole);
         destination.Start(paused: true);
         if (prepopulate)
         {

@@ -71,10 +71,10 @@ internal static class Guest
 {
     public static readonly TimeSpan Timeout = TimeSpan.FromMinutes(10);
 
-    public static async Task<(Machine Machine, GuestConsole Console)> Boot(ulong memoryBytes, int cpus = 1, string commandLine = "")
+    public static async Task<(GuestMachine Machine, GuestConsole Console)> Boot(ulong memoryBytes, int cpus = 1, string commandLine = "")
     {
         var console = new GuestConsole();
-        var machine = Machine.Create(new MachineConfig { MemoryBytes = memoryBytes, Cpus = cpus, GuestImagePath = GuestImageLocator.Locate(), CommandLine = commandLine }, console);
+        var machine = GuestMachine.Create(new MachineConfig { MemoryBytes = memoryBytes, Cpus = cpus, GuestImagePath = GuestImageLocator.Locate(), CommandLine = commandLine }, console);
         machine.Start();
         await console.WaitForEventAsync("ready", Timeout);
         return (machine, console);

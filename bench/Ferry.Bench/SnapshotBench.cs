@@ -35,7 +35,7 @@ internal static class SnapshotBench
     internal sealed record FileSize(long ApparentBytes, long AllocatedBytes);
 
     /// <summary>
-    /// One restore: Machine.Create + Start(paused) + Restore (what `ferry run --restore [--lazy]` does before the guest
+    /// One restore: GuestMachine.Create + Start(paused) + Restore (what `ferry run --restore [--lazy]` does before the guest
     /// runs); then the guest's `verify`, which reads every page it wrote (for a lazy restore, that is when they are read).
     /// </summary>
     internal sealed record FerryRestore(bool Cold, bool Lazy, double TotalMs, double CreateStartMs, double RestoreMs, long PagesLoaded, long BytesRead, ulong VerifyPagesChecked, double VerifyMs);
@@ -102,7 +102,7 @@ internal static class SnapshotBench
         Console.WriteLine($"machine: {Environment.ProcessorCount} cores ({cpu}), {hostRam / (double)(1UL << 30):0.0} GiB RAM, Linux {kernel}, " +
                           (qemuVersion is null ? "QEMU not installed" : $"QEMU {qemuVersion} ({qemuBinary})"));
         Console.WriteLine($"files in {directory} ({fileSystem})");
-        Console.WriteLine($"settings: Ferry {threads} snapshot threads, {(paused ? "DIAGNOSTIC: guest paused before the save (Ferry: Machine.Pause, QEMU: stop), so one pass and no hinting" : "live save with free page hinting on")}, guest {cpus} vCPUs (QEMU's: 1, PVH starts only the boot CPU), guest command line '{GuestCommandLine}', " +
+        Console.WriteLine($"settings: Ferry {threads} snapshot threads, {(paused ? "DIAGNOSTIC: guest paused before the save (Ferry: GuestMachine.Pause, QEMU: stop), so one pass and no hinting" : "live save with free page hinting on")}, guest {cpus} vCPUs (QEMU's: 1, PVH starts only the boot CPU), guest command line '{GuestCommandLine}', " +
                           $"eager and lazy restores, {(cold ? "warm and cold (page cache dropped)" : "warm only")}, {repeat} runs each");
         Console.WriteLine($"QEMU: {qemuStatus}");
         Console.WriteLine();
@@ -174,7 +174,7 @@ internal static class SnapshotBench
         Console.WriteLine($"Median of {repeat}. Save columns: the median run by save time (each side its own); restore columns: the median of each figure on its own. " +
                           "Ferry save = the engine's total time (MachineSnapshots.Save: passes, state, fsyncs and completion mark); " +
                           "QEMU save = query-migrate total-time + an fsync of the file afterwards (QEMU itself never syncs the file; the fsync's share in brackets). " +
-                          "Restore: Ferry = Machine.Create + Start(paused) + MachineSnapshots.Restore until the guest runs (eager: every present page read first; lazy: the file mapped copy-on-write, pages read when touched); " +
+                          "Restore: Ferry = GuestMachine.Create + Start(paused) + MachineSnapshots.Restore until the guest runs (eager: every present page read first; lazy: the file mapped copy-on-write, pages read when touched); " +
                           $"QEMU = migrate-incoming until query-status says running (process already started). {(cold ? "cold = page cache dropped just before; warm = the file still cached from the save" : "warm only: the file still cached from the save")}.");
         Console.WriteLine();
         Console.WriteLine("| size | profile | guest uses MiB | Ferry save ms | Ferry downtime ms | Ferry file MiB allocated (apparent) | sequential write of same bytes ms | save/baseline | QEMU save ms (fsync) | QEMU file MiB allocated (apparent) | Ferry/QEMU time | Ferry eager restore ms cold / warm | Ferry lazy restore ms cold / warm | QEMU restore ms cold / warm |");
@@ -213,7 +213,7 @@ internal static class SnapshotBench
 
         Console.WriteLine();
         Console.WriteLine("Ferry's side (save figures from the median save run): save wall = the whole MachineSnapshots.Save call (engine, rename of FILE.partial, resume); written = the engine's transferred bytes; " +
-                          "present = pages whose bit is set in the file; restore() = MachineSnapshots.Restore alone, create+start = Machine.Create + Start(paused) before it; " +
+                          "present = pages whose bit is set in the file; restore() = MachineSnapshots.Restore alone, create+start = GuestMachine.Create + Start(paused) before it; " +
                           "verify = the guest's `verify` right after the restore, reading every page it wrote (after a lazy restore this is where the file is read) (medians).");
         Console.WriteLine();
         Console.WriteLine("| size | profile | save wall ms | setup ms | downtime phases ms | passes (ms each) | normal | zero | untouched | hinted | written MiB | present MiB | allocated MiB (stat / SEEK_DATA) | baseline MiB | eager restore() ms cold / warm | lazy restore() ms cold / warm | create+start ms | eager restore() GiB/s cold / warm | verify ms after eager cold / warm | verify ms after lazy cold / warm | verify pages |");
@@ -365,7 +365,7 @@ internal static class SnapshotBench
         var path = Path.Combine(directory, "warmup.fsnap");
         var config = Config(1) with { MemoryBytes = 512UL << 20 };
         var console = new GuestConsole();
-        using (var machine = Machine.Create(config, console))
+        using (var machine = GuestMachine.Create(config, console))
         {
             machine.Start();
             await console.WaitForEventAsync("ready", Guest.Timeout);
@@ -376,14 +376,14 @@ internal static class SnapshotBench
         using (var snapshot = SnapshotFile.Open(path))
             snapshot.Inspect();
         var restoreConsole = new GuestConsole();
-        using (var restored = Machine.Create(config, restoreConsole))
+        using (var restored = GuestMachine.Create(config, restoreConsole))
         {
             restored.Start(paused: true);
             MachineSnapshots.Restore(restored, path);
             await Guest.Cmd(restoreConsole, "verify");
         }
         var lazyConsole = new GuestConsole();
-        using (var restored = Machine.Create(config, lazyConsole))
+        using (var restored = GuestMachine.Create(config, lazyConsole))
         {
             restored.Start(paused: true);
             MachineSnapshots.Restore(restored, path, lazy: true);
@@ -400,7 +400,7 @@ internal static class SnapshotBench
         var config = Config(memoryGib);
         var console = new GuestConsole();
         var clock = Stopwatch.StartNew();
-        using var machine = Machine.Create(config, console);
+        using var machine = GuestMachine.Create(config, console);
         machine.Start(paused: true);
         var createStart = clock.Elapsed.TotalMilliseconds;
         var report = MachineSnapshots.Restore(machine, path, lazy: lazy);
@@ -422,7 +422,7 @@ internal static class SnapshotBench
         ulong used, ballooned, total;
         double prepareMs, saveWallMs;
         MigrationStats stats;
-        using (var source = Machine.Create(config, console))
+        using (var source = GuestMachine.Create(config, console))
         {
             source.Start();
             var readyTask = console.WaitForEventAsync("ready", Guest.Timeout);
@@ -442,7 +442,7 @@ internal static class SnapshotBench
             var clock = Stopwatch.StartNew();
             stats = MachineSnapshots.Save(source, path);
             saveWallMs = clock.Elapsed.TotalMilliseconds;
-            var expected = paused ? "paused" : "running";
+            var expected = paused ? MachineStatus.Paused : MachineStatus.Running;
             if (source.Status != expected)
                 throw new InvalidOperationException($"the guest is '{source.Status}' after the save, not {expected}");
         }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Ferry.Control;
+using Ferry.Kvm;
 using Ferry.Machine;
 
 namespace Ferry.Cli;
@@ -83,13 +84,13 @@ internal static class ControlCommands
                 if (action == "start")
                     Console.WriteLine($"free page hint run started, cmd_id 0x{result!["cmd-id"]!.GetValue<uint>():X}");
                 else if (action == "status")
-                    Console.WriteLine($"hinting: {result!["state"]}, cmd_id 0x{result["cmd-id"]!.GetValue<uint>():X}, {result["hinted-pages"]} pages hinted ({Mib(result["hinted-pages"]!.GetValue<ulong>() * 4096)}), {result["dropped-stale-hints"]} stale hints dropped");
+                    Console.WriteLine($"hinting: {result!["state"]}, cmd_id 0x{result["cmd-id"]!.GetValue<uint>():X}, {result["hinted-pages"]} pages hinted ({Mib(result["hinted-pages"]!.GetValue<ulong>() * Page.Size)}), {result["dropped-stale-hints"]} stale hints dropped");
                 else
                     Console.WriteLine($"free page hint run: {action}");
                 return 0;
             case "free-bitmap":
                 var bitmap = qmp.Execute("ferry-free-page-bitmap", new JsonObject { ["drop-caches"] = rest.Contains("--drop-caches") })!;
-                Console.WriteLine($"guest free pages (request {bitmap["request-id"]}): {bitmap["free-pages"]} ({Mib(bitmap["free-pages"]!.GetValue<ulong>() * 4096)})");
+                Console.WriteLine($"guest free pages (request {bitmap["request-id"]}): {bitmap["free-pages"]} ({Mib(bitmap["free-pages"]!.GetValue<ulong>() * Page.Size)})");
                 return 0;
             default: // qmp
                 if (rest.Length is < 1 or > 2)

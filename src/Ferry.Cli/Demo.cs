@@ -26,7 +26,7 @@ internal static class Demo
     {
         var console = new GuestConsole();
         var sw = Stopwatch.StartNew();
-        using var machine = Machine.Machine.Create(config, console);
+        using var machine = GuestMachine.Create(config, console);
         machine.Start();
         var ready = await WaitReady(console, machine).ConfigureAwait(false);
         Console.WriteLine($"booted: {config.Cpus} vCPU(s), {MachineConfig.FormatSize(config.MemoryBytes)} RAM, guest shell ready {sw.ElapsedMilliseconds} ms after start");
@@ -90,7 +90,7 @@ internal static class Demo
         }
     }
 
-    private static async Task<JsonElement> WaitReady(GuestConsole console, Machine.Machine machine)
+    private static async Task<JsonElement> WaitReady(GuestConsole console, GuestMachine machine)
     {
         var ready = console.WaitForEventAsync("ready", Timeout);
         var finished = await Task.WhenAny(ready, machine.Exited).ConfigureAwait(false);
@@ -107,7 +107,7 @@ internal static class Demo
         return reply;
     }
 
-    private static void SyncAll(Machine.Machine machine, PageSet[] bitmaps)
+    private static void SyncAll(GuestMachine machine, PageSet[] bitmaps)
     {
         for (var i = 0; i < bitmaps.Length; i++)
             machine.Vm.SyncDirtyLog(machine.Memory.Blocks[i], bitmaps[i]);

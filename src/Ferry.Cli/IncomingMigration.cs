@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Machines;
 using Ferry.Migration.Transport;
@@ -15,7 +16,7 @@ internal static class IncomingMigration
     public const int FailedExitCode = 5;
 
     /// <returns>0 when the guest runs; <see cref="FailedExitCode"/> when the migration failed.</returns>
-    public static int Run(Machine.Machine machine, MigrationUri uri)
+    public static int Run(GuestMachine machine, MigrationUri uri)
     {
         machine.Start(paused: true);
         TcpChannelListener listener;

@@ -1,7 +1,9 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Ferry.Control;
+using Ferry.Kvm;
 using Ferry.Machine;
+using Ferry.Migration.Engine;
 
 namespace Ferry.Cli;
 
@@ -14,16 +16,15 @@ internal static class MigrateCommand
 {
     public static int Run(string[] args)
     {
-        var a = CliArguments.Parse(args, "migrate", ["max-bandwidth", "downtime-limit", "channels", "report"], ["auto-converge", "no-hint", "no-balloon-skip", "quiet"]);
+        var a = CliArguments.Parse(args, "migrate", [.. ParameterOptions.Select(p => p.CliOption!), "report"], [.. CapabilityFlags.Select(c => c.CliFlag!), "quiet"]);
         if (a.Positional.Count != 2 || !a.Positional[0].StartsWith("unix:", StringComparison.Ordinal) || a.Positional[0].Length == 5)
-            throw new UsageException("ferry migrate: usage: ferry migrate unix:SOCK tcp:HOST:PORT [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--report FILE] [--quiet]");
+            throw new UsageException($"ferry migrate: usage: ferry migrate unix:SOCK tcp:HOST:PORT {Usage} [--report FILE] [--quiet]");
         var parameters = new JsonObject();
-        if (a.Get("max-bandwidth") is { } bandwidth)
-            parameters["max-bandwidth"] = (long)MachineConfig.ParseSize(bandwidth, "--max-bandwidth");
-        if (a.Get("downtime-limit") is { } downtime)
-            parameters["downtime-limit"] = long.TryParse(downtime, CultureInfo.InvariantCulture, out var ms) && ms > 0 ? ms : throw new UsageException($"ferry migrate: --downtime-limit '{downtime}' is not a positive number of milliseconds");
-        if (a.Get("channels") is { } channelsText)
-            parameters["multifd-channels"] = int.TryParse(channelsText, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new UsageException($"ferry migrate: --channels '{channelsText}' is not a positive whole number");
+        foreach (var parameter in ParameterOptions)
+        {
+            if (a.Get(parameter.CliOption!) is { } text)
+                parameters[parameter.Name] = ParseOption(parameter, text);
+        }
         var report = a.Get("report");
         var quiet = a.Has("quiet") || Console.IsErrorRedirected;
 
@@ -44,14 +45,11 @@ internal static class MigrateCommand
             {
                 if (parameters.Count > 0)
                     qmp.Execute("migrate-set-parameters", parameters);
-                static JsonObject Cap(string name, bool state) => new() { ["capability"] = name, ["state"] = state };
-                qmp.Execute("migrate-set-capabilities", new JsonObject
-                {
-                    ["capabilities"] = new JsonArray(
-                        Cap("auto-converge", a.Has("auto-converge")),
-                        Cap("ferry-free-page-hint", !a.Has("no-hint")),
-                        Cap("ferry-balloon-skip", !a.Has("no-balloon-skip"))),
-                });
+                // Every capability with a flag is sent: the flag flips its default, its absence restores the default.
+                var capabilities = new JsonArray();
+                foreach (var capability in CapabilityFlags)
+                    capabilities.Add((JsonNode)new JsonObject { ["capability"] = capability.Name, ["state"] = a.Has(capability.CliFlag!) != capability.Default });
+                qmp.Execute("migrate-set-capabilities", new JsonObject { ["capabilities"] = capabilities });
                 qmp.Events.Clear();
                 qmp.Execute("migrate", new JsonObject { ["uri"] = a.Positional[1] });
                 final = Follow(qmp, quiet);
@@ -77,6 +75,35 @@ internal static class MigrateCommand
             }
             return 0;
         }
+    }
+
+    /// <summary>The migration parameters `ferry migrate` has an option for (MigrationParameterTable decides which).</summary>
+    private static readonly MigrationParameter[] ParameterOptions = [.. MigrationParameterTable.All.Where(p => p.CliOption is not null)];
+
+    /// <summary>The capabilities `ferry migrate` has a flag for.</summary>
+    private static readonly MigrationCapability[] CapabilityFlags = [.. MigrationCapabilityTable.All.Where(c => c.CliFlag is not null)];
+
+    /// <summary>"[--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--auto-converge] [--no-hint] [--no-balloon-skip]".</summary>
+    private static string Usage => string.Join(' ', [
+        .. ParameterOptions.Select(p => $"[--{p.CliOption} {Metavar(p.Unit)}]"),
+        .. CapabilityFlags.Select(c => $"[--{c.CliFlag}]")]);
+
+    private static string Metavar(ParameterUnit unit) => unit switch
+    {
+        ParameterUnit.BytesPerSecond => "SIZE",
+        ParameterUnit.Milliseconds => "MS",
+        ParameterUnit.Percent => "PERCENT",
+        _ => "N",
+    };
+
+    /// <summary>A size (512M, 1G) for bytes per second, else a positive whole number; the range is the server's to check.</summary>
+    private static long ParseOption(MigrationParameter parameter, string text)
+    {
+        if (parameter.Unit == ParameterUnit.BytesPerSecond)
+            return (long)MachineConfig.ParseSize(text, $"--{parameter.CliOption}");
+        var what = parameter.Unit == ParameterUnit.Milliseconds ? "number of milliseconds" : "whole number";
+        return long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) && value > 0 ? value
+            : throw new UsageException($"ferry migrate: --{parameter.CliOption} '{text}' is not a positive {what}");
     }
 
     /// <summary>Polls query-migrate for the bar and waits for the final MIGRATION event, which carries the figures.</summary>
@@ -130,7 +157,7 @@ internal static class MigrateCommand
         var ram = s["ram"]!;
         var f = s["ferry"]!;
         long L(JsonNode? n) => n?.GetValue<long>() ?? 0;
-        string Pages(long pages) => $"{pages,12:N0}  ({pages * 4096 / (1024.0 * 1024),10:F1} MiB)";
+        string Pages(long pages) => $"{pages,12:N0}  ({pages * (long)Page.Size / (1024.0 * 1024),10:F1} MiB)";
         Console.WriteLine($"status               {s["status"]}");
         Console.WriteLine($"total time           {f["total-time-exact-ms"]} ms (setup {s["setup-time"]} ms)");
         Console.WriteLine($"downtime             {(f["downtime-exact-ms"] is { } d ? $"{d} ms" : "-")}");

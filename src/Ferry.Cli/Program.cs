@@ -121,7 +121,7 @@ public static class Program
         if (qmpSpec is not null && (!qmpSpec.StartsWith("unix:", StringComparison.Ordinal) || qmpSpec.Length == 5))
             throw new UsageException($"ferry run: --qmp '{qmpSpec}' is not unix:PATH");
         using var console = ConsoleBackend.Create(a.Get("console") ?? "stdio");
-        using var machine = Machine.Machine.Create(config, console);
+        using var machine = GuestMachine.Create(config, console);
         QmpServer? qmp = null;
         if (qmpSpec is not null)
         {

@@ -1,5 +1,7 @@
 using System.Text.Json.Nodes;
 using Ferry.Devices.Virtio.Balloon;
+using Ferry.Kvm;
+using Ferry.Machine;
 
 namespace Ferry.Control;
 
@@ -11,12 +13,12 @@ public static class BalloonCommands
 {
     private static readonly TimeSpan GuestTimeout = TimeSpan.FromSeconds(10);
 
-    public static void Register(QmpServer server, Ferry.Machine.Machine machine)
+    public static void Register(QmpServer server, GuestMachine machine)
     {
         var balloon = machine.Balloon;
         var ram = machine.Memory.TotalBytes;
         BalloonDevice Device() => balloon ?? throw new QmpException("DeviceNotActive", "No balloon device has been activated");
-        ulong GuestBytes(uint pages) => ram - Math.Min(ram, (ulong)pages * 4096);
+        ulong GuestBytes(uint pages) => ram - Math.Min(ram, (ulong)pages * Page.Size);
 
         if (balloon is not null)
         {
@@ -44,7 +46,7 @@ public static class BalloonCommands
                 : throw new QmpException(QmpException.GenericError, "Parameter 'value' is missing or not an integer");
             if (value <= 0 || (ulong)value > ram)
                 throw new QmpException(QmpException.GenericError, $"Parameter 'value' {value} is outside 1..{ram} (the guest's RAM in bytes)");
-            device.SetTargetPages((uint)((ram - (ulong)value) / 4096));
+            device.SetTargetPages((uint)((ram - (ulong)value) / Page.Size));
             return null;
         });
         server.Register("query-balloon", _ => new JsonObject { ["actual"] = GuestBytes(Device().ActualPages) });

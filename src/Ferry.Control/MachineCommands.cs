@@ -1,16 +1,17 @@
 using System.Text.Json.Nodes;
+using Ferry.Machine;
 
 namespace Ferry.Control;
 
 /// <summary>The QMP commands that act on a machine: query-status, stop, cont, quit. Emits STOP/RESUME events.</summary>
 public static class MachineCommands
 {
-    public static void Register(QmpServer server, Ferry.Machine.Machine machine)
+    public static void Register(QmpServer server, GuestMachine machine)
     {
         server.Register("query-status", _ =>
         {
             var status = machine.Status;
-            return new JsonObject { ["status"] = status, ["running"] = status == "running", ["singlestep"] = false };
+            return new JsonObject { ["status"] = status.ToQmp(), ["running"] = status == MachineStatus.Running, ["singlestep"] = false };
         });
         server.Register("stop", _ =>
         {
@@ -31,4 +32,17 @@ public static class MachineCommands
             return null;
         });
     }
+}
+
+/// <summary>QEMU's spelling of a machine status (query-status's "status", RunState in QEMU's QAPI).</summary>
+public static class MachineStatusNames
+{
+    public static string ToQmp(this MachineStatus status) => status switch
+    {
+        MachineStatus.Prelaunch => "prelaunch",
+        MachineStatus.Running => "running",
+        MachineStatus.Paused => "paused",
+        MachineStatus.Shutdown => "shutdown",
+        _ => throw new ArgumentOutOfRangeException(nameof(status), status, null),
+    };
 }

@@ -1,4 +1,6 @@
 using System.Text.Json.Nodes;
+using Ferry.Kvm;
+using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Machines;
 using Ferry.Migration.Transport;
@@ -14,17 +16,17 @@ namespace Ferry.Control;
 public sealed class MigrationCommands
 {
     private readonly QmpServer _server;
-    private readonly Ferry.Machine.Machine _machine;
+    private readonly GuestMachine _machine;
     private readonly object _gate = new();
-    private MigrationParameters _parameters = new();
-    private MigrationCapabilities _capabilities = new();
+    private readonly MigrationSettingsCommands _settings;
     private PrecopyMigration? _current;
     private MigrationStats? _last;
 
-    private MigrationCommands(QmpServer server, Ferry.Machine.Machine machine)
+    private MigrationCommands(QmpServer server, GuestMachine machine)
     {
         _server = server;
         _machine = machine;
+        _settings = new MigrationSettingsCommands(_gate, () => _current);
     }
 
     /// <summary>The last finished migration's statistics (null before one finished).</summary>
@@ -37,7 +39,7 @@ public sealed class MigrationCommands
         }
     }
 
-    public static MigrationCommands Register(QmpServer server, Ferry.Machine.Machine machine)
+    public static MigrationCommands Register(QmpServer server, GuestMachine machine)
     {
         var commands = new MigrationCommands(server, machine);
         server.Register("migrate", commands.Migrate);
@@ -48,10 +50,7 @@ public sealed class MigrationCommands
             return null;
         });
         server.Register("ferry-snapshot-save", commands.SnapshotSave);
-        server.Register("migrate-set-parameters", commands.SetParameters);
-        server.Register("query-migrate-parameters", _ => commands.QueryParameters());
-        server.Register("migrate-set-capabilities", commands.SetCapabilities);
-        server.Register("query-migrate-capabilities", _ => commands.QueryCapabilities());
+        commands._settings.Register(server);
         return commands;
     }
 
@@ -74,8 +73,9 @@ public sealed class MigrationCommands
         {
             throw new QmpException(QmpException.GenericError, e.Message);
         }
-        StartJob(new TcpChannelConnector(uri).Description, new ChannelOutput(new TcpChannelConnector(uri), _capabilities.Multifd ? _parameters.MultifdChannels : 1),
-            source => new PrecopyMigration(source, _parameters, _capabilities),
+        var (parameters, capabilities) = (_settings.Parameters, _settings.Capabilities);
+        StartJob(new TcpChannelConnector(uri).Description, new ChannelOutput(new TcpChannelConnector(uri), capabilities.Multifd ? parameters.MultifdChannels : 1),
+            source => new PrecopyMigration(source, parameters, capabilities),
             completed => _machine.Stop($"migrated to {uri}"));
         return null;
     }
@@ -97,7 +97,7 @@ public sealed class MigrationCommands
             _machine.Pause();
         // The engine resumes a running guest itself once its state is in the file, before the final sync.
         StartJob($"file:{path}", MachineSnapshots.Output(path),
-            source => MachineSnapshots.CreateSave(_machine, _parameters, _capabilities),
+            source => MachineSnapshots.CreateSave(_machine, _settings.Parameters, _settings.Capabilities),
             completed => { },
             completed => MachineSnapshots.Commit(path, completed));
         return null;
@@ -178,99 +178,6 @@ public sealed class MigrationCommands
         var stats = current?.Snapshot() ?? last;
         return stats is null ? [] : MigrationJson.ToQmp(stats, passes: false);
     }
-
-    private JsonNode? SetParameters(JsonObject? args)
-    {
-        if (args is null)
-            return null;
-        var p = _parameters;
-        foreach (var (name, value) in args)
-        {
-            long Number() => value is JsonValue n && n.TryGetValue<long>(out var x) ? x
-                : throw new QmpException(QmpException.GenericError, $"Parameter '{name}' expects an integer, not {value?.ToJsonString() ?? "null"}");
-            int Int() => checked((int)Math.Clamp(Number(), int.MinValue, int.MaxValue));
-            p = name switch
-            {
-                "max-bandwidth" => p with { MaxBandwidth = Number() },
-                "downtime-limit" => p with { DowntimeLimitMs = Number() },
-                "multifd-channels" => p with { MultifdChannels = Int() },
-                "cpu-throttle-initial" => p with { CpuThrottleInitial = Int() },
-                "cpu-throttle-increment" => p with { CpuThrottleIncrement = Int() },
-                "max-cpu-throttle" => p with { MaxCpuThrottle = Int() },
-                "throttle-trigger-threshold" => p with { ThrottleTriggerThreshold = Int() },
-                "ferry-hint-budget-ms" => p with { HintBudgetMs = Int() },
-                "ferry-switchover-timeout-ms" => p with { SwitchoverTimeoutMs = Int() },
-                _ => throw new QmpException(QmpException.GenericError, $"Parameter '{name}' is unexpected (known: max-bandwidth, downtime-limit, multifd-channels, cpu-throttle-initial, cpu-throttle-increment, max-cpu-throttle, throttle-trigger-threshold, ferry-hint-budget-ms, ferry-switchover-timeout-ms)"),
-            };
-        }
-        try
-        {
-            p.Validate();
-        }
-        catch (ArgumentException e)
-        {
-            throw new QmpException(QmpException.GenericError, $"Parameter {e.Message}");
-        }
-        lock (_gate)
-        {
-            _parameters = p;
-            // Like QEMU, a new bandwidth limit applies to a running migration at once; the others apply to the next.
-            _current?.SetMaxBandwidth(p.MaxBandwidth);
-        }
-        return null;
-    }
-
-    private JsonObject QueryParameters()
-    {
-        var p = _parameters;
-        return new JsonObject
-        {
-            ["max-bandwidth"] = p.MaxBandwidth,
-            ["downtime-limit"] = p.DowntimeLimitMs,
-            ["multifd-channels"] = p.MultifdChannels,
-            ["cpu-throttle-initial"] = p.CpuThrottleInitial,
-            ["cpu-throttle-increment"] = p.CpuThrottleIncrement,
-            ["max-cpu-throttle"] = p.MaxCpuThrottle,
-            ["throttle-trigger-threshold"] = p.ThrottleTriggerThreshold,
-            ["ferry-hint-budget-ms"] = p.HintBudgetMs,
-            ["ferry-switchover-timeout-ms"] = p.SwitchoverTimeoutMs,
-        };
-    }
-
-    private JsonNode? SetCapabilities(JsonObject? args)
-    {
-        if (args?["capabilities"] is not JsonArray list)
-            throw new QmpException(QmpException.GenericError, "Parameter 'capabilities' is missing or not a list");
-        lock (_gate)
-        {
-            if (_current is not null)
-                throw new QmpException(QmpException.GenericError, "There's a migration process in progress");
-            var c = _capabilities;
-            foreach (var item in list)
-            {
-                var name = item?["capability"]?.GetValue<string>() ?? throw new QmpException(QmpException.GenericError, "each capability needs a 'capability' name");
-                var state = item["state"] is JsonValue sv && sv.TryGetValue<bool>(out var b) ? b
-                    : throw new QmpException(QmpException.GenericError, $"capability '{name}' needs a boolean 'state'");
-                c = name switch
-                {
-                    "multifd" => c with { Multifd = state },
-                    "auto-converge" => c with { AutoConverge = state },
-                    "ferry-free-page-hint" => c with { FreePageHint = state },
-                    "ferry-balloon-skip" => c with { BalloonSkip = state },
-                    _ => throw new QmpException(QmpException.GenericError, $"Capability '{name}' is not supported (known: multifd, auto-converge, ferry-free-page-hint, ferry-balloon-skip)"),
-                };
-            }
-            _capabilities = c;
-        }
-        return null;
-    }
-
-    private JsonArray QueryCapabilities()
-    {
-        var c = _capabilities;
-        static JsonObject Item(string name, bool state) => new() { ["capability"] = name, ["state"] = state };
-        return [Item("multifd", c.Multifd), Item("auto-converge", c.AutoConverge), Item("ferry-free-page-hint", c.FreePageHint), Item("ferry-balloon-skip", c.BalloonSkip)];
-    }
 }
 
 /// <summary>Migration statistics in query-migrate's shape (QEMU's field names), with Ferry's extras under "ferry".</summary>
@@ -291,11 +198,11 @@ public static class MigrationJson
                 ["total"] = s.TotalBytes,
                 ["duplicate"] = s.ZeroPages,
                 ["normal"] = s.NormalPages,
-                ["normal-bytes"] = s.NormalPages * 4096,
+                ["normal-bytes"] = s.NormalPages * (long)Page.Size,
                 ["dirty-sync-count"] = s.DirtySyncCount,
                 ["dirty-pages-rate"] = (long)s.DirtyPagesRate,
                 ["mbps"] = Math.Round(s.Mbps, 3),
-                ["page-size"] = 4096,
+                ["page-size"] = (int)Page.Size,
             },
         };
         if (s.DowntimeMs is { } downtime)

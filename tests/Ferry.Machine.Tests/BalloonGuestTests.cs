@@ -21,7 +21,7 @@ public sealed class BalloonGuestTests
         }
     }
 
-    private static ulong Allocated(Machine machine) => machine.Memory.Blocks.Aggregate(0UL, (sum, b) => sum + b.AllocatedBytes());
+    private static ulong Allocated(GuestMachine machine) => machine.Memory.Blocks.Aggregate(0UL, (sum, b) => sum + b.AllocatedBytes());
 
     private static async Task<BalloonDevice> ReadyBalloon(BootedGuest guest)
     {

@@ -49,7 +49,7 @@ public sealed class PauseAndStateTests
         Assert.Contains(states[0].Msrs, m => m.Index == MsrPolicy.IA32_TSC);
 
         var console = new GuestConsole();
-        using var target = Machine.Create(source.Machine.Config, console);
+        using var target = GuestMachine.Create(source.Machine.Config, console);
         target.Start(paused: true);
         for (var i = 0; i < source.Machine.Memory.Blocks.Count; i++)
         {
@@ -75,9 +75,9 @@ public sealed class LifecycleTests
     [KvmFact]
     public void A_machine_that_was_never_started_disposes_cleanly()
     {
-        var machine = Machine.Create(new MachineConfig { MemoryBytes = 64UL << 20, GuestImagePath = GuestImageLocator.Locate() }, new GuestConsole());
+        var machine = GuestMachine.Create(new MachineConfig { MemoryBytes = 64UL << 20, GuestImagePath = GuestImageLocator.Locate() }, new GuestConsole());
         machine.Dispose();
-        Assert.Equal("shutdown", machine.Status);
+        Assert.Equal(MachineStatus.Shutdown, machine.Status);
     }
 
     [KvmFact]
@@ -95,7 +95,7 @@ public sealed class LifecycleTests
                     guest.Machine.Resume();
             })).ToArray();
             await Task.WhenAll(calls);
-            var expected = guest.Machine.Status == "paused" ? VcpuRunner.RunnerState.Paused : VcpuRunner.RunnerState.Running;
+            var expected = guest.Machine.Status == MachineStatus.Paused ? VcpuRunner.RunnerState.Paused : VcpuRunner.RunnerState.Running;
             Assert.All(guest.Machine.Runners, r => Assert.Equal(expected, r.State));
         }
         guest.Machine.Resume();

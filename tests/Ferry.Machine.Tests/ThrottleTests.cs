@@ -117,7 +117,7 @@ public sealed class ThrottleTests(ITestOutputHelper output)
     [KvmFact]
     public void Throttle_percentages_outside_0_to_99_are_refused_naming_the_value()
     {
-        using var machine = Machine.Create(new MachineConfig { MemoryBytes = 64UL << 20, GuestImagePath = GuestImageLocator.Locate() }, new GuestConsole());
+        using var machine = GuestMachine.Create(new MachineConfig { MemoryBytes = 64UL << 20, GuestImagePath = GuestImageLocator.Locate() }, new GuestConsole());
         foreach (var percent in new[] { 100, -1 })
         {
             var e = Assert.Throws<ArgumentOutOfRangeException>(() => machine.SetThrottle(percent));

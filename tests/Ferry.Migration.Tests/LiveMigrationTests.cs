@@ -140,7 +140,7 @@ public sealed class LiveMigrationTests
         await source.Cmd("fill 256");
         await source.Cmd("dirty 20 8");
         var console = new GuestConsole();
-        using var destination = Machine.Machine.Create(source.Machine.Config, console);
+        using var destination = GuestMachine.Create(source.Machine.Config, console);
         destination.Start(paused: true);
         using var listener = new TcpChannelListener(MigrationUri.Parse("tcp:127.0.0.1:0"));
         var receive = Task.Run(() => MigrationReceiver.Receive(new MachineMigrationTarget(destination), listener, CancellationToken.None));
@@ -150,9 +150,9 @@ public sealed class LiveMigrationTests
         migration.Cancel();
         Assert.Equal("migration cancelled", (await Assert.ThrowsAsync<MigrationException>(() => run)).Message);
         await Assert.ThrowsAsync<MigrationException>(() => receive);
-        Assert.Equal("running", source.Machine.Status);
+        Assert.Equal(MachineStatus.Running, source.Machine.Status);
         Assert.False(source.Machine.Vm.DirtyLoggingEnabled);
         Assert.True((await source.Cmd("verify")).GetProperty("passed").GetBoolean());
-        Assert.Equal("paused", destination.Status);
+        Assert.Equal(MachineStatus.Paused, destination.Status);
     }
 }

@@ -16,7 +16,7 @@ namespace Ferry.Migration.Tests;
 public sealed class PausedMoveTests
 {
     /// <summary>Migrates the paused source into a fresh machine over loopback TCP; the destination then runs.</summary>
-    private static (Machine.Machine Target, GuestConsole Console, MigrationStats Stats) Move(Machine.Machine source)
+    private static (GuestMachine Target, GuestConsole Console, MigrationStats Stats) Move(GuestMachine source)
     {
         var console = new GuestConsole();
         var (target, stats, _) = LoopbackMigration.Run(source, console);

@@ -17,7 +17,7 @@ public sealed class SnapshotMachineTests : IDisposable
     private static BootedGuest Restore(BootedGuest like, string path, bool lazy = false)
     {
         var console = new GuestConsole();
-        var machine = Machine.Machine.Create(like.Machine.Config, console);
+        var machine = GuestMachine.Create(like.Machine.Config, console);
         machine.Start(paused: true);
         var report = MachineSnapshots.Restore(machine, path, lazy: lazy);
         Assert.Equal(lazy, report.Lazy);
@@ -37,7 +37,7 @@ public sealed class SnapshotMachineTests : IDisposable
             {
                 var path = Path.Combine(_directory, $"round{round}.snap");
                 var stats = MachineSnapshots.Save(guest.Machine, path);
-                Assert.Equal("running", guest.Machine.Status); // a snapshot, not a move: the guest runs on
+                Assert.Equal(MachineStatus.Running, guest.Machine.Status); // a snapshot, not a move: the guest runs on
                 Assert.False(File.Exists(MachineSnapshots.PartialPath(path)));
                 var restored = Restore(guest, path);
                 guest.Dispose();
@@ -163,7 +163,7 @@ public sealed class SnapshotMachineTests : IDisposable
         guest.Machine.Pause();
         var path = Path.Combine(_directory, "paused.snap");
         var stats = MachineSnapshots.Save(guest.Machine, path);
-        Assert.Equal("paused", guest.Machine.Status);
+        Assert.Equal(MachineStatus.Paused, guest.Machine.Status);
         Assert.Equal(2, stats.Passes.Count);
         Assert.Equal(0, stats.Passes[^1].NormalPages);
         using var restored = Restore(guest, path);
@@ -208,9 +208,9 @@ public sealed class SnapshotMachineTests : IDisposable
         MachineSnapshots.Save(guest.Machine, path);
         using (var stream = File.OpenWrite(path))
             stream.SetLength(stream.Length / 2);
-        using var machine = Machine.Machine.Create(guest.Machine.Config, new GuestConsole());
+        using var machine = GuestMachine.Create(guest.Machine.Config, new GuestConsole());
         machine.Start(paused: true);
         Assert.Throws<SnapshotFormatException>(() => MachineSnapshots.Restore(machine, path));
-        Assert.Equal("paused", machine.Status);
+        Assert.Equal(MachineStatus.Paused, machine.Status);
     }
 }

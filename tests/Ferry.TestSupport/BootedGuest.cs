@@ -9,14 +9,14 @@ public sealed class BootedGuest : IDisposable
 {
     public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(120);
 
-    private BootedGuest(Machine.Machine machine, GuestConsole console, JsonElement ready)
+    private BootedGuest(GuestMachine machine, GuestConsole console, JsonElement ready)
     {
         Machine = machine;
         Console = console;
         Ready = ready;
     }
 
-    public Machine.Machine Machine { get; }
+    public GuestMachine Machine { get; }
 
     public GuestConsole Console { get; }
 
@@ -34,7 +34,7 @@ public sealed class BootedGuest : IDisposable
             CommandLine = commandLine,
             Balloon = balloon,
         };
-        var machine = Ferry.Machine.Machine.Create(config, console);
+        var machine = GuestMachine.Create(config, console);
         try
         {
             machine.Start();
@@ -53,7 +53,7 @@ public sealed class BootedGuest : IDisposable
 
     /// <summary>Runs a shell command and asserts that the guest accepted it.</summary>
     /// <summary>Wraps a machine that was not booted here (e.g. the destination of a migration) for guest commands.</summary>
-    public static BootedGuest Adopt(Machine.Machine machine, GuestConsole console) => new(machine, console, default);
+    public static BootedGuest Adopt(GuestMachine machine, GuestConsole console) => new(machine, console, default);
 
     public async Task<JsonElement> Cmd(string command)
     {

@@ -82,8 +82,8 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
             throw new MigrationException($"{blocks.Count} RAM blocks (1..{StreamHeader.MaxBlocks} can migrate)");
         _channels = new Channel[channelCount];
         var sessionId = (ulong)Random.Shared.NextInt64();
-        const ulong capabilities = 0b1111UL; // zero-runs, balloon-bitmap, multichannel, pass-acks
-        var header = new StreamHeader(capabilities, channelCount, [.. blocks.Select(b => new BlockDescriptor(b.Name, b.Size))], sessionId);
+        const StreamCapabilities capabilities = StreamCapabilities.All;
+        var header = new StreamHeader((ulong)capabilities, channelCount, [.. blocks.Select(b => new BlockDescriptor(b.Name, b.Size))], sessionId);
         for (var i = 0; i < channelCount; i++)
         {
             var stream = connector.ConnectAsync(cancel).WaitAsync(TimeSpan.FromSeconds(10), cancel).GetAwaiter().GetResult();
@@ -95,9 +95,9 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
                 var reply = ReadReply(TimeSpan.FromSeconds(10), "the destination to accept the stream");
                 if (reply.Type != ReplyType.Accept)
                     throw new MigrationException($"the destination refused the migration: {reply.Message}");
-                if ((reply.Capabilities & ~capabilities) != 0)
+                if (((StreamCapabilities)reply.Capabilities & ~capabilities) != 0)
                     throw new MigrationException($"the destination accepted capabilities 0x{reply.Capabilities:X} that were not offered");
-                _passAcks = (reply.Capabilities & MigrationReceiver.PassAcks) != 0;
+                _passAcks = ((StreamCapabilities)reply.Capabilities).HasFlag(StreamCapabilities.PassAcks);
             }
             else
             {

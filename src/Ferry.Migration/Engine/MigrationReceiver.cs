@@ -29,12 +29,6 @@ public sealed record IncomingReport(
 /// </summary>
 public static class MigrationReceiver
 {
-    /// <summary>Capability bits this destination understands (docs/migration-stream.md).</summary>
-    public const ulong KnownCapabilities = 0b1111;
-
-    /// <summary>Capability bit 3: the destination says PASS_LOADED when every channel has loaded a pass.</summary>
-    public const ulong PassAcks = 0b1000;
-
     private static readonly TimeSpan ChannelJoinTimeout = TimeSpan.FromSeconds(10);
 
     /// <summary>Waits (until <paramref name="cancel"/>) for a source, then loads its stream into <paramref name="target"/>.</summary>
@@ -49,15 +43,15 @@ public static class MigrationReceiver
             var local = target.Blocks.Select(b => new BlockDescriptor(b.Name, b.Size)).ToArray();
             var reader0 = new RecordReader(new BufferedStream(control, 1 << 20), local);
             var header = reader0.ReadHeader();
-            var accepted = header.Capabilities & KnownCapabilities;
-            ReturnPath.WriteAccept(control, accepted);
+            var accepted = (StreamCapabilities)header.Capabilities & StreamCapabilities.All;
+            ReturnPath.WriteAccept(control, (ulong)accepted);
             // Channels report each PASS_END here; the last of a pass tells the source (capability pass-acks), so
             // the source can let the guest run until the destination has caught up instead of pausing it while
             // buffered pages are still being loaded.
             var passEnds = new Dictionary<uint, int>();
             void PassEnded(uint pass)
             {
-                if ((accepted & PassAcks) == 0)
+                if (!accepted.HasFlag(StreamCapabilities.PassAcks))
                     return;
                 lock (passEnds)
                 {

@@ -1,4 +1,5 @@
 using Ferry.Devices.Legacy;
+using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Transport;
 
@@ -14,10 +15,10 @@ public static class LoopbackMigration
     /// Creates a destination machine like <paramref name="source"/> (same configuration, given console), migrates
     /// into it and stops the source. On failure the destination is disposed and the source runs on.
     /// </summary>
-    public static (Machine.Machine Destination, MigrationStats Stats, IncomingReport Report) Run(
-        Machine.Machine source, ISerialOutput destinationConsole, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
+    public static (GuestMachine Destination, MigrationStats Stats, IncomingReport Report) Run(
+        GuestMachine source, ISerialOutput destinationConsole, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
     {
-        var destination = Machine.Machine.Create(source.Config, destinationConsole);
+        var destination = GuestMachine.Create(source.Config, destinationConsole);
         try
         {
             destination.Start(paused: true);

@@ -1,18 +1,19 @@
 using Ferry.Devices.Virtio.Balloon;
 using Ferry.Kvm;
+using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Stream;
 
 namespace Ferry.Migration.Machines;
 
-/// <summary>A running <see cref="Machine.Machine"/> as the source of a migration.</summary>
-public sealed class MachineMigrationSource(Machine.Machine machine) : IMigrationSource
+/// <summary>A running <see cref="GuestMachine"/> as the source of a migration.</summary>
+public sealed class MachineMigrationSource(GuestMachine machine) : IMigrationSource
 {
     private readonly BalloonView? _balloon = machine.Balloon is { } device ? new BalloonView(device, machine.Memory) : null;
 
     public IReadOnlyList<RamBlock> Blocks => machine.Memory.Blocks;
 
-    public bool IsPaused => machine.Status != "running";
+    public bool IsPaused => machine.Status != MachineStatus.Running;
 
     public IMigrationBalloon? Balloon => _balloon;
 
@@ -100,7 +101,7 @@ public sealed class MachineMigrationSource(Machine.Machine machine) : IMigration
 }
 
 /// <summary>A freshly created machine, started paused, as the destination of a migration or a restore.</summary>
-public sealed class MachineMigrationTarget(Machine.Machine machine) : IMigrationTarget
+public sealed class MachineMigrationTarget(GuestMachine machine) : IMigrationTarget
 {
     public IReadOnlyList<RamBlock> Blocks => machine.Memory.Blocks;
 
@@ -138,7 +139,7 @@ public static class MachineState
     public const string TransportSection = "virtio-mmio";
     public const string BalloonSection = "virtio-balloon";
 
-    public static IReadOnlyList<StateSection> Save(Machine.Machine machine)
+    public static IReadOnlyList<StateSection> Save(GuestMachine machine)
     {
         var sections = new List<StateSection>();
         foreach (var state in machine.CaptureVcpuStates())
@@ -152,7 +153,7 @@ public static class MachineState
     }
 
     /// <summary>Validates the set of sections against this machine, then restores them (transport before device).</summary>
-    public static void Restore(Machine.Machine machine, IReadOnlyList<StateSection> sections)
+    public static void Restore(GuestMachine machine, IReadOnlyList<StateSection> sections)
     {
         var vcpus = new VcpuState?[machine.Config.Cpus];
         byte[]? transport = null, balloon = null;

@@ -1,4 +1,5 @@
 using Ferry.Interop;
+using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Snapshot;
 
@@ -22,7 +23,7 @@ public static class MachineSnapshots
     public static int DefaultThreads => Math.Clamp(Environment.ProcessorCount, 1, 8);
 
     /// <summary>The engine for a save into <paramref name="path"/>; the caller runs it with <see cref="Output"/>.</summary>
-    public static PrecopyMigration CreateSave(Machine.Machine machine, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null) =>
+    public static PrecopyMigration CreateSave(GuestMachine machine, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null) =>
         new(new MachineMigrationSource(machine), (parameters ?? new MigrationParameters()) with { MultifdChannels = DefaultThreads }, capabilities ?? new MigrationCapabilities());
 
     /// <summary>The file is written as PATH.partial and renamed over PATH only when complete (see <see cref="Commit"/>).</summary>
@@ -48,7 +49,7 @@ public static class MachineSnapshots
     }
 
     /// <summary>Saves the machine into <paramref name="path"/> and leaves it running if it was running.</summary>
-    public static MigrationStats Save(Machine.Machine machine, string path, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
+    public static MigrationStats Save(GuestMachine machine, string path, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
     {
         // The engine resumes a guest that was running as soon as its state is in the file (SnapshotOutput.SourceRunsOn).
         using var save = CreateSave(machine, parameters, capabilities);
@@ -77,7 +78,7 @@ public static class MachineSnapshots
     /// before the guest runs; <paramref name="lazy"/> maps the file copy-on-write instead, so the guest runs at
     /// once and each page is read when first touched (the file must then stay unchanged while the VM runs).
     /// </summary>
-    public static RestoreReport Restore(Machine.Machine machine, string path, int threads = 0, bool lazy = false)
+    public static RestoreReport Restore(GuestMachine machine, string path, int threads = 0, bool lazy = false)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         using var file = SnapshotFile.Open(path);

@@ -14,6 +14,31 @@ public enum RecordType : ushort
     End = 6,
 }
 
+/// <summary>
+/// Capability bits of the stream header and the ACCEPT reply (docs/migration-stream.md, version 1). A source offers
+/// <see cref="All"/>; a destination accepts the subset it knows and declines unknown bits.
+/// </summary>
+[Flags]
+public enum StreamCapabilities : ulong
+{
+    None = 0,
+
+    /// <summary>Bit 0: ZERO_RUN records.</summary>
+    ZeroRuns = 1 << 0,
+
+    /// <summary>Bit 1: BALLOON_BITMAP records.</summary>
+    BalloonBitmap = 1 << 1,
+
+    /// <summary>Bit 2: more than one channel (hello on channels 1..N-1).</summary>
+    Multichannel = 1 << 2,
+
+    /// <summary>Bit 3: the destination says PASS_LOADED when every channel has loaded a pass.</summary>
+    PassAcks = 1 << 3,
+
+    /// <summary>Every bit this version writes and understands.</summary>
+    All = ZeroRuns | BalloonBitmap | Multichannel | PassAcks,
+}
+
 /// <summary>A RAM block as the stream names it: never a guest-physical address.</summary>
 public sealed record BlockDescriptor(string Name, ulong Size);
 

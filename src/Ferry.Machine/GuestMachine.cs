@@ -16,7 +16,7 @@ public sealed record MachineExit(MachineExitKind Kind, int ExitCode, string Mess
 /// One running VM: KVM objects, guest RAM, devices and a thread per vCPU. Built from a <see cref="MachineConfig"/>
 /// with the guest image loaded and every vCPU at the guest's entry point, paused until <see cref="Start"/>.
 /// </summary>
-public sealed class Machine : IDisposable, IVcpuExitHandler
+public sealed class GuestMachine : IDisposable, IVcpuExitHandler
 {
     private static readonly TimeSpan PauseTimeout = TimeSpan.FromSeconds(5);
 
@@ -32,7 +32,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     private bool _started;
     private bool _paused;
 
-    private Machine(MachineConfig config, KvmSystem kvm, VirtualMachine vm, GuestMemory memory, ISerialOutput console)
+    private GuestMachine(MachineConfig config, KvmSystem kvm, VirtualMachine vm, GuestMemory memory, ISerialOutput console)
     {
         Config = config;
         _kvm = kvm;
@@ -89,17 +89,17 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
     /// <summary>Completes when the guest powers off, panics, a vCPU faults or <see cref="Stop"/> is called.</summary>
     public Task<MachineExit> Exited => _exited.Task;
 
-    public string Status
+    public MachineStatus Status
     {
         get
         {
             lock (_stateLock)
-                return _exited.Task.IsCompleted ? "shutdown" : !_started ? "prelaunch" : _paused ? "paused" : "running";
+                return _exited.Task.IsCompleted ? MachineStatus.Shutdown : !_started ? MachineStatus.Prelaunch : _paused ? MachineStatus.Paused : MachineStatus.Running;
         }
     }
 
     /// <summary>Builds the machine. Throws ConfigException, KvmUnavailableException or InvalidGuestImageException with a reason.</summary>
-    public static Machine Create(MachineConfig config, ISerialOutput console)
+    public static GuestMachine Create(MachineConfig config, ISerialOutput console)
     {
         config.Validate(MachineConfig.HostMemoryBytes());
         var image = ElfImage.Load(config.GuestImagePath);
@@ -118,7 +118,7 @@ public sealed class Machine : IDisposable, IVcpuExitHandler
             memory = new GuestMemory(GuestLayout.RamBlocks(config.MemoryBytes).Select(b => RamBlock.Create(b.Name, b.Address, b.Size, slot++)));
             foreach (var block in memory.Blocks)
                 vm.AddMemory(block);
-            var machine = new Machine(config, kvm, vm, memory, console);
+            var machine = new GuestMachine(config, kvm, vm, memory, console);
             if (console is GuestConsole lines)
                 lines.AttachInput(bytes => machine.Serial.EnqueueInput(bytes));
             machine.Boot(image);

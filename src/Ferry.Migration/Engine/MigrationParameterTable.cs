@@ -1,0 +1,148 @@
+namespace Ferry.Migration.Engine;
+
+/// <summary>What a parameter's number counts; decides how an error message and a command line spell it.</summary>
+public enum ParameterUnit
+{
+    BytesPerSecond,
+    Milliseconds,
+    Count,
+    Percent,
+}
+
+/// <summary>
+/// One migration parameter, declared once: its QMP name, unit, range, default, a one-line doc, where it lives in
+/// the typed <see cref="MigrationParameters"/> record, and the `ferry migrate` option that sets it (null: none).
+/// Values are integers on every surface (QMP, command line); <see cref="Max"/> = <see cref="long.MaxValue"/>
+/// means "no upper bound".
+/// </summary>
+public sealed class MigrationParameter(
+    string name, ParameterUnit unit, long min, long max, long defaultValue, string doc,
+    Func<MigrationParameters, long> get, Func<MigrationParameters, long, MigrationParameters> set, string? cliOption = null)
+{
+    public string Name { get; } = name;
+    public ParameterUnit Unit { get; } = unit;
+    public long Min { get; } = min;
+    public long Max { get; } = max;
+    public long Default { get; } = defaultValue;
+    public string Doc { get; } = doc;
+    public string? CliOption { get; } = cliOption;
+
+    public long Get(MigrationParameters parameters) => get(parameters);
+
+    /// <summary>A copy of <paramref name="parameters"/> with this parameter set (unchecked: see <see cref="Check"/>, <see cref="MigrationParameters.Validate"/>).</summary>
+    public MigrationParameters Set(MigrationParameters parameters, long value) => set(parameters, value);
+
+    /// <summary>Null when <paramref name="value"/> is in range, else one line naming the parameter, the value and the range.</summary>
+    public string? Check(long value)
+    {
+        if (value >= Min && value <= Max)
+            return null;
+        if (Max == long.MaxValue)
+            return Min == 0 ? $"{Name} {value} is negative" : $"{Name} {value} is below {Min}";
+        // "downtime-limit 0 is outside 1..2000000 ms"; a name that ends in -ms already says it.
+        var suffix = Unit == ParameterUnit.Milliseconds && !Name.EndsWith("-ms", StringComparison.Ordinal) ? " ms" : "";
+        return $"{Name} {value} is outside {Min}..{Max}{suffix}";
+    }
+}
+
+/// <summary>
+/// Every migration parameter (migrate-set-parameters, query-migrate-parameters, `ferry migrate`'s options), in
+/// QMP order. QEMU's names where QEMU has the same thing; Ferry-only ones are prefixed `ferry-`. Changing a range
+/// or a default is one edit here.
+/// </summary>
+public static class MigrationParameterTable
+{
+    public static readonly MigrationParameter MaxBandwidth = new(
+        "max-bandwidth", ParameterUnit.BytesPerSecond, 0, long.MaxValue, 0,
+        "bytes per second over all channels; 0 = unlimited (QEMU's default is 128 MiB/s)",
+        p => p.MaxBandwidth, (p, v) => p with { MaxBandwidth = v }, cliOption: "max-bandwidth");
+
+    public static readonly MigrationParameter DowntimeLimit = new(
+        "downtime-limit", ParameterUnit.Milliseconds, 1, 2_000_000, 300,
+        "largest acceptable downtime",
+        p => p.DowntimeLimitMs, (p, v) => p with { DowntimeLimitMs = v }, cliOption: "downtime-limit");
+
+    public static readonly MigrationParameter MultifdChannels = new(
+        "multifd-channels", ParameterUnit.Count, 1, Stream.StreamHeader.MaxChannels, Math.Clamp(Environment.ProcessorCount, 1, 16),
+        "parallel channels when the multifd capability is on (Ferry's default: one per core, at most 16)",
+        p => p.MultifdChannels, (p, v) => p with { MultifdChannels = checked((int)v) }, cliOption: "channels");
+
+    public static readonly MigrationParameter CpuThrottleInitial = new(
+        "cpu-throttle-initial", ParameterUnit.Percent, 1, 99, 20,
+        "auto-converge's first throttle",
+        p => p.CpuThrottleInitial, (p, v) => p with { CpuThrottleInitial = checked((int)v) });
+
+    public static readonly MigrationParameter CpuThrottleIncrement = new(
+        "cpu-throttle-increment", ParameterUnit.Percent, 1, 99, 10,
+        "auto-converge's step after each pass that does not converge",
+        p => p.CpuThrottleIncrement, (p, v) => p with { CpuThrottleIncrement = checked((int)v) });
+
+    public static readonly MigrationParameter MaxCpuThrottle = new(
+        "max-cpu-throttle", ParameterUnit.Percent, 1, 99, 99,
+        "auto-converge's highest throttle",
+        p => p.MaxCpuThrottle, (p, v) => p with { MaxCpuThrottle = checked((int)v) });
+
+    public static readonly MigrationParameter ThrottleTriggerThreshold = new(
+        "throttle-trigger-threshold", ParameterUnit.Percent, 1, 100, 50,
+        "percent of a pass's bytes dirtied again during it that counts as not converging",
+        p => p.ThrottleTriggerThreshold, (p, v) => p with { ThrottleTriggerThreshold = checked((int)v) });
+
+    public static readonly MigrationParameter HintBudget = new(
+        "ferry-hint-budget-ms", ParameterUnit.Milliseconds, 0, 60_000, 500,
+        "how long the first pass waits for the guest's free page hint run",
+        p => p.HintBudgetMs, (p, v) => p with { HintBudgetMs = checked((int)v) });
+
+    public static readonly MigrationParameter SwitchoverTimeout = new(
+        "ferry-switchover-timeout-ms", ParameterUnit.Milliseconds, 100, 600_000, 30_000,
+        "how long the source waits for the destination to report the guest running after the last byte",
+        p => p.SwitchoverTimeoutMs, (p, v) => p with { SwitchoverTimeoutMs = checked((int)v) });
+
+    public static IReadOnlyList<MigrationParameter> All { get; } =
+        [MaxBandwidth, DowntimeLimit, MultifdChannels, CpuThrottleInitial, CpuThrottleIncrement, MaxCpuThrottle, ThrottleTriggerThreshold, HintBudget, SwitchoverTimeout];
+
+    public static MigrationParameter? Find(string name) => All.FirstOrDefault(p => p.Name == name);
+
+    /// <summary>"max-bandwidth, downtime-limit, ..." for an error that lists what is known.</summary>
+    public static string Names => string.Join(", ", All.Select(p => p.Name));
+}
+
+/// <summary>One migration capability (migrate-set-capabilities), declared once; <see cref="CliFlag"/> is the `ferry migrate` flag that sets it to the opposite of its default (null: none).</summary>
+public sealed class MigrationCapability(
+    string name, bool defaultValue, string doc,
+    Func<MigrationCapabilities, bool> get, Func<MigrationCapabilities, bool, MigrationCapabilities> set, string? cliFlag = null)
+{
+    public string Name { get; } = name;
+    public bool Default { get; } = defaultValue;
+    public string Doc { get; } = doc;
+    public string? CliFlag { get; } = cliFlag;
+
+    public bool Get(MigrationCapabilities capabilities) => get(capabilities);
+
+    public MigrationCapabilities Set(MigrationCapabilities capabilities, bool state) => set(capabilities, state);
+}
+
+/// <summary>Every migration capability, in QMP order (QEMU names where QEMU has the same thing).</summary>
+public static class MigrationCapabilityTable
+{
+    public static readonly MigrationCapability Multifd = new(
+        "multifd", true, "several parallel channels",
+        c => c.Multifd, (c, v) => c with { Multifd = v });
+
+    public static readonly MigrationCapability AutoConverge = new(
+        "auto-converge", false, "throttle vCPUs while the dirty rate outruns the bandwidth",
+        c => c.AutoConverge, (c, v) => c with { AutoConverge = v }, cliFlag: "auto-converge");
+
+    public static readonly MigrationCapability FreePageHint = new(
+        "ferry-free-page-hint", true, "skip the pages the balloon's free page hinting reports free",
+        c => c.FreePageHint, (c, v) => c with { FreePageHint = v }, cliFlag: "no-hint");
+
+    public static readonly MigrationCapability BalloonSkip = new(
+        "ferry-balloon-skip", true, "skip ballooned pages when the guest negotiated MUST_TELL_HOST",
+        c => c.BalloonSkip, (c, v) => c with { BalloonSkip = v }, cliFlag: "no-balloon-skip");
+
+    public static IReadOnlyList<MigrationCapability> All { get; } = [Multifd, AutoConverge, FreePageHint, BalloonSkip];
+
+    public static MigrationCapability? Find(string name) => All.FirstOrDefault(c => c.Name == name);
+
+    public static string Names => string.Join(", ", All.Select(c => c.Name));
+}

@@ -1,0 +1,36 @@
+using Xunit;
+
+namespace Ferry.Cli.Tests;
+
+/// <summary>`ferry migrate`'s parameter options and capability flags come from the migration tables; names and messages are today's.</summary>
+public sealed class MigrateOptionsTests
+{
+    [Fact]
+    public void Usage_lists_todays_options()
+    {
+        var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock");
+        Assert.Equal(2, code);
+        Assert.Contains("usage: ferry migrate unix:SOCK tcp:HOST:PORT [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--report FILE] [--quiet]", stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("--downtime-limit", "0", 2, "--downtime-limit '0' is not a positive number of milliseconds")]
+    [InlineData("--channels", "-3", 2, "--channels '-3' is not a positive whole number")]
+    [InlineData("--max-bandwidth", "fast", 1, "--max-bandwidth 'fast' is not a size")]
+    [InlineData("--hint-budget", "5", 2, "unknown option '--hint-budget'")]
+    public void Bad_values_are_one_line_errors_naming_them(string option, string value, int exitCode, string message)
+    {
+        var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock", "tcp:h:1", option, value);
+        Assert.Equal(exitCode, code);
+        Assert.Contains(message, stderr, StringComparison.Ordinal);
+        Assert.Single(stderr.Trim().Split('\n'));
+    }
+
+    [Fact]
+    public void Good_options_get_as_far_as_connecting()
+    {
+        var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock", "tcp:h:1", "--max-bandwidth", "1G", "--downtime-limit", "50", "--channels", "2", "--auto-converge", "--no-hint", "--no-balloon-skip");
+        Assert.Equal(1, code);
+        Assert.Contains("cannot connect to the QMP socket /nonexistent.sock", stderr, StringComparison.Ordinal);
+    }
+}
