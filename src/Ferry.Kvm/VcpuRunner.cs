@@ -258,7 +258,7 @@ public sealed unsafe class VcpuRunner : IDisposable
 
     /// <summary>
     /// Sleeps outside the guest for the pending throttle sleep. Waits on the gate rather than Thread.Sleep, so
-    /// RequestPause, RequestStop and CancelThrottleSleep end it at once and Machine.Pause stays bounded.
+    /// RequestPause, RequestStop and CancelThrottleSleep end it at once and GuestMachine.Pause stays bounded.
     /// </summary>
     private void TakeThrottleSleep()
     {
