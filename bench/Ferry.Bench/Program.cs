@@ -254,7 +254,7 @@ internal static class BalloonBench
         var bitmap = await InflateDeflate(memoryGib, "");
         Console.WriteLine($"  PFN arrays (baseline, 256 PFNs per buffer): inflate {pfn.Inflate,8:0} ms, deflate {pfn.Deflate,8:0} ms, total {pfn.Inflate + pfn.Deflate,8:0} ms");
         Console.WriteLine($"  page bitmaps (FERRY_F_PAGE_BITMAP):         inflate {bitmap.Inflate,8:0} ms, deflate {bitmap.Deflate,8:0} ms, total {bitmap.Inflate + bitmap.Deflate,8:0} ms");
-        Console.WriteLine($"  bitmaps / PFN arrays: {(bitmap.Inflate + bitmap.Deflate) / (pfn.Inflate + pfn.Deflate):0.00}x the time (seed 002 reported 4126 ms -> 590 ms, 0.14x)");
+        Console.WriteLine($"  bitmaps / PFN arrays: {(bitmap.Inflate + bitmap.Deflate) / (pfn.Inflate + pfn.Deflate):0.00}x the time (the page-bitmap series reported 4126 ms -> 590 ms, 0.14x)");
 
         var (machine, console) = await Guest.Boot(memoryGib << 30);
         using (machine)

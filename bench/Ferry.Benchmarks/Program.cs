@@ -1,3 +1,3 @@
 using BenchmarkDotNet.Running;
 
-BenchmarkSwitcher.FromAssembly(typeof(Ferry.Benchmarks.PageBitmapBenchmarks).Assembly).Run(args);
+BenchmarkSwitcher.FromAssembly(typeof(Ferry.Benchmarks.PageSetBenchmarks).Assembly).Run(args);

@@ -7,7 +7,7 @@ namespace Ferry.Migration.Snapshot;
 
 /// <summary>
 /// Constants and limits of the snapshot file, version 1 (docs/snapshot-format.md). Every page of a RAM block lives
-/// at a fixed offset (seed 004, "mapped-ram"): the file never grows with passes, and pages are written and read in
+/// at a fixed offset (the fixed-offset "mapped-ram" file design): the file never grows with passes, and pages are written and read in
 /// parallel with positional I/O. All integers are little-endian.
 /// </summary>
 public static class SnapshotFormat
@@ -33,7 +33,7 @@ public static class SnapshotFormat
     /// <summary>The largest RAM block a v1 file holds (1 TiB; Ferry's guests top out at 128 GiB). Bounds the bitmaps a reader allocates.</summary>
     public const ulong MaxBlockBytes = 1UL << 40;
 
-    /// <summary>Every page area starts on a 1 MiB boundary (seed 004), so it can be mapped straight from the file.</summary>
+    /// <summary>Every page area starts on a 1 MiB boundary (as the fixed-offset file design asks), so it can be mapped straight from the file.</summary>
     public const ulong PageAreaAlignment = 1UL << 20;
 
     public const int StateSectionHeaderSize = 16;
