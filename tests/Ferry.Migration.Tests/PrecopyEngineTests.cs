@@ -142,7 +142,7 @@ public sealed class PrecopyEngineTests
 
         var (stats, report) = Migrate(vm, target);
 
-        Assert.Equal("on", stats.BalloonSkip);
+        Assert.Equal(BalloonSkipReason.On, stats.BalloonSkip);
         Assert.Equal(700, stats.NormalPages);
         Assert.Equal(300, stats.BalloonedPages);
         Assert.Equal(0, stats.BalloonedPagesSent);
@@ -162,7 +162,7 @@ public sealed class PrecopyEngineTests
 
         var (stats, _) = Migrate(vm, target);
 
-        Assert.StartsWith("off: the guest did not negotiate MUST_TELL_HOST", stats.BalloonSkip, StringComparison.Ordinal);
+        Assert.Equal(BalloonSkipReason.NoMustTellHost, stats.BalloonSkip);
         Assert.Equal(1000, stats.NormalPages);
         Assert.Equal(0, stats.BalloonedPages);
         Assert.Equal(100, stats.BalloonedPagesSent);
@@ -233,7 +233,7 @@ public sealed class PrecopyEngineTests
 
         var (stats, _) = Migrate(vm, target);
 
-        Assert.Equal("on", stats.FreePageHint);
+        Assert.Equal(FreePageHintReason.On, stats.FreePageHint);
         Assert.InRange(stats.HintedPages, 990, 1000);
         Assert.InRange(stats.NormalPages, 1000, 1200);
         var src = vm.Blocks[0].Mapping;
@@ -273,7 +273,7 @@ public sealed class PrecopyEngineTests
 
         var (stats, _) = Migrate(vm, target);
 
-        Assert.Contains("poisons free pages", stats.FreePageHint, StringComparison.Ordinal);
+        Assert.Equal(FreePageHintReason.GuestPoisons, stats.FreePageHint);
         Assert.Equal(0, vm.SyntheticBalloon.RunsStarted);
         Assert.Equal(100, stats.NormalPages);
         AssertSameMemory(vm, target);
@@ -314,12 +314,13 @@ public sealed class PrecopyEngineTests
         var stats = migration.Snapshot();
         Assert.Equal(MigrationStatus.Active, stats.Status);
         Assert.True(stats.Passes.Count >= 3, $"{stats.Passes.Count} passes");
-        Assert.Contains("auto-converge is off", stats.NotConverging, StringComparison.Ordinal);
-        Assert.Contains("over downtime-limit 50 ms", stats.NotConverging, StringComparison.Ordinal);
+        Assert.Equal(AutoConvergeStep.Off, stats.NotConverging!.AutoConverge);
+        Assert.Equal((NotConvergingReason.OverDowntimeLimit, 50L), (stats.NotConverging.Reason, stats.NotConverging.DowntimeLimitMs));
 
         migration.Cancel();
         var error = Assert.Throws<MigrationException>(() => run.GetAwaiter().GetResult());
         Assert.Equal("migration cancelled", error.Message);
+        Assert.Equal(MigrationErrorKind.Cancelled, error.Kind);
         Assert.Equal(MigrationStatus.Cancelled, migration.Status);
         Assert.False(vm.IsPaused);
         Assert.False(vm.DirtyLogging);

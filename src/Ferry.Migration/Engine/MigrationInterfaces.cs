@@ -18,7 +18,7 @@ public interface IMigrationSource
     void SetDirtyLogging(bool enabled);
 
     /// <summary>ORs the pages written since the last sync (KVM's log and the VMM's own writes) into <paramref name="into"/>.</summary>
-    void SyncDirtyLog(int block, PageBitmap into);
+    void SyncDirtyLog(int block, PageSet into);
 
     bool IsPaused { get; }
 
@@ -57,7 +57,7 @@ public interface IMigrationBalloon
     uint PoisonValue { get; }
 
     /// <summary>Copies the current balloon bitmap of a block into <paramref name="into"/> (replacing it).</summary>
-    void CopyBalloonBitmap(int block, PageBitmap into);
+    void CopyBalloonBitmap(int block, PageSet into);
 
     /// <summary>Raised for every validated hint (block index, byte offset, length). Never raised after StopHinting returns.</summary>
     event Action<int, ulong, ulong>? Hinted;

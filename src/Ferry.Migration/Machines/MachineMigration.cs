@@ -18,7 +18,12 @@ public sealed class MachineMigrationSource(Machine.Machine machine) : IMigration
 
     public void SetDirtyLogging(bool enabled) => machine.Vm.SetDirtyLogging(enabled);
 
-    public void SyncDirtyLog(int block, PageBitmap into) => machine.Vm.SyncDirtyLog(machine.Memory.Blocks[block], into);
+    public void SyncDirtyLog(int block, PageSet into)
+    {
+        var log = new PageBitmap(into.PageCount);
+        machine.Vm.SyncDirtyLog(machine.Memory.Blocks[block], log);
+        into.UnionWith(log.Words);
+    }
 
     public void PauseGuest() => machine.Pause();
 
@@ -79,7 +84,7 @@ public sealed class MachineMigrationSource(Machine.Machine machine) : IMigration
 
         public bool HintRunFinishedByGuest => _device.HintStatus.State is FreePageHintState.Stopped or FreePageHintState.Done;
 
-        public void CopyBalloonBitmap(int block, PageBitmap into) => _device.BalloonBitmap(_memory.Blocks[block]).Words.CopyTo(into.Words);
+        public void CopyBalloonBitmap(int block, PageSet into) => _device.BalloonBitmap(_memory.Blocks[block]).Words.CopyTo(into.Words);
 
         public void StartHinting() => _device.StartFreePageHinting();
 

@@ -220,7 +220,7 @@ public sealed class SnapshotFile : IDisposable
                 Interlocked.CompareExchange(ref error, e, null);
             }
         }
-        SnapshotWriter.RunThreads((int)Math.Min(threads, Math.Max(1, chunkBase[^1])), "snapshot-load", Work);
+        WorkerThreads.Run((int)Math.Min(threads, Math.Max(1, chunkBase[^1])), "snapshot-load", _ => Work());
         if (error is SnapshotFormatException)
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error).Throw();
         if (error is not null)

@@ -31,15 +31,14 @@ public sealed class TempDir : IDisposable
 /// <summary>Helpers shared by the snapshot tests: memory contents, allocation on disk, and surgery on files.</summary>
 public static unsafe class SnapshotFixtures
 {
-    public const int Page = 4096;
     public const ulong MiB = 1UL << 20;
 
     /// <summary>A recognisable, never-zero pattern for a page of a block at a generation.</summary>
     public static void FillPages(RamBlock block, ulong firstPage, ulong pages, ulong generation)
     {
-        var words = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(block.Mapping.GetSpan(firstPage * Page, (int)(pages * Page)));
+        var words = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(block.Mapping.GetSpan(firstPage * Page.Size, (int)(pages * Page.Size)));
         for (var i = 0; i < words.Length; i++)
-            words[i] = unchecked(((firstPage * Page) + (ulong)i * 8) * 0x9E3779B97F4A7C15UL + generation * 0xC2B2AE3D27D4EB4FUL + 1) | 1;
+            words[i] = unchecked(((firstPage * Page.Size) + (ulong)i * 8) * 0x9E3779B97F4A7C15UL + generation * 0xC2B2AE3D27D4EB4FUL + 1) | 1;
     }
 
     /// <summary>Bytes the file occupies on disk (st_blocks × 512), as `stat` reports.</summary>
@@ -63,7 +62,7 @@ public static unsafe class SnapshotFixtures
             if (!want.SequenceEqual(got))
             {
                 var at = want.CommonPrefixLength(got);
-                Xunit.Assert.Fail($"block {expected[b].Name} differs at page {at / Page} (offset 0x{at:X})");
+                Xunit.Assert.Fail($"block {expected[b].Name} differs at page {at / Page.Size} (offset 0x{at:X})");
             }
         }
     }

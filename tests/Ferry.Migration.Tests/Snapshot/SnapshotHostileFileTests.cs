@@ -20,7 +20,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
     {
         _path = _dir.File("vm.snap");
         using var low = RamBlock.Create("ram-low", 0, 16 * MiB, 0);
-        using var high = RamBlock.Create("ram-high", 4UL << 30, 2 * MiB + 3 * Page, 1);
+        using var high = RamBlock.Create("ram-high", 4UL << 30, 2 * MiB + 3 * Page.Size, 1);
         FillPages(low, 0, 40, 1);
         FillPages(low, 3000, 10, 1);
         FillPages(high, 512, 3, 2);
@@ -61,7 +61,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
     {
         var length = _file.Length;
         var points = new List<long> { 0, 1, 7, 8, 12, 64, 95, 127, 128, 4096, _file.Entry(1) + 10, _file.PresentBitmap(0) + 1,
-            _file.PagesOffset(0), _file.PagesOffset(0) + 40 * Page, _file.PagesOffset(1) + 1, _file.StateOffset, _file.StateOffset + 17, length - 1 };
+            _file.PagesOffset(0), _file.PagesOffset(0) + 40 * Page.Size, _file.PagesOffset(1) + 1, _file.StateOffset, _file.StateOffset + 17, length - 1 };
         var original = _file.Read(0, (int)Math.Min(length, (long)(2 * MiB)));
         foreach (var point in points)
         {

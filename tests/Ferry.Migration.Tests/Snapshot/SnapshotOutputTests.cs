@@ -64,7 +64,7 @@ public sealed class SnapshotOutputTests
         // Several passes rewrote the working set, each into the same slots: the file is RAM plus metadata.
         Assert.True(output.Writer!.PagesWritten > 8192 + 100, $"{output.Writer.PagesWritten} page writes");
         Assert.True(new FileInfo(path).Length < (long)(80 * MiB + 3 * MiB), $"{new FileInfo(path).Length} bytes");
-        Assert.True(AllocatedOnDisk(path) < (8192L + 100) * Page + 2 * (long)MiB);
+        Assert.True(AllocatedOnDisk(path) < (8192L + 100) * Page.Size + 2 * (long)MiB);
 
         var generation = vm.Generation;
         Thread.Sleep(50);
@@ -109,7 +109,7 @@ public sealed class SnapshotOutputTests
         try
         {
             Assert.Equal(99, result.PagesLoaded);
-            Assert.Equal(99UL * Page, loaded[0].AllocatedBytes());
+            Assert.Equal(99UL * Page.Size, loaded[0].AllocatedBytes());
             AssertSameMemory(vm.Blocks, loaded);
         }
         finally

@@ -13,17 +13,17 @@ public sealed class SnapshotRoundTripTests
     private static RamBlock[] SourceBlocks(out ulong dataPages)
     {
         var low = RamBlock.Create("ram-low", 0, 64 * MiB, 0);
-        var high = RamBlock.Create("ram-high", 4UL << 30, 32 * MiB + 3 * Page, 1); // 8195 pages: a partial last word
+        var high = RamBlock.Create("ram-high", 4UL << 30, 32 * MiB + 3 * Page.Size, 1); // 8195 pages: a partial last word
         FillPages(low, 0, 1, 1);                       // page 0
         FillPages(low, 100, 300, 1);                   // a run across many words
         FillPages(low, 5000, 1, 2);                    // a lone page
-        low.Mapping.GetSpan(2000 * Page, 50 * Page).Clear(); // touched, but zero: allocated in the memfd
+        low.Mapping.GetSpan(2000 * Page.Size, 50 * Page.Size).Clear(); // touched, but zero: allocated in the memfd
         FillPages(low, 16383, 1, 3);                   // the last page
         FillPages(high, 7, 10, 4);
         FillPages(high, 8192, 3, 5);                   // the partial last word
-        high.Mapping.GetSpan(20 * Page, 5 * Page).Clear();
+        high.Mapping.GetSpan(20 * Page.Size, 5 * Page.Size).Clear();
         // Non-zero only in the last byte: the zero check must look at all of it.
-        high.Mapping.GetSpan(1000 * Page, Page)[Page - 1] = 0x5A;
+        high.Mapping.GetSpan(1000 * Page.Size, Page.Size)[Page.Size - 1] = 0x5A;
         dataPages = 1 + 300 + 1 + 1 + 10 + 3 + 1;
         return [low, high];
     }
@@ -54,29 +54,29 @@ public sealed class SnapshotRoundTripTests
             Assert.Equal((long)dataPages, saved.DataPages);
             Assert.Equal(55, saved.ZeroPages);
             Assert.Equal((long)(source.Sum(b => (long)b.PageCount) - (long)dataPages - 55), saved.UntouchedPages);
-            Assert.Equal((long)dataPages * Page, saved.BytesWritten);
+            Assert.Equal((long)dataPages * Page.Size, saved.BytesWritten);
             // Never-touched pages were never read (reading a shmem hole would allocate it).
             Assert.Equal(sourceAllocated, source.Select(b => b.AllocatedBytes()).ToArray());
 
             // The file: full apparent size, but on disk only the data pages and the metadata.
             var fileLength = new FileInfo(path).Length;
             Assert.True(fileLength > (long)(source[0].Size + source[1].Size), $"file is {fileLength} bytes");
-            var metadata = 2 * Page                                    // header page, block table
-                           + 2 * Page                                  // present bitmaps (2 KiB and 1 KiB); balloon bitmaps are empty holes
+            var metadata = 2 * Page.Size                                    // header page, block table
+                           + 2 * Page.Size                                  // present bitmaps (2 KiB and 1 KiB); balloon bitmaps are empty holes
                            + state.Sum(s => 16 + s.Name.Length + s.Blob.Length);
             var onDisk = AllocatedOnDisk(path);
-            var expected = (long)dataPages * Page + metadata;
-            Assert.True(onDisk >= (long)dataPages * Page, $"{onDisk} bytes on disk for {dataPages} data pages");
+            var expected = (long)dataPages * Page.Size + metadata;
+            Assert.True(onDisk >= (long)dataPages * Page.Size, $"{onDisk} bytes on disk for {dataPages} data pages");
             Assert.True(onDisk <= expected * 105 / 100, $"{onDisk} bytes on disk, expected within 5% of {expected}");
 
             using var file = SnapshotFile.Open(path);
             var loaded = file.LoadInto(destination, threads: 3);
 
             Assert.Equal((long)dataPages, loaded.PagesLoaded);
-            Assert.Equal((long)dataPages * Page, loaded.BytesRead);
+            Assert.Equal((long)dataPages * Page.Size, loaded.BytesRead);
             Assert.Equal(0, loaded.PagesDiscarded);
             // The destination holds exactly the data pages: zero and untouched pages are holes.
-            Assert.Equal(dataPages * Page, destination.Aggregate(0UL, (s, b) => s + b.AllocatedBytes()));
+            Assert.Equal(dataPages * Page.Size, destination.Aggregate(0UL, (s, b) => s + b.AllocatedBytes()));
             Assert.Equal(state.Length, loaded.State.Count);
             for (var i = 0; i < state.Length; i++)
             {
@@ -114,7 +114,7 @@ public sealed class SnapshotRoundTripTests
             var loaded = file.LoadInto(destination, threads: 1);
 
             Assert.Equal(6, loaded.PagesDiscarded);
-            Assert.Equal(dataPages * Page, destination.Aggregate(0UL, (s, b) => s + b.AllocatedBytes()));
+            Assert.Equal(dataPages * Page.Size, destination.Aggregate(0UL, (s, b) => s + b.AllocatedBytes()));
             AssertSameMemory(source, [destination[1], destination[0]]);
         }
         finally
@@ -148,7 +148,7 @@ public sealed class SnapshotRoundTripTests
             AssertSameMemory(source, [destination[1], destination[0]]);
             Assert.Equal(dataPages, destination.Aggregate(0UL, (s, b) => s + b.FileMappedPages));
             // A later migration or snapshot finds exactly the present pages as data.
-            Assert.Equal(dataPages, destination.Aggregate(0UL, (s, b) => s + b.DataExtents().Aggregate(0UL, (n, e) => n + e.Length / Page)));
+            Assert.Equal(dataPages, destination.Aggregate(0UL, (s, b) => s + b.DataExtents().Aggregate(0UL, (n, e) => n + e.Length / Page.Size)));
         }
         finally
         {
@@ -169,7 +169,7 @@ public sealed class SnapshotRoundTripTests
         Assert.Equal(0, saved.DataPages);
         Assert.Equal((long)block.PageCount, saved.UntouchedPages);
         Assert.True(new FileInfo(path).Length > (long)(256 * MiB));
-        Assert.True(AllocatedOnDisk(path) <= 16 * Page, $"{AllocatedOnDisk(path)} bytes on disk for an empty VM");
+        Assert.True(AllocatedOnDisk(path) <= 16 * Page.Size, $"{AllocatedOnDisk(path)} bytes on disk for an empty VM");
         using var file = SnapshotFile.Open(path);
         Assert.Equal(0UL, file.Blocks[0].PresentPages);
         Assert.Empty(file.State);
@@ -229,8 +229,8 @@ public sealed class SnapshotRoundTripTests
             Assert.Equal(1u, inspection.Version);
             Assert.Equal(4096, inspection.PageSize);
             Assert.Equal(new FileInfo(path).Length, inspection.FileBytes);
-            Assert.InRange(inspection.AllocatedBytes, (long)(dataPages - 2) * Page, AllocatedOnDisk(path));
-            Assert.Equal((long)(dataPages - 2) * Page, inspection.PresentBytes);
+            Assert.InRange(inspection.AllocatedBytes, (long)(dataPages - 2) * Page.Size, AllocatedOnDisk(path));
+            Assert.Equal((long)(dataPages - 2) * Page.Size, inspection.PresentBytes);
             Assert.Equal(2, inspection.Blocks.Count);
             var low = inspection.Blocks[0];
             Assert.Equal(("ram-low", 64 * MiB, 16384UL, 303UL, 0UL, 16384UL - 303), (low.Name, low.Size, low.Pages, low.PresentPages, low.BalloonedPages, low.AbsentPages));

@@ -9,7 +9,7 @@ namespace Ferry.Migration.Tests.Snapshot;
 /// <summary>The writer's fixed slots: overwrites in place, punching, parallel writers, and its refusals.</summary>
 public sealed class SnapshotWriterTests
 {
-    private static byte[] PagesOf(byte value, int pages) => [.. Enumerable.Repeat(value, pages * Page)];
+    private static byte[] PagesOf(byte value, int pages) => [.. Enumerable.Repeat(value, pages * Page.Size)];
 
     [Fact]
     public void Writing_a_slot_again_overwrites_it_and_the_file_never_grows()
@@ -28,7 +28,7 @@ public sealed class SnapshotWriterTests
             Assert.Equal(length, new FileInfo(path).Length);
             Assert.Equal(onDisk, AllocatedOnDisk(path));
             Assert.Equal(80, writer.PagesWritten);
-            Assert.Equal(80L * Page, writer.BytesWritten);
+            Assert.Equal(80L * Page.Size, writer.BytesWritten);
             Assert.Equal(8, writer.PresentPages);
             writer.Finish([]);
             // The state area (empty here) is all Finish adds after the page areas.
@@ -37,8 +37,8 @@ public sealed class SnapshotWriterTests
 
         using var file = SnapshotFile.Open(path);
         file.LoadInto([target], 2);
-        Assert.True(target.Mapping.GetSpan(10 * Page, 8 * Page).IndexOfAnyExcept((byte)10) < 0);
-        Assert.Equal(8UL * Page, target.AllocatedBytes());
+        Assert.True(target.Mapping.GetSpan(10 * Page.Size, 8 * Page.Size).IndexOfAnyExcept((byte)10) < 0);
+        Assert.Equal(8UL * Page.Size, target.AllocatedBytes());
     }
 
     [Fact]
@@ -57,7 +57,7 @@ public sealed class SnapshotWriterTests
             writer.MarkAbsent(0, 1000, 100);
             var after = AllocatedOnDisk(path);
             // 51 slots freed (one 4 KiB block may go to the extent tree the holes split).
-            Assert.InRange(before - after, 50L * Page, 51L * Page);
+            Assert.InRange(before - after, 50L * Page.Size, 51L * Page.Size);
             Assert.Equal(51, writer.PagesPunched);
             Assert.Equal(205, writer.PresentPages);
             writer.Finish([]);
@@ -71,10 +71,10 @@ public sealed class SnapshotWriterTests
 
         Assert.Equal(205, loaded.PagesLoaded);
         Assert.Equal(50, loaded.PagesDiscarded);
-        Assert.Equal(205UL * Page, target.AllocatedBytes());
-        Assert.True(target.Mapping.GetSpan(100 * Page, 50 * Page).IndexOfAnyExcept((byte)0) < 0);
-        Assert.True(target.Mapping.GetSpan(200 * Page, Page).IndexOfAnyExcept((byte)0) < 0);
-        Assert.True(target.Mapping.GetSpan(201 * Page, 55 * Page).IndexOfAnyExcept((byte)7) < 0);
+        Assert.Equal(205UL * Page.Size, target.AllocatedBytes());
+        Assert.True(target.Mapping.GetSpan(100 * Page.Size, 50 * Page.Size).IndexOfAnyExcept((byte)0) < 0);
+        Assert.True(target.Mapping.GetSpan(200 * Page.Size, Page.Size).IndexOfAnyExcept((byte)0) < 0);
+        Assert.True(target.Mapping.GetSpan(201 * Page.Size, 55 * Page.Size).IndexOfAnyExcept((byte)7) < 0);
     }
 
     [Fact]
@@ -111,7 +111,7 @@ public sealed class SnapshotWriterTests
         file.LoadInto([target], 4);
         for (var p = 0; p < 5000; p++)
         {
-            var page = target.Mapping.GetSpan((ulong)p * Page, Page);
+            var page = target.Mapping.GetSpan((ulong)p * Page.Size, Page.Size);
             var allowed = p switch
             {
                 < 2048 => new byte[] { 1 },
@@ -123,7 +123,7 @@ public sealed class SnapshotWriterTests
             Assert.Contains(first, allowed);
             Assert.True(page.IndexOfAnyExcept(first) < 0, $"page {p} is torn");
         }
-        Assert.Equal(5000UL * Page, target.AllocatedBytes());
+        Assert.Equal(5000UL * Page.Size, target.AllocatedBytes());
     }
 
     [Fact]
@@ -158,7 +158,7 @@ public sealed class SnapshotWriterTests
         using (var writer = SnapshotWriter.Create(path, [new BlockDescriptor("ram-low", 16 * MiB)]))
         {
             // The old pages are gone at once (not merely unreferenced), and the old file is no longer finished.
-            Assert.True(AllocatedOnDisk(path) < 100L * Page);
+            Assert.True(AllocatedOnDisk(path) < 100L * Page.Size);
             Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(path));
             writer.WritePages(0, 50, PagesOf(2, 1));
             writer.Finish([]);

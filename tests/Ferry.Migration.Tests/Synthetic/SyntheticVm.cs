@@ -79,7 +79,7 @@ public sealed class SyntheticVm : IMigrationSource, IDisposable
     /// <summary>Raised at the start of every <see cref="SyncDirtyLog"/> (block index): a test can write pages at an exact point.</summary>
     public event Action<int>? Syncing;
 
-    public void SyncDirtyLog(int block, PageBitmap into)
+    public void SyncDirtyLog(int block, PageSet into)
     {
         Syncing?.Invoke(block);
         lock (_gate)
@@ -239,7 +239,7 @@ public sealed class SyntheticBalloon(SyntheticVm vm) : IMigrationBalloon
         vm.Blocks[block].Discard(firstPage * 4096, pages * 4096);
     }
 
-    public void CopyBalloonBitmap(int block, PageBitmap into) => _bitmaps[block].Words.CopyTo(into.Words);
+    public void CopyBalloonBitmap(int block, PageSet into) => _bitmaps[block].Words.CopyTo(into.Words);
 
     public bool HintRunFinishedByGuest
     {
