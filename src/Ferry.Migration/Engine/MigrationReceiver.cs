@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Ferry.Kvm;
 using Ferry.Migration.Ram;
 using Ferry.Migration.Stream;
 using Ferry.Migration.Transport;
@@ -190,7 +191,7 @@ public static class MigrationReceiver
                         sections.Add(new StateSection(record.StateKind, record.StateIndex, record.StateName, record.Data.ToArray()));
                     break;
                 case RecordType.BalloonBitmap:
-                    target.ApplyBalloonBitmap(record.Block, record.PageOffset / StreamLimits.PageSize, record.Data.Span);
+                    target.ApplyBalloonBitmap(record.Block, record.PageOffset / Page.Size, record.Data.Span);
                     break;
                 default:
                     RamLoader.Apply(record, target.Blocks);
