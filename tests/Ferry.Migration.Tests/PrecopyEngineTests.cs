@@ -431,6 +431,8 @@ public sealed class PrecopyEngineTests
             channels.BreakAll();
             var error = Assert.Throws<MigrationException>(() => run.GetAwaiter().GetResult());
             Assert.Contains("connection", error.Message, StringComparison.OrdinalIgnoreCase);
+            Assert.Equal(MigrationErrorKind.ChannelFailed, error.Kind);
+            Assert.Equal(MigrationErrorKind.ChannelFailed, migration.Snapshot().ErrorKind);
             Assert.Equal(MigrationStatus.Failed, migration.Status);
             Assert.Equal(error.Message, migration.Snapshot().Error);
             Assert.False(vm.IsPaused);
@@ -453,6 +455,7 @@ public sealed class PrecopyEngineTests
         var error = Assert.Throws<MigrationException>(() => migration.Run(channels));
 
         Assert.Contains("RAM block 'ram-low' is 67108864 bytes in the stream and 33554432 here", error.Message, StringComparison.Ordinal);
+        Assert.Equal(MigrationErrorKind.DestinationRefused, error.Kind);
         Assert.Contains("RAM block 'ram-low'", Assert.Throws<MigrationException>(() => receive.GetAwaiter().GetResult()).Message, StringComparison.Ordinal);
         Assert.False(vm.IsPaused);
     }
@@ -490,6 +493,7 @@ public sealed class PrecopyEngineTests
 
         Assert.True(saboteur.Struck, $"no {type} record passed");
         Assert.Contains(truncate ? "truncated" : "checksum mismatch", destinationError.Message, StringComparison.Ordinal);
+        Assert.Equal(MigrationErrorKind.InvalidStream, destinationError.Kind);
         Assert.False(target.Resumed);
         Assert.Null(target.State);
         Assert.False(vm.IsPaused, $"source left paused after: {sourceError.Message}");
