@@ -76,7 +76,7 @@ internal static class Demo
         {
             Console.WriteLine($"live migration over loopback TCP ({migration.Channels} channels, {migration.Passes.Count} passes): {migration.TotalTimeMs:0} ms total, {migration.DowntimeMs:0.0} ms downtime, {migration.TransferredBytes / (double)GuestLayout.MiB:0.0} MiB sent");
             Console.WriteLine($"  pages sent {migration.NormalPages}, zero {migration.ZeroPages}, skipped: never touched {migration.UntouchedPages}, hinted free {migration.HintedPages}, ballooned {migration.BalloonedPages}");
-            Console.WriteLine($"  destination loaded {report.DataPages} pages from {report.Channels} channels; free page hint: {migration.FreePageHint}");
+            Console.WriteLine($"  destination loaded {report.DataPages} pages from {report.Channels} channels; free page hint: {Ferry.Control.MigrationQmpText.FreePageHint(migration)}");
             var stopped = await Cmd(destinationConsole, "stop").ConfigureAwait(false);
             verify = await Cmd(destinationConsole, "verify").ConfigureAwait(false);
             Console.WriteLine($"on the destination: dirty had rewritten {stopped.GetProperty("pages_dirtied").GetUInt64()} pages; verify: {verify.GetProperty("pages_checked").GetUInt64()} pages checked, {verify.GetProperty("failures").GetUInt64()} failures");

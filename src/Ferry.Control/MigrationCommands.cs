@@ -218,13 +218,13 @@ public static class MigrationJson
             ["skipped-ballooned"] = s.BalloonedPages,
             ["skipped-hinted"] = s.HintedPages,
             ["ballooned-sent"] = s.BalloonedPagesSent,
-            ["balloon-skip"] = s.BalloonSkip,
-            ["free-page-hint"] = s.FreePageHint,
+            ["balloon-skip"] = MigrationQmpText.BalloonSkip(s.BalloonSkip),
+            ["free-page-hint"] = MigrationQmpText.FreePageHint(s),
             ["downtime-exact-ms"] = s.DowntimeMs is { } d ? Math.Round(d, 3) : null,
             ["total-time-exact-ms"] = Math.Round(s.TotalTimeMs, 3),
         };
         if (s.NotConverging is not null)
-            ferry["not-converging"] = s.NotConverging;
+            ferry["not-converging"] = MigrationQmpText.NotConverging(s.NotConverging);
         if (s.Downtime is { } phases)
         {
             ferry["downtime-phases-ms"] = new JsonObject

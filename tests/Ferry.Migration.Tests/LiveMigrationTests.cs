@@ -88,7 +88,7 @@ public sealed class LiveMigrationTests
         var (destination, stats, report) = LiveMigrate(source);
         using (destination)
         {
-            Assert.Equal("on", stats.BalloonSkip);
+            Assert.Equal(BalloonSkipReason.On, stats.BalloonSkip);
             Assert.Equal((long)target, stats.BalloonedPages);
             Assert.Equal((ulong)target, report.BalloonedPages);
             Assert.True(stats.NormalPages < 90 * 256, $"{stats.NormalPages} pages sent");
@@ -117,13 +117,13 @@ public sealed class LiveMigrationTests
             var filledPages = (long)filled * 256;
             if (hint)
             {
-                Assert.Equal("on", stats.FreePageHint);
+                Assert.Equal(FreePageHintReason.On, stats.FreePageHint);
                 Assert.True(stats.HintedPages > filledPages * 9 / 10, $"{stats.HintedPages} hinted of {filledPages} freed");
                 Assert.True(stats.NormalPages < filledPages / 10, $"{stats.NormalPages} pages sent");
             }
             else
             {
-                Assert.StartsWith("off: capability", stats.FreePageHint, StringComparison.Ordinal);
+                Assert.Equal(FreePageHintReason.CapabilityOff, stats.FreePageHint);
                 Assert.Equal(0, stats.HintedPages);
                 Assert.True(stats.NormalPages >= filledPages, $"{stats.NormalPages} pages sent");
             }

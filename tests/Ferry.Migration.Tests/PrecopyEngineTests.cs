@@ -143,7 +143,7 @@ public sealed class PrecopyEngineTests
 
         var (stats, report) = Migrate(vm, target);
 
-        Assert.Equal("on", stats.BalloonSkip);
+        Assert.Equal(BalloonSkipReason.On, stats.BalloonSkip);
         Assert.Equal(700, stats.NormalPages);
         Assert.Equal(300, stats.BalloonedPages);
         Assert.Equal(0, stats.BalloonedPagesSent);
@@ -163,7 +163,7 @@ public sealed class PrecopyEngineTests
 
         var (stats, _) = Migrate(vm, target);
 
-        Assert.StartsWith("off: the guest did not negotiate MUST_TELL_HOST", stats.BalloonSkip, StringComparison.Ordinal);
+        Assert.Equal(BalloonSkipReason.NoMustTellHost, stats.BalloonSkip);
         Assert.Equal(1000, stats.NormalPages);
         Assert.Equal(0, stats.BalloonedPages);
         Assert.Equal(100, stats.BalloonedPagesSent);
@@ -234,7 +234,7 @@ public sealed class PrecopyEngineTests
 
         var (stats, _) = Migrate(vm, target);
 
-        Assert.Equal("on", stats.FreePageHint);
+        Assert.Equal(FreePageHintReason.On, stats.FreePageHint);
         Assert.InRange(stats.HintedPages, 990, 1000);
         Assert.InRange(stats.NormalPages, 1000, 1200);
         var src = vm.Blocks[0].Mapping;
@@ -274,7 +274,7 @@ public sealed class PrecopyEngineTests
 
         var (stats, _) = Migrate(vm, target);
 
-        Assert.Contains("poisons free pages", stats.FreePageHint, StringComparison.Ordinal);
+        Assert.Equal(FreePageHintReason.GuestPoisons, stats.FreePageHint);
         Assert.Equal(0, vm.SyntheticBalloon.RunsStarted);
         Assert.Equal(100, stats.NormalPages);
         AssertSameMemory(vm, target);
@@ -315,12 +315,13 @@ public sealed class PrecopyEngineTests
         var stats = migration.Snapshot();
         Assert.Equal(MigrationStatus.Active, stats.Status);
         Assert.True(stats.Passes.Count >= 3, $"{stats.Passes.Count} passes");
-        Assert.Contains("auto-converge is off", stats.NotConverging, StringComparison.Ordinal);
-        Assert.Contains("over downtime-limit 50 ms", stats.NotConverging, StringComparison.Ordinal);
+        Assert.Equal(AutoConvergeStep.Off, stats.NotConverging!.AutoConverge);
+        Assert.Equal((NotConvergingReason.OverDowntimeLimit, 50L), (stats.NotConverging.Reason, stats.NotConverging.DowntimeLimitMs));
 
         migration.Cancel();
         var error = Assert.Throws<MigrationException>(() => run.GetAwaiter().GetResult());
         Assert.Equal("migration cancelled", error.Message);
+        Assert.Equal(MigrationErrorKind.Cancelled, error.Kind);
         Assert.Equal(MigrationStatus.Cancelled, migration.Status);
         Assert.False(vm.IsPaused);
         Assert.False(vm.DirtyLogging);
@@ -431,6 +432,8 @@ public sealed class PrecopyEngineTests
             channels.BreakAll();
             var error = Assert.Throws<MigrationException>(() => run.GetAwaiter().GetResult());
             Assert.Contains("connection", error.Message, StringComparison.OrdinalIgnoreCase);
+            Assert.Equal(MigrationErrorKind.ChannelFailed, error.Kind);
+            Assert.Equal(MigrationErrorKind.ChannelFailed, migration.Snapshot().ErrorKind);
             Assert.Equal(MigrationStatus.Failed, migration.Status);
             Assert.Equal(error.Message, migration.Snapshot().Error);
             Assert.False(vm.IsPaused);
@@ -453,6 +456,7 @@ public sealed class PrecopyEngineTests
         var error = Assert.Throws<MigrationException>(() => migration.Run(channels));
 
         Assert.Contains("RAM block 'ram-low' is 67108864 bytes in the stream and 33554432 here", error.Message, StringComparison.Ordinal);
+        Assert.Equal(MigrationErrorKind.DestinationRefused, error.Kind);
         Assert.Contains("RAM block 'ram-low'", Assert.Throws<MigrationException>(() => receive.GetAwaiter().GetResult()).Message, StringComparison.Ordinal);
         Assert.False(vm.IsPaused);
     }
@@ -490,6 +494,7 @@ public sealed class PrecopyEngineTests
 
         Assert.True(saboteur.Struck, $"no {type} record passed");
         Assert.Contains(truncate ? "truncated" : "checksum mismatch", destinationError.Message, StringComparison.Ordinal);
+        Assert.Equal(MigrationErrorKind.InvalidStream, destinationError.Kind);
         Assert.False(target.Resumed);
         Assert.Null(target.State);
         Assert.False(vm.IsPaused, $"source left paused after: {sourceError.Message}");

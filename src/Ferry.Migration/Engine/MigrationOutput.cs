@@ -79,7 +79,7 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
     public IReadOnlyList<IPageSink> Open(IReadOnlyList<RamBlock> blocks, CancellationToken cancel)
     {
         if (blocks.Count is 0 or > StreamHeader.MaxBlocks)
-            throw new MigrationException($"{blocks.Count} RAM blocks (1..{StreamHeader.MaxBlocks} can migrate)");
+            throw new MigrationException(MigrationErrorKind.OutputFailed, $"{blocks.Count} RAM blocks (1..{StreamHeader.MaxBlocks} can migrate)");
         _channels = new Channel[channelCount];
         var sessionId = (ulong)Random.Shared.NextInt64();
         const StreamCapabilities capabilities = StreamCapabilities.All;
@@ -94,9 +94,9 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
                 _channels[0].Writer.Flush();
                 var reply = ReadReply(TimeSpan.FromSeconds(10), "the destination to accept the stream");
                 if (reply.Type != ReplyType.Accept)
-                    throw new MigrationException($"the destination refused the migration: {reply.Message}");
+                    throw new MigrationException(MigrationErrorKind.DestinationRefused, $"the destination refused the migration: {reply.Message}");
                 if (((StreamCapabilities)reply.Capabilities & ~capabilities) != 0)
-                    throw new MigrationException($"the destination accepted capabilities 0x{reply.Capabilities:X} that were not offered");
+                    throw new MigrationException(MigrationErrorKind.DestinationRefused, $"the destination accepted capabilities 0x{reply.Capabilities:X} that were not offered");
                 _passAcks = ((StreamCapabilities)reply.Capabilities).HasFlag(StreamCapabilities.PassAcks);
             }
             else
@@ -126,12 +126,12 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
         {
             var left = deadline - DateTime.UtcNow;
             if (left <= TimeSpan.Zero)
-                throw new MigrationException($"the destination had not loaded pass {pass} after {timeout.TotalMilliseconds:F0} ms");
+                throw new MigrationException(MigrationErrorKind.Timeout, $"the destination had not loaded pass {pass} after {timeout.TotalMilliseconds:F0} ms");
             var reply = ReadReply(left, $"the destination to load pass {pass}", stopAtPassLoaded: true);
             if (reply.Type == ReplyType.Failed)
-                throw new MigrationException($"the destination failed: {reply.Message}");
+                throw new MigrationException(MigrationErrorKind.DestinationFailed, $"the destination failed: {reply.Message}");
             if (reply.Type != ReplyType.PassLoaded)
-                throw new MigrationException($"the destination sent {reply.Type} while loading pass {pass}");
+                throw new MigrationException(MigrationErrorKind.DestinationFailed, $"the destination sent {reply.Type} while loading pass {pass}");
         }
     }
 
@@ -150,7 +150,7 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
         }
         var reply = ReadReply(timeout, "the guest running on the destination");
         if (reply.Type != ReplyType.Resumed)
-            throw new MigrationException($"the destination failed to load the VM: {reply.Message}");
+            throw new MigrationException(MigrationErrorKind.DestinationFailed, $"the destination failed to load the VM: {reply.Message}");
     }
 
     public void Abort(bool keepControl)
@@ -190,7 +190,7 @@ public sealed class ChannelOutput(IChannelConnector connector, int channelCount)
             if (left < TimeSpan.Zero || !read.Wait(left))
             {
                 _channels[0].Abort();
-                throw new MigrationException($"timed out after {timeout.TotalMilliseconds:F0} ms waiting for {waitingFor}");
+                throw new MigrationException(MigrationErrorKind.Timeout, $"timed out after {timeout.TotalMilliseconds:F0} ms waiting for {waitingFor}");
             }
             var reply = read.GetAwaiter().GetResult();
             if (reply.Type != ReplyType.PassLoaded)

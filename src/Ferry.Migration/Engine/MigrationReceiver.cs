@@ -1,5 +1,5 @@
-using Ferry.Kvm;
 using System.Diagnostics;
+using Ferry.Kvm;
 using Ferry.Migration.Ram;
 using Ferry.Migration.Stream;
 using Ferry.Migration.Transport;
@@ -136,13 +136,13 @@ public static class MigrationReceiver
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            var message = e switch
+            var (kind, message) = e switch
             {
-                StreamFormatException or InvalidDataException => $"bad migration stream: {e.Message}",
-                TimeoutException => $"a migration channel did not join within {ChannelJoinTimeout.TotalSeconds} s",
-                IOException => $"migration connection lost: {e.Message}",
-                OperationCanceledException => "migration load cancelled",
-                _ => $"{e.GetType().Name}: {e.Message}",
+                StreamFormatException or InvalidDataException => (MigrationErrorKind.InvalidStream, $"bad migration stream: {e.Message}"),
+                TimeoutException => (MigrationErrorKind.Timeout, $"a migration channel did not join within {ChannelJoinTimeout.TotalSeconds} s"),
+                IOException => (MigrationErrorKind.ChannelFailed, $"migration connection lost: {e.Message}"),
+                OperationCanceledException => (MigrationErrorKind.Cancelled, "migration load cancelled"),
+                _ => (MigrationErrorKind.Internal, $"{e.GetType().Name}: {e.Message}"),
             };
             try
             {
@@ -152,7 +152,7 @@ public static class MigrationReceiver
             {
                 // The source is gone; nobody to tell.
             }
-            throw new MigrationException(message, e);
+            throw new MigrationException(kind, message, e);
         }
         finally
         {

@@ -27,6 +27,9 @@ public sealed record MigrationStats
 {
     public MigrationStatus Status { get; init; }
     public string? Error { get; init; }
+
+    /// <summary>What kind of failure <see cref="Error"/> is (null unless the migration failed or was cancelled).</summary>
+    public MigrationErrorKind? ErrorKind { get; init; }
     public double TotalTimeMs { get; init; }
     public double SetupTimeMs { get; init; }
     public double? DowntimeMs { get; init; }
@@ -51,13 +54,16 @@ public sealed record MigrationStats
     public int ThrottlePercent { get; init; }
     public int Channels { get; init; }
 
-    /// <summary>"on", or "off: " and why (e.g. the guest did not negotiate MUST_TELL_HOST).</summary>
-    public string BalloonSkip { get; init; } = "";
+    /// <summary>Whether ballooned pages are skipped, or why not (e.g. the guest did not negotiate MUST_TELL_HOST).</summary>
+    public BalloonSkipReason BalloonSkip { get; init; }
 
-    /// <summary>"on", or "off: " and why.</summary>
-    public string FreePageHint { get; init; } = "";
+    /// <summary>Whether free page hints drop free pages, or why not.</summary>
+    public FreePageHintReason FreePageHint { get; init; }
+
+    /// <summary>The guest's free page poison value (0 = none); non-zero turns hinting off (<see cref="FreePageHintReason.GuestPoisons"/>).</summary>
+    public uint PoisonValue { get; init; }
 
     /// <summary>Why the last pass did not switch over, while the migration keeps iterating.</summary>
-    public string? NotConverging { get; init; }
+    public NotConverging? NotConverging { get; init; }
     public IReadOnlyList<PassReport> Passes { get; init; } = [];
 }

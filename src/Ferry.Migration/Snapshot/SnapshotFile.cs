@@ -70,7 +70,7 @@ public sealed record SnapshotLoadResult(IReadOnlyList<StateSection> State, long 
 /// </summary>
 public sealed class SnapshotFile : IDisposable
 {
-    private const ulong LoadChunkPages = 2048; // 8 MiB: the unit threads take, and the largest single read
+    private const ulong LoadChunkPages = 4 * Page.ChunkPages; // 8 MiB: the unit threads take, and the largest single read
 
     private readonly SafeFileHandle _file;
     private readonly SnapshotBlock[] _blocks;
@@ -213,7 +213,7 @@ public sealed class SnapshotFile : IDisposable
                 Interlocked.CompareExchange(ref error, e, null);
             }
         }
-        SnapshotWriter.RunThreads((int)Math.Min(threads, Math.Max(1, chunkBase[^1])), "snapshot-load", Work);
+        WorkerThreads.Run((int)Math.Min(threads, Math.Max(1, chunkBase[^1])), "snapshot-load", _ => Work());
         if (error is SnapshotFormatException)
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error).Throw();
         if (error is not null)

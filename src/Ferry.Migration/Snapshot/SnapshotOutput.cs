@@ -29,14 +29,14 @@ public sealed class SnapshotOutput(string path, int threads) : IMigrationOutput
     public IReadOnlyList<IPageSink> Open(IReadOnlyList<RamBlock> blocks, CancellationToken cancel)
     {
         if (threads is < 1 or > 64)
-            throw new MigrationException($"{threads} snapshot threads (1..64)");
+            throw new MigrationException(MigrationErrorKind.OutputFailed, $"{threads} snapshot threads (1..64)");
         try
         {
             _writer = SnapshotWriter.Create(path, blocks);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
-            throw new MigrationException($"cannot create snapshot {path}: {e.Message}", e);
+            throw new MigrationException(MigrationErrorKind.OutputFailed, $"cannot create snapshot {path}: {e.Message}", e);
         }
         return [.. Enumerable.Range(0, threads).Select(_ => new Sink(this, _writer))];
     }

@@ -3,14 +3,10 @@ using System.Runtime.InteropServices;
 using System.Text;
 using Ferry.Kvm;
 using Ferry.Migration.Engine;
-using Ferry.Migration.Ram;
 using Ferry.Migration.Stream;
 using Microsoft.Win32.SafeHandles;
 
 namespace Ferry.Migration.Snapshot;
-
-/// <summary>What a whole-RAM save wrote (<see cref="SnapshotWriter.WriteAllPages"/>).</summary>
-public sealed record SnapshotSaveResult(long DataPages, long ZeroPages, long UntouchedPages, long BytesWritten);
 
 /// <summary>
 /// Writes a snapshot file (docs/snapshot-format.md). Page i of block b always goes to the same slot, so a page
@@ -27,7 +23,6 @@ public sealed record SnapshotSaveResult(long DataPages, long ZeroPages, long Unt
 public sealed class SnapshotWriter : IDisposable
 {
     private const int Open = 0, Finishing = 1, Finished = 2, Disposed = 3;
-    private const int ChunkPages = 512; // 2 MiB: the unit threads take in WriteAllPages
 
     private readonly SafeFileHandle _file;
     private readonly BlockEntry[] _entries;
@@ -377,122 +372,6 @@ public sealed class SnapshotWriter : IDisposable
             at += span.Length;
         }
         return area;
-    }
-
-    /// <summary>
-    /// Writes every page of <paramref name="blocks"/> that holds data: only the memfd data extents are read (a hole
-    /// is never touched, since reading a shmem hole would allocate it), zero pages are skipped, runs of data pages
-    /// go out as one write each. <paramref name="threads"/> threads take 2 MiB chunks in turn. For a paused VM, or
-    /// tests; a running guest goes through the precopy engine instead. Does not finish the file.
-    /// </summary>
-    public SnapshotSaveResult WriteAllPages(IReadOnlyList<RamBlock> blocks, int threads)
-    {
-        CheckSameBlocks(blocks);
-        ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
-        // The pages worth looking at: the data extents, as a bitmap per block.
-        var data = new ulong[blocks.Count][];
-        long untouched = 0;
-        var chunkBase = new long[blocks.Count + 1];
-        for (var b = 0; b < blocks.Count; b++)
-        {
-            data[b] = new ulong[PageBits.WordCount(blocks[b].PageCount)];
-            ulong inExtents = 0;
-            foreach (var (offset, length) in blocks[b].DataExtents())
-                inExtents += PageBits.SetRange(data[b], offset / Page.Size, length / Page.Size);
-            untouched += (long)(blocks[b].PageCount - inExtents);
-            chunkBase[b + 1] = chunkBase[b] + (long)((blocks[b].PageCount + ChunkPages - 1) / ChunkPages);
-        }
-
-        long nextChunk = -1, dataPages = 0, zeroPages = 0, bytesBefore = BytesWritten;
-        Exception? error = null;
-        void Work()
-        {
-            try
-            {
-                long myData = 0, myZero = 0;
-                while (Volatile.Read(ref error) is null)
-                {
-                    var chunk = Interlocked.Increment(ref nextChunk);
-                    if (chunk >= chunkBase[^1])
-                        break;
-                    var b = 0;
-                    while (chunk >= chunkBase[b + 1])
-                        b++;
-                    var first = (ulong)(chunk - chunkBase[b]) * ChunkPages;
-                    var end = Math.Min(first + ChunkPages, blocks[b].PageCount);
-                    SaveChunk(blocks[b], b, data[b], first, end, ref myData, ref myZero);
-                }
-                Interlocked.Add(ref dataPages, myData);
-                Interlocked.Add(ref zeroPages, myZero);
-            }
-            catch (Exception e)
-            {
-                Interlocked.CompareExchange(ref error, e, null);
-            }
-        }
-        RunThreads((int)Math.Min(threads, Math.Max(1, chunkBase[^1])), "snapshot-save", Work);
-        if (error is not null)
-            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error).Throw();
-        return new SnapshotSaveResult(dataPages, zeroPages, untouched, BytesWritten - bytesBefore);
-    }
-
-    /// <summary>One chunk: each run of data-extent pages, split at zero pages; non-zero runs written straight from the mapping.</summary>
-    private void SaveChunk(RamBlock block, int index, ulong[] data, ulong first, ulong end, ref long dataPages, ref long zeroPages)
-    {
-        var position = first;
-        while (PageBits.NextRun(data, ref position, end, out var start, out var length))
-        {
-            ulong runStart = 0, runLength = 0;
-            for (var page = start; page < start + length; page++)
-            {
-                if (ZeroPage.IsZero(block.Mapping.GetSpan(page * Page.Size, Page.Size)))
-                {
-                    zeroPages++;
-                    if (runLength != 0)
-                        WritePages(index, runStart, block.Mapping.GetSpan(runStart * Page.Size, (int)(runLength * Page.Size)));
-                    runLength = 0;
-                    continue;
-                }
-                if (runLength == 0)
-                    runStart = page;
-                runLength++;
-                dataPages++;
-            }
-            if (runLength != 0)
-                WritePages(index, runStart, block.Mapping.GetSpan(runStart * Page.Size, (int)(runLength * Page.Size)));
-        }
-    }
-
-    /// <summary>Creates the file, writes every data page with <paramref name="threads"/> threads, and finishes it with the state.</summary>
-    public static SnapshotSaveResult SaveAll(string path, IReadOnlyList<RamBlock> blocks, IReadOnlyList<StateSection> state, int threads)
-    {
-        using var writer = Create(path, blocks);
-        var result = writer.WriteAllPages(blocks, threads);
-        writer.Finish(state);
-        return result;
-    }
-
-    internal static void RunThreads(int count, string name, Action work)
-    {
-        if (count == 1)
-        {
-            work();
-            return;
-        }
-        var threads = new Thread[count];
-        for (var i = 0; i < count; i++)
-        {
-            threads[i] = new Thread(() => work()) { Name = $"{name}{i}", IsBackground = true };
-            threads[i].Start();
-        }
-        foreach (var thread in threads)
-            thread.Join();
-    }
-
-    private void CheckSameBlocks(IReadOnlyList<RamBlock> blocks)
-    {
-        if (blocks.Count != _entries.Length || blocks.Where((b, i) => b.Name != _entries[i].Name || b.Size != _entries[i].Size).Any())
-            throw new ArgumentException("the blocks are not the ones the snapshot was created for (same names and sizes, same order)", nameof(blocks));
     }
 
     private BlockEntry CheckBlock(int block)

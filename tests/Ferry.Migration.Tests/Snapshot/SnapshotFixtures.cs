@@ -3,6 +3,8 @@ using Ferry.Interop;
 using Ferry.Kvm;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Stream;
+using Ferry.Migration.Snapshot;
+using Ferry.Migration.Tests.Synthetic;
 
 namespace Ferry.Migration.Tests.Snapshot;
 
@@ -74,6 +76,17 @@ public static unsafe class SnapshotFixtures
         new(StateKind.Device, 0, "virtio-mmio", [1, 2, 3]),
         new(StateKind.Machine, 0, "empty", []),
     ];
+
+    /// <summary>
+    /// Saves blocks a test filled (a paused VM) into a finished snapshot file the way every save goes: the precopy
+    /// engine's page scanner into a <see cref="SnapshotOutput"/> with <paramref name="threads"/> sinks.
+    /// </summary>
+    public static MigrationStats SaveThroughEngine(string path, IReadOnlyList<RamBlock> blocks, IReadOnlyList<StateSection> state, int threads, FixedBalloon? balloon = null)
+    {
+        using var output = new SnapshotOutput(path, threads);
+        using var save = new PrecopyMigration(new PausedBlocks(blocks, state, balloon), new MigrationParameters(), new MigrationCapabilities());
+        return save.Run(output);
+    }
 }
 
 /// <summary>

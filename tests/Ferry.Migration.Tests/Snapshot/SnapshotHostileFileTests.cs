@@ -24,7 +24,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
         FillPages(low, 0, 40, 1);
         FillPages(low, 3000, 10, 1);
         FillPages(high, 512, 3, 2);
-        SnapshotWriter.SaveAll(_path, [low, high], SampleState(), threads: 2);
+        SaveThroughEngine(_path, [low, high], SampleState(), threads: 2);
         _file = new SnapshotSurgery(_path);
         using var check = SnapshotFile.Open(_path); // the baseline opens
     }

@@ -1,6 +1,7 @@
 using Ferry.Kvm;
 using Ferry.Migration.Snapshot;
 using Ferry.Migration.Stream;
+using Ferry.Migration.Tests.Synthetic;
 using Xunit;
 using static Ferry.Migration.Tests.Snapshot.SnapshotFixtures;
 
@@ -49,12 +50,12 @@ public sealed class SnapshotRoundTripTests
             var sourceAllocated = source.Select(b => b.AllocatedBytes()).ToArray();
             var state = SampleState();
 
-            var saved = SnapshotWriter.SaveAll(path, source, state, threads: 4);
+            var saved = SaveThroughEngine(path, source, state, threads: 4);
 
-            Assert.Equal((long)dataPages, saved.DataPages);
+            Assert.Equal((long)dataPages, saved.NormalPages);
             Assert.Equal(55, saved.ZeroPages);
             Assert.Equal((long)(source.Sum(b => (long)b.PageCount) - (long)dataPages - 55), saved.UntouchedPages);
-            Assert.Equal((long)dataPages * Page.Size, saved.BytesWritten);
+            Assert.Equal((long)dataPages * Page.Size, saved.TransferredBytes);
             // Never-touched pages were never read (reading a shmem hole would allocate it).
             Assert.Equal(sourceAllocated, source.Select(b => b.AllocatedBytes()).ToArray());
 
@@ -105,7 +106,7 @@ public sealed class SnapshotRoundTripTests
         var destination = LikeBlocks(source).Reverse().ToArray();
         try
         {
-            SnapshotWriter.SaveAll(path, source, [], threads: 2);
+            SaveThroughEngine(path, source, [], threads: 2);
             FillPages(destination[1], 1, 4, 9);   // ram-low pages 1..4: absent in the snapshot
             FillPages(destination[1], 100, 1, 9); // ram-low page 100: present, overwritten by the load
             FillPages(destination[0], 30, 2, 9);  // ram-high pages 30..31: absent
@@ -133,7 +134,7 @@ public sealed class SnapshotRoundTripTests
         var destination = LikeBlocks(source).Reverse().ToArray();
         try
         {
-            SnapshotWriter.SaveAll(path, source, SampleState(), threads: 2);
+            SaveThroughEngine(path, source, SampleState(), threads: 2);
             FillPages(destination[1], 1, 4, 9); // boot-time leftovers in pages the snapshot does not have
 
             using (var file = SnapshotFile.Open(path))
@@ -164,9 +165,9 @@ public sealed class SnapshotRoundTripTests
         var path = dir.File("empty.snap");
         using var block = RamBlock.Create("ram-low", 0, 256 * MiB, 0);
 
-        var saved = SnapshotWriter.SaveAll(path, [block], [], threads: 4);
+        var saved = SaveThroughEngine(path, [block], [], threads: 4);
 
-        Assert.Equal(0, saved.DataPages);
+        Assert.Equal(0, saved.NormalPages);
         Assert.Equal((long)block.PageCount, saved.UntouchedPages);
         Assert.True(new FileInfo(path).Length > (long)(256 * MiB));
         Assert.True(AllocatedOnDisk(path) <= 16 * Page.Size, $"{AllocatedOnDisk(path)} bytes on disk for an empty VM");
@@ -182,7 +183,7 @@ public sealed class SnapshotRoundTripTests
         var path = dir.File("vm.snap");
         using var block = RamBlock.Create("ram-low", 0, 16 * MiB, 0);
         FillPages(block, 0, 10, 1);
-        SnapshotWriter.SaveAll(path, [block], [], threads: 1);
+        SaveThroughEngine(path, [block], [], threads: 1);
         using var file = SnapshotFile.Open(path);
 
         using var bigger = RamBlock.Create("ram-low", 0, 32 * MiB, 0);
@@ -211,16 +212,11 @@ public sealed class SnapshotRoundTripTests
         var source = SourceBlocks(out var dataPages);
         try
         {
-            using (var writer = SnapshotWriter.Create(path, source))
-            {
-                writer.WriteAllPages(source, 2);
-                var balloon = new byte[8];
-                balloon[0] = 0b1000_0000;                      // page 7 of ram-high: it had data, now ballooned
-                balloon[1] = 0b0000_0001;                      // page 8: also
-                balloon[7] = 0b1000_0000;                      // page 63: never had data
-                writer.SetBallooned(1, 0, balloon);
-                writer.Finish(SampleState());
-            }
+            var balloon = new FixedBalloon(source);
+            balloon.Bitmap(1).Add(7);                          // page 7 of ram-high: it had data, now ballooned
+            balloon.Bitmap(1).Add(8);                          // page 8: also
+            balloon.Bitmap(1).Add(63);                         // page 63: never had data
+            SaveThroughEngine(path, source, SampleState(), threads: 2, balloon);
 
             using var file = SnapshotFile.Open(path);
             var inspection = file.Inspect();
