@@ -14,6 +14,7 @@ public static unsafe partial class Libc
     public const int O_CLOEXEC = 0x80000;
     public const int O_DIRECTORY = 0x10000;
 
+    public const int PROT_NONE = 0;
     public const int PROT_READ = 1;
     public const int PROT_WRITE = 2;
     public const int MAP_SHARED = 1;
@@ -34,6 +35,8 @@ public static unsafe partial class Libc
 
     public const int MADV_DONTNEED = 4;
     public const int MADV_REMOVE = 9;
+    public const int MADV_HUGEPAGE = 14;
+    public const int MADV_NOHUGEPAGE = 15;
 
     public const int SIG_BLOCK = 0;
     public const int SIG_UNBLOCK = 1;

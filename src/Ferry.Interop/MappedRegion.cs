@@ -58,6 +58,40 @@ public sealed unsafe class MappedRegion : IDisposable
         Map(null, length, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE);
 
     /// <summary>
+    /// Private anonymous memory (MAP_NORESERVE: nothing is allocated until touched) whose start is a multiple of
+    /// <paramref name="alignment"/> (a power of two), so that every aligned huge page of it can be mapped by one
+    /// page-table entry. Done by reserving <paramref name="length"/> + <paramref name="alignment"/> without access,
+    /// mapping the aligned part over it and giving back the head and tail.
+    /// </summary>
+    public static MappedRegion MapAnonymousAligned(ulong length, ulong alignment)
+    {
+        if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment % 4096 != 0)
+            throw new ArgumentOutOfRangeException(nameof(alignment), $"alignment {alignment} is not a power of two of at least 4096");
+        if (length == 0 || length % 4096 != 0)
+            throw new ArgumentOutOfRangeException(nameof(length), $"length {length} is not a positive multiple of 4096");
+        var reserved = (nuint)(length + alignment);
+        var start = Libc.Mmap(0, reserved, Libc.PROT_NONE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
+        if (start == Libc.MAP_FAILED)
+            ErrnoException.ThrowLast("mmap(reserve)");
+        var aligned = (nint)(((ulong)start + alignment - 1) & ~(alignment - 1));
+        var got = Libc.Mmap(aligned, (nuint)length, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE | Libc.MAP_FIXED, -1, 0);
+        if (got == Libc.MAP_FAILED)
+        {
+            var errno = Libc.LastErrno;
+            Libc.Munmap(start, reserved);
+            throw new ErrnoException("mmap(MAP_FIXED)", errno);
+        }
+        // The unused head and tail of the reservation go back; the aligned part is the region.
+        if (aligned != start)
+            Libc.Munmap(start, (nuint)(aligned - start));
+        var end = aligned + (nint)length;
+        var reservedEnd = start + (nint)reserved;
+        if (reservedEnd != end)
+            Libc.Munmap(end, (nuint)(reservedEnd - end));
+        return new MappedRegion(aligned, length);
+    }
+
+    /// <summary>
     /// Replaces [offset, offset + length) of this region, in place (MAP_FIXED), with a private copy-on-write mapping
     /// of <paramref name="file"/> from <paramref name="fileOffset"/>: reads see the file, the first write to a page
     /// gives this process its own copy, and the file is never changed. The region still owns the address range.

@@ -14,12 +14,13 @@ public sealed class RamBlock : IDisposable
 {
     private RamBacking _backing;
 
-    private RamBlock(string name, ulong guestPhysicalAddress, ulong size, int slot, RamBacking backing, MappedRegion mapping)
+    private RamBlock(string name, ulong guestPhysicalAddress, ulong size, int slot, RamBackend backend, RamBacking backing, MappedRegion mapping)
     {
         Name = name;
         GuestPhysicalAddress = guestPhysicalAddress;
         Size = size;
         Slot = slot;
+        Backend = backend;
         _backing = backing;
         Mapping = mapping;
         VmmDirty = new PageSet(PageCount);
@@ -56,13 +57,29 @@ public sealed class RamBlock : IDisposable
     public bool Contains(ulong gpa, ulong length) =>
         gpa >= GuestPhysicalAddress && length <= Size && gpa - GuestPhysicalAddress <= Size - length;
 
-    public static RamBlock Create(string name, ulong guestPhysicalAddress, ulong size, int slot)
+    public static RamBlock Create(string name, ulong guestPhysicalAddress, ulong size, int slot, RamBackend backend = RamBackend.Memfd)
     {
         if (size == 0 || !Page.IsAligned(size))
             throw new ArgumentOutOfRangeException(nameof(size), $"RAM block {name}: size {size} is not a positive multiple of 4 KiB");
-        var (backing, mapping) = MemfdBacking.Map(name, size);
-        return new RamBlock(name, guestPhysicalAddress, size, slot, backing, mapping);
+        switch (backend)
+        {
+            case RamBackend.Memfd:
+            {
+                var (backing, mapping) = MemfdBacking.Map(name, size);
+                return new RamBlock(name, guestPhysicalAddress, size, slot, backend, backing, mapping);
+            }
+            case RamBackend.Anonymous:
+            {
+                var (backing, mapping) = AnonymousBacking.Map(size);
+                return new RamBlock(name, guestPhysicalAddress, size, slot, backend, backing, mapping);
+            }
+            default:
+                throw new ArgumentOutOfRangeException(nameof(backend), $"RAM block {name}: unknown memory backend {backend}");
+        }
     }
+
+    /// <summary>What the block was created on (a lazy restore maps a file over it later; see <see cref="IsFileMapped"/>).</summary>
+    public RamBackend Backend { get; }
 
     /// <summary>
     /// Bytes the host has actually allocated for this block: memfd blocks in use, plus, for a file-mapped block,

@@ -115,7 +115,7 @@ public sealed class GuestMachine : IDisposable, IVcpuExitHandler
                 throw new ConfigException($"memory {MachineConfig.FormatSize(config.MemoryBytes)} is too small for the guest image (it ends at 0x{image.HighestAddress:X})");
             vm = kvm.CreateVm();
             var slot = 0;
-            memory = new GuestMemory(GuestLayout.RamBlocks(config.MemoryBytes).Select(b => RamBlock.Create(b.Name, b.Address, b.Size, slot++)));
+            memory = new GuestMemory(GuestLayout.RamBlocks(config.MemoryBytes).Select(b => RamBlock.Create(b.Name, b.Address, b.Size, slot++, config.MemoryBackend)));
             foreach (var block in memory.Blocks)
                 vm.AddMemory(block);
             var machine = new GuestMachine(config, kvm, vm, memory, console);

@@ -10,6 +10,12 @@ public sealed record MachineConfig
     public string GuestImagePath { get; init; } = "";
     public string CommandLine { get; init; } = "";
 
+    /// <summary>
+    /// What guest RAM is made of (`--memory-backend`; `FERRY_MEMORY_BACKEND` sets the default, so a whole test
+    /// suite can run on either). Memfd today; anonymous huge pages become the default once measured under KVM.
+    /// </summary>
+    public Ferry.Kvm.RamBackend MemoryBackend { get; init; } = DefaultMemoryBackend();
+
     /// <summary>Whether the machine has a virtio-balloon device (at the first virtio-mmio slot).</summary>
     public bool Balloon { get; init; } = true;
 
@@ -26,6 +32,20 @@ public sealed record MachineConfig
             throw new ConfigException($"memory {FormatSize(MemoryBytes)} is more than this host can back ({FormatSize(hostMemoryBytes)} of RAM and swap)");
         if (Cpus < 1 || Cpus > GuestLayout.MaximumCpus)
             throw new ConfigException($"cpus {Cpus} is outside 1..{GuestLayout.MaximumCpus}");
+    }
+
+    /// <summary>Parses a memory backend name as `--memory-backend` takes it: memfd or anon. Throws naming the text.</summary>
+    public static Ferry.Kvm.RamBackend ParseMemoryBackend(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "memfd" => Ferry.Kvm.RamBackend.Memfd,
+        "anon" or "anonymous" => Ferry.Kvm.RamBackend.Anonymous,
+        _ => throw new ConfigException($"memory backend '{text}' is not one of: memfd, anon"),
+    };
+
+    private static Ferry.Kvm.RamBackend DefaultMemoryBackend()
+    {
+        var fromEnvironment = Environment.GetEnvironmentVariable("FERRY_MEMORY_BACKEND");
+        return string.IsNullOrWhiteSpace(fromEnvironment) ? Ferry.Kvm.RamBackend.Memfd : ParseMemoryBackend(fromEnvironment);
     }
 
     /// <summary>Parses sizes like 512M, 8G, 1024K, 2097152 (bytes). Throws ConfigException naming the text.</summary>

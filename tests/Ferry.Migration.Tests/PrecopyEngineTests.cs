@@ -14,7 +14,7 @@ public sealed class PrecopyEngineTests
 {
     private const ulong MiB = 1UL << 20;
 
-    private static (MigrationStats Stats, IncomingReport Report) Migrate(
+    internal static (MigrationStats Stats, IncomingReport Report) Migrate(
         SyntheticVm vm, SyntheticTarget target, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null, InMemoryChannels? channels = null)
     {
         channels ??= new InMemoryChannels();
@@ -33,7 +33,7 @@ public sealed class PrecopyEngineTests
     }
 
     /// <summary>Every byte of every block equal on both sides (reads holes, so check allocation before calling).</summary>
-    private static void AssertSameMemory(SyntheticVm vm, SyntheticTarget target)
+    internal static void AssertSameMemory(SyntheticVm vm, SyntheticTarget target)
     {
         for (var b = 0; b < vm.Blocks.Count; b++)
         {

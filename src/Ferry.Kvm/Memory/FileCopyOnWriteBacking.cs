@@ -66,6 +66,7 @@ internal sealed unsafe class FileCopyOnWriteBacking : RamBacking
             throw new ArgumentOutOfRangeException(nameof(fileOffset), $"{name}: the file is {fileSize} bytes, too short for {size} bytes from offset {fileOffset}");
 
         mapping.MapFilePrivate(0, size, file, (long)fileOffset);
+        replaced.MappedOver();
         var slots = new PageSet(pageCount);
         // Bits past the block would name pages that do not exist: the caller validated them, but never trust it.
         slots.UnionWith(present);
@@ -83,7 +84,6 @@ internal sealed unsafe class FileCopyOnWriteBacking : RamBacking
                 Zero(mapping, gap, gapPages);
             }
         }
-        replaced.Discard(0, size);
         return new FileCopyOnWriteBacking(mapping, slots, replaced);
     }
 
@@ -174,6 +174,9 @@ internal sealed unsafe class FileCopyOnWriteBacking : RamBacking
     /// What the replaced backing still holds plus the pages the process has its own copy of; the file's page cache
     /// is not counted (it is shared and clean).
     /// </summary>
+    /// <summary>Mapping a file over a lazily restored block again is refused by the block.</summary>
+    public override void MappedOver() => throw new InvalidOperationException("a file-mapped block is never mapped over again");
+
     public override ulong AllocatedBytes() =>
         _replaced.AllocatedBytes() + PageMap.PrivatePages(_mapping.Address, PageCount, [], allocatedOnly: true) * Page.Size;
 

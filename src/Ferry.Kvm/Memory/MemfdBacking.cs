@@ -72,6 +72,9 @@ internal sealed unsafe class MemfdBacking : RamBacking
         }
     }
 
+    /// <summary>Whatever boot set-up wrote into the memfd is dead once a file is mapped over the range.</summary>
+    public override void MappedOver() => Discard(0, _size);
+
     public override ulong AllocatedBytes()
     {
         StatBuffer stat;

@@ -31,6 +31,12 @@ internal abstract class RamBacking : IDisposable
     /// <summary>Bytes of host memory this backing holds for the block.</summary>
     public abstract ulong AllocatedBytes();
 
+    /// <summary>
+    /// The block's range was just mapped over from a file (a lazy restore): give back what this backing holds
+    /// outside the range and report nothing allocated from now on (the file backing counts the range's pages).
+    /// </summary>
+    public abstract void MappedOver();
+
     /// <summary>Pages still read through a file (0 unless the backing is a file mapping).</summary>
     public virtual ulong FileMappedPages => 0;
 

@@ -20,8 +20,13 @@ public sealed class SyntheticVm : IMigrationSource, IDisposable
     private bool _logging;
 
     public SyntheticVm(params ulong[] blockBytes)
+        : this(RamBackend.Memfd, blockBytes)
     {
-        _blocks = [.. blockBytes.Select((size, i) => RamBlock.Create(i == 0 ? "ram-low" : $"ram-{i}", (ulong)i << 32, size, i))];
+    }
+
+    public SyntheticVm(RamBackend backend, params ulong[] blockBytes)
+    {
+        _blocks = [.. blockBytes.Select((size, i) => RamBlock.Create(i == 0 ? "ram-low" : $"ram-{i}", (ulong)i << 32, size, i, backend))];
     }
 
     public IReadOnlyList<RamBlock> Blocks => _blocks;
@@ -315,7 +320,7 @@ public sealed class SyntheticTarget : IMigrationTarget, IDisposable
 
     public SyntheticTarget(IReadOnlyList<RamBlock> like)
     {
-        _blocks = [.. like.Select(b => RamBlock.Create(b.Name, b.GuestPhysicalAddress, b.Size, b.Slot))];
+        _blocks = [.. like.Select(b => RamBlock.Create(b.Name, b.GuestPhysicalAddress, b.Size, b.Slot, b.Backend))];
         BalloonBitmaps = [.. _blocks.Select(b => new PageSet(b.PageCount))];
     }
 
