@@ -309,6 +309,7 @@ void balloon_get_info(struct balloon_info *info)
     info->hint_runs = balloon.hint_runs;
     info->reported_pages = balloon.reported_pages;
     info->oom_deflated_pages = balloon.oom_deflated_pages;
+    info->block_inflated_pages = balloon.block_inflated_pages;
     info->bitmap_mode = has_feature(FERRY_F_PAGE_BITMAP);
     info->free_bitmap_requests = balloon.free_bitmap_requests;
     info->balloon_pages = balloon.pages;

@@ -44,6 +44,7 @@ struct balloon_info {
     uint64_t hint_runs;
     uint64_t reported_pages;
     uint64_t oom_deflated_pages;
+    uint64_t block_inflated_pages;
     bool bitmap_mode;
     uint64_t free_bitmap_requests;
     uint64_t balloon_pages;

@@ -37,6 +37,7 @@
 #define SLICE_US 1000                   /* longest stretch of driver work between two looks at the console */
 #define OUT_OF_PUFF_RETRY_MS 200        /* Linux's back-off when inflating finds no free page */
 #define OOM_DEFLATE_STEP 256            /* Linux's VIRTIO_BALLOON_OOM_NR_PAGES */
+#define INFLATE_MAX_ORDER 9             /* inflate 2 MiB blocks first: the host can give a whole huge page back */
 
 /* Cookies of hint-queue buffers: a block's pfn, or one of these. */
 #define COOKIE_HINT_ID (1ull << 40)
@@ -78,6 +79,7 @@ struct balloon {
     bool resizing;        /* moving toward target (set by a config change, cleared when there or after OOM) */
     uint64_t retry_tsc;   /* inflating found no free page: not before this */
     uint64_t oom_deflated_pages;
+    uint64_t block_inflated_pages; /* inflated as blocks of order >= 8 (1 MiB and up), not page by page */
 
     /* free page hinting */
     uint32_t hint_cmd_id;     /* last value read from config */

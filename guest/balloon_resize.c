@@ -86,11 +86,65 @@ static uint64_t batch_limit(void)
     return has_feature(FERRY_F_PAGE_BITMAP) ? BITMAP_BATCH_PAGES : PFNS_PER_BUFFER;
 }
 
-/* Allocates up to `want` order-0 pages onto the balloon list and tells the device. Returns the pages added. */
+/* Puts one allocated order-0 page at the head of the balloon list. */
+static void push_balloon_page(uint32_t pfn)
+{
+    struct page_meta *meta = &page_meta[pfn];
+    meta->owner = OWNER_BALLOON;
+    meta->prev = PFN_NONE;
+    meta->next = balloon.list_head;
+    if (balloon.list_head != PFN_NONE)
+        page_meta[balloon.list_head].prev = pfn;
+    balloon.list_head = pfn;
+}
+
+/* The largest block order up to INFLATE_MAX_ORDER whose pages all fit in `pages`. */
+static unsigned inflate_order(uint64_t pages)
+{
+    unsigned order = 0;
+    while (order < INFLATE_MAX_ORDER && (2ull << order) <= pages)
+        order++;
+    return order;
+}
+
+/*
+ * Takes a whole free block of 2^order pages (order > 0) onto the balloon as order-0 pages (each is deflated on
+ * its own), linked so the list reads in ascending pfn order from the head: the device then sees one run and can
+ * give the host's huge page back whole, as Linux's free page reporting does by reporting pageblocks. A PFN-array
+ * batch holds 256 pages, so there the two order-8 halves of a 2 MiB block go out in consecutive batches (the
+ * buddy hands out the upper half right after the lower one). Returns the pages taken, or 0 if no such block.
+ */
+static uint64_t inflate_block(unsigned order)
+{
+    uint32_t first = buddy_alloc(order);
+    if (first == PFN_NONE)
+        return 0;
+    uint32_t count = 1u << order;
+    for (unsigned o = order; o > 0; o--) {
+        for (uint32_t pfn = first; pfn < first + count; pfn += 1u << o)
+            buddy_split_allocated(pfn);
+    }
+    for (uint32_t i = count; i > 0; i--)
+        push_balloon_page(first + i - 1);
+    if (order >= 8)
+        balloon.block_inflated_pages += count;
+    return count;
+}
+
+/* Allocates up to `want` pages onto the balloon list, whole blocks first, and tells the device. Returns the pages
+ * added. */
 static uint64_t inflate_batch(uint64_t want)
 {
     uint64_t n = 0;
     while (n < want) {
+        unsigned order = inflate_order(want - n);
+        if (order > 0) {
+            uint64_t taken = inflate_block(order);
+            if (taken != 0) {
+                n += taken;
+                continue;
+            }
+        }
         uint32_t pfn = buddy_alloc(0);
         if (pfn == PFN_NONE) {
             /* Linux's balloon allocation can make the hinting shrinker give blocks back; so does this. */
@@ -100,13 +154,7 @@ static uint64_t inflate_batch(uint64_t want)
             if (pfn == PFN_NONE)
                 break;
         }
-        struct page_meta *meta = &page_meta[pfn];
-        meta->owner = OWNER_BALLOON;
-        meta->prev = PFN_NONE;
-        meta->next = balloon.list_head;
-        if (balloon.list_head != PFN_NONE)
-            page_meta[balloon.list_head].prev = pfn;
-        balloon.list_head = pfn;
+        push_balloon_page(pfn);
         n++;
     }
     if (n == 0)

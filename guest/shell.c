@@ -270,6 +270,7 @@ static const char *cmd_balloon(const struct word *args, unsigned arg_count, stru
     out_field_u64(reply, "hint_runs", info.hint_runs);
     out_field_u64(reply, "reported_pages", info.reported_pages);
     out_field_u64(reply, "oom_deflated_pages", info.oom_deflated_pages);
+    out_field_u64(reply, "block_inflated_pages", info.block_inflated_pages);
     out_field_bool(reply, "bitmap_mode", info.bitmap_mode);
     out_field_u64(reply, "free_bitmap_requests", info.free_bitmap_requests);
     return NULL;
