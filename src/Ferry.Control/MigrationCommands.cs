@@ -225,6 +225,18 @@ public static class MigrationJson
         };
         if (s.NotConverging is not null)
             ferry["not-converging"] = MigrationQmpText.NotConverging(s.NotConverging);
+        if (s.Setup is { } setup)
+        {
+            ferry["setup-phases-ms"] = new JsonObject
+            {
+                ["open"] = Math.Round(setup.OpenMs, 3),
+                ["prepare-state"] = Math.Round(setup.PrepareStateMs, 3),
+                ["dirty-logging"] = Math.Round(setup.DirtyLoggingMs, 3),
+                ["extents"] = Math.Round(setup.ExtentsMs, 3),
+                ["balloon"] = Math.Round(setup.BalloonMs, 3),
+                ["hint-wait"] = Math.Round(setup.HintWaitMs, 3),
+            };
+        }
         if (s.Downtime is { } phases)
         {
             ferry["downtime-phases-ms"] = new JsonObject

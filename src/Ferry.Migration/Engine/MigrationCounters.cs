@@ -13,6 +13,7 @@ internal sealed class MigrationCounters
     private double _setupMs, _expectedDowntimeMs, _dirtyRate;
     private double? _downtimeMs;
     private DowntimePhases? _downtime;
+    private SetupPhases? _setup;
     private long _remainingBytes;
     private NotConverging? _notConverging;
     private string? _error;
@@ -72,10 +73,10 @@ internal sealed class MigrationCounters
             (_balloonSkip, _freePageHint, _poisonValue) = (balloonSkip, freePageHint, poisonValue);
     }
 
-    public void SetupDone(double ms)
+    public void SetupDone(double ms, SetupPhases phases)
     {
         lock (_gate)
-            _setupMs = ms;
+            (_setupMs, _setup) = (ms, phases);
     }
 
     /// <summary>A live pass is over: its report, and what is left to send as of its sync.</summary>
@@ -134,6 +135,7 @@ internal sealed class MigrationCounters
                 ErrorKind = _errorKind,
                 TotalTimeMs = elapsed.TotalMilliseconds,
                 SetupTimeMs = _setupMs,
+                Setup = _setup,
                 DowntimeMs = _downtimeMs,
                 Downtime = _downtime,
                 ExpectedDowntimeMs = _expectedDowntimeMs,

@@ -22,6 +22,13 @@ public sealed record PassReport(
 /// </summary>
 public sealed record DowntimePhases(double PauseMs, double SyncMs, double FinalPassMs, double SaveStateMs, double CompleteMs, double ResumeMs);
 
+/// <summary>
+/// Where the setup went, in order: opening the output (connecting channels, the destination's hello; creating a
+/// file), one-time preparation of the state path, turning dirty logging on, walking every block's data extents,
+/// reading the balloon, and the free page hint run's wait before pass 1.
+/// </summary>
+public sealed record SetupPhases(double OpenMs, double PrepareStateMs, double DirtyLoggingMs, double ExtentsMs, double BalloonMs, double HintWaitMs);
+
 /// <summary>A snapshot of a migration's progress, the counterpart of QEMU's query-migrate.</summary>
 public sealed record MigrationStats
 {
@@ -32,6 +39,9 @@ public sealed record MigrationStats
     public MigrationErrorKind? ErrorKind { get; init; }
     public double TotalTimeMs { get; init; }
     public double SetupTimeMs { get; init; }
+
+    /// <summary>The setup split into its phases (once setup is over).</summary>
+    public SetupPhases? Setup { get; init; }
     public double? DowntimeMs { get; init; }
 
     /// <summary>The downtime split into its phases (once the migration completed).</summary>

@@ -71,8 +71,27 @@ public sealed class PrecopyMigration : IDisposable
 
     public void Dispose() => _cancel.Dispose();
 
-    public MigrationStats Snapshot() =>
-        _counters.ToStats(_state.Status, _clock.Elapsed, _sinks, (long)_source.Blocks.Aggregate(0UL, (s, b) => s + b.Size));
+    public MigrationStats Snapshot()
+    {
+        var stats = _counters.ToStats(_state.Status, _clock.Elapsed, _sinks, (long)_source.Blocks.Aggregate(0UL, (s, b) => s + b.Size));
+        if (stats.Status != MigrationStatus.Active)
+            return stats;
+        // While a pass runs, what is left is what the pass has not taken yet (pass 1: the data extents not yet
+        // sent), not the figure of the last sync: QEMU's remaining is meaningful from the first second.
+        var pending = _pending;
+        ulong left = 0;
+        foreach (var set in pending)
+            left += set.Count();
+        var remaining = (long)left * Page.Size;
+        // Before the first pass has a bandwidth, the rate so far stands in for it.
+        var sendingMs = stats.TotalTimeMs - stats.SetupTimeMs;
+        var bandwidth = _counters.LastBandwidth ?? (sendingMs > 0 ? stats.TransferredBytes / (sendingMs / 1000) : 0);
+        return stats with
+        {
+            RemainingBytes = remaining,
+            ExpectedDowntimeMs = bandwidth > 0 ? remaining / bandwidth * 1000 : stats.ExpectedDowntimeMs,
+        };
+    }
 
     /// <summary>
     /// Runs the migration to the end. Returns the final statistics once the destination reports the guest running;
@@ -95,11 +114,17 @@ public sealed class PrecopyMigration : IDisposable
         try
         {
             _state.MoveTo(MigrationStatus.Setup);
+            var setupStart = _clock.Elapsed;
             _sinks = output.Open(_source.Blocks, _cancel.Token);
+            var opened = _clock.Elapsed;
             _source.PrepareSwitchover();
+            var prepared = _clock.Elapsed;
             _source.SetDirtyLogging(true);
-            PrepareFirstPass();
-            _counters.SetupDone(_clock.Elapsed.TotalMilliseconds);
+            var logging = _clock.Elapsed;
+            var (extents, ballooned) = PrepareFirstPass();
+            var setupEnd = _clock.Elapsed;
+            _counters.SetupDone(setupEnd.TotalMilliseconds, new SetupPhases(
+                Ms(setupStart, opened), Ms(opened, prepared), Ms(prepared, logging), Ms(logging, extents), Ms(extents, ballooned), Ms(ballooned, setupEnd)));
             _state.MoveTo(MigrationStatus.Active);
 
             var pass = 1;
@@ -160,7 +185,6 @@ public sealed class PrecopyMigration : IDisposable
                 paused = false;
             }
             var end = _clock.Elapsed;
-            static double Ms(TimeSpan from, TimeSpan to) => (to - from).TotalMilliseconds;
             _counters.Completed(
                 (end - pauseStart).TotalMilliseconds,
                 new DowntimePhases(Ms(pauseStart, paused1), Ms(paused1, synced), Ms(synced, sent), Ms(sent, saved), Ms(saved, completed), Ms(completed, end)));
@@ -200,7 +224,10 @@ public sealed class PrecopyMigration : IDisposable
     }
 
     /// <summary>Pass 1's page set: the data extents of every block (never-touched pages are holes), balloon removed, hints started.</summary>
-    private void PrepareFirstPass()
+    private static double Ms(TimeSpan from, TimeSpan to) => (to - from).TotalMilliseconds;
+
+    /// <summary>Pass 1's page sets, the balloon and the hint run; returns when the extents and the balloon were done.</summary>
+    private (TimeSpan Extents, TimeSpan Balloon) PrepareFirstPass()
     {
         var blocks = _source.Blocks;
         _pending = [.. blocks.Select(b => new PageSet(b.PageCount))];
@@ -215,12 +242,15 @@ public sealed class PrecopyMigration : IDisposable
             foreach (var (offset, length) in blocks[b].DataExtents())
                 _pending[b].AddRange(offset / Page.Size, Page.PagesFor(offset + length) - offset / Page.Size);
         }
+        var extents = _clock.Elapsed;
         // Pages never touched and not in the balloon: counted once, never read.
         _balloon.Refresh(balloon);
         _balloon.CountFirstPass(_pending, _counters);
+        var ballooned = _clock.Elapsed;
 
         _hints = FreePageHintSession.Create(freePageHint, balloon, () => _source.IsPaused, _counters);
         _hints?.Begin(_pending, _parameters.HintBudgetMs, _cancel.Token);
+        return (extents, ballooned);
     }
 
     /// <summary>Merges the dirty log into the pass's page sets and refreshes the balloon; returns the pages to send.</summary>
