@@ -78,21 +78,21 @@ public static class BalloonCommands
         });
         server.Register("ferry-balloon-stats", QmpType.Any, () =>
         {
-            var stats = Device().RequestStatsAsync(GuestTimeout).GetAwaiter().GetResult();
+            var stats = QmpException.Relay(() => Device().RequestStatsAsync(GuestTimeout).GetAwaiter().GetResult());
             var result = new JsonObject();
             foreach (var (tag, value) in stats.OrderBy(kv => kv.Key))
                 result[BalloonDevice.StatNames.TryGetValue(tag, out var name) ? name : $"tag-{tag}"] = value;
             return new JsonObject { ["stats"] = result, ["last-update"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds() };
         });
-        server.Register("ferry-free-page-hint-start", QmpType.Any, () => new JsonObject { ["cmd-id"] = Device().StartFreePageHinting() });
+        server.Register("ferry-free-page-hint-start", QmpType.Any, () => new JsonObject { ["cmd-id"] = QmpException.Relay(() => Device().StartFreePageHinting()) });
         server.Register("ferry-free-page-hint-stop", QmpObjectType.Empty, () =>
         {
-            Device().StopFreePageHinting();
+            QmpException.Relay(() => Device().StopFreePageHinting());
             return null;
         });
         server.Register("ferry-free-page-hint-done", QmpObjectType.Empty, () =>
         {
-            Device().FinishFreePageHinting();
+            QmpException.Relay(() => Device().FinishFreePageHinting());
             return null;
         });
         server.Register("ferry-free-page-hint-status", QmpType.Any, () =>
@@ -109,7 +109,7 @@ public static class BalloonCommands
         server.Register("ferry-free-page-bitmap", QmpArgumentsContext.Default.FreePageBitmapArguments, QmpType.Any, args =>
         {
             var drop = args.DropCaches == true;
-            var r = Device().RequestFreePageBitmapAsync(drop, GuestTimeout).GetAwaiter().GetResult();
+            var r = QmpException.Relay(() => Device().RequestFreePageBitmapAsync(drop, GuestTimeout).GetAwaiter().GetResult());
             return new JsonObject { ["request-id"] = r.RequestId, ["free-pages"] = r.FreePages, ["dropped-outside-ram-pages"] = r.DroppedOutsideRamPages };
         });
     }

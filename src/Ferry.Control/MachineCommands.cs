@@ -46,13 +46,13 @@ public static class MachineCommands
         });
         server.Register("stop", QmpObjectType.Empty, () =>
         {
-            machine.PauseGuest();
+            QmpException.Relay(() => machine.PauseGuest());
             server.Emit("STOP");
             return null;
         });
         server.Register("cont", QmpObjectType.Empty, () =>
         {
-            machine.ResumeGuest();
+            QmpException.Relay(() => machine.ResumeGuest());
             server.Emit("RESUME");
             return null;
         });

@@ -103,9 +103,19 @@ public sealed class MigrationCommands
         if (directory is null || !Directory.Exists(directory))
             throw new QmpException(QmpException.GenericError, $"Parameter 'file': directory of '{path}' does not exist");
         if (pause)
-            _machine.Pause();
+            QmpException.Relay(_machine.Pause);
+        IMigrationOutput output;
+        try
+        {
+            output = MachineSnapshots.Output(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // .NET's text would reach the client; the path and the kind of failure say enough.
+            throw new QmpException(QmpException.GenericError, $"Parameter 'file': cannot create '{path}' ({(e is UnauthorizedAccessException ? "permission denied" : "I/O error")})");
+        }
         // The engine resumes a running guest itself once its state is in the file, before the final sync.
-        StartJob($"file:{path}", MachineSnapshots.Output(path),
+        StartJob($"file:{path}", output,
             source => MachineSnapshots.CreateSave(_machine, _settings.Parameters, _settings.Capabilities),
             completed => { },
             completed => MachineSnapshots.Commit(path, completed));

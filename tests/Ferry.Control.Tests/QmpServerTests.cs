@@ -25,48 +25,19 @@ public sealed class QmpServerTests : IAsyncLifetime, IDisposable
 
     public void Dispose() => _server.DisposeAsync().AsTask().GetAwaiter().GetResult();
 
-    private sealed class Client : IDisposable
-    {
-        private readonly Socket _socket = new(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        private readonly StreamReader _reader;
-        private readonly StreamWriter _writer;
-
-        public Client(string path)
-        {
-            _socket.Connect(new UnixDomainSocketEndPoint(path));
-            var stream = new NetworkStream(_socket, ownsSocket: true);
-            _reader = new StreamReader(stream, Encoding.UTF8);
-            _writer = new StreamWriter(stream, new UTF8Encoding(false)) { AutoFlush = true };
-        }
-
-        public async Task<JsonObject> Read() => (JsonObject)JsonNode.Parse((await _reader.ReadLineAsync())!)!;
-
-        public async Task<JsonObject> Send(string line)
-        {
-            await _writer.WriteAsync(line + "\n");
-            return await Read();
-        }
-
-        public void Dispose()
-        {
-            _reader.Dispose();
-            _writer.Dispose();
-        }
-    }
-
     [Fact]
     public async Task Greeting_then_negotiation_then_commands()
     {
-        using var client = new Client(_path);
-        var greeting = await client.Read();
+        using var client = new RawQmpClient(_path);
+        var greeting = await client.ReadAsync();
         Assert.NotNull(greeting["QMP"]?["version"]);
         Assert.NotNull(greeting["QMP"]?["capabilities"]);
 
-        var early = await client.Send("""{"execute":"echo","arguments":{"value":1}}""");
+        var early = await client.CallAsync("""{"execute":"echo","arguments":{"value":1}}""");
         Assert.Equal("CommandNotFound", early["error"]?["class"]?.GetValue<string>());
 
-        Assert.NotNull((await client.Send("""{"execute":"qmp_capabilities"}"""))["return"]);
-        var echo = await client.Send("""{"execute":"echo","arguments":{"value":{"x":[1,2]}},"id":"abc"}""");
+        Assert.NotNull((await client.CallAsync("""{"execute":"qmp_capabilities"}"""))["return"]);
+        var echo = await client.CallAsync("""{"execute":"echo","arguments":{"value":{"x":[1,2]}},"id":"abc"}""");
         Assert.Equal(2, echo["return"]?["x"]?[1]?.GetValue<int>());
         Assert.Equal("abc", echo["id"]?.GetValue<string>());
     }
@@ -83,24 +54,24 @@ public sealed class QmpServerTests : IAsyncLifetime, IDisposable
     [InlineData("""{"execute":"fail"}""", "GenericError", "failing on purpose")]
     public async Task Bad_requests_get_an_error_and_the_connection_goes_on(string request, string errorClass, string text)
     {
-        using var client = new Client(_path);
-        await client.Read();
-        await client.Send("""{"execute":"qmp_capabilities"}""");
-        var reply = await client.Send(request);
+        using var client = new RawQmpClient(_path);
+        await client.ReadAsync();
+        await client.CallAsync("""{"execute":"qmp_capabilities"}""");
+        var reply = await client.CallAsync(request);
         Assert.Equal(errorClass, reply["error"]?["class"]?.GetValue<string>());
         Assert.Contains(text, reply["error"]?["desc"]?.GetValue<string>(), StringComparison.Ordinal);
-        var after = await client.Send("""{"execute":"echo","arguments":{"value":7}}""");
+        var after = await client.CallAsync("""{"execute":"echo","arguments":{"value":7}}""");
         Assert.Equal(7, after["return"]?.GetValue<int>());
     }
 
     [Fact]
     public async Task Events_reach_negotiated_clients()
     {
-        using var client = new Client(_path);
-        await client.Read();
-        await client.Send("""{"execute":"qmp_capabilities"}""");
+        using var client = new RawQmpClient(_path);
+        await client.ReadAsync();
+        await client.CallAsync("""{"execute":"qmp_capabilities"}""");
         _server.Emit("STOP");
-        var evt = await client.Read();
+        var evt = await client.ReadAsync();
         Assert.Equal("STOP", evt["event"]?.GetValue<string>());
         Assert.NotNull(evt["timestamp"]?["seconds"]);
     }

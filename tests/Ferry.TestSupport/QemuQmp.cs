@@ -21,20 +21,8 @@ public static class QemuQmp
     public static string? UnavailableReason => Setup.Value.Reason;
 
     /// <summary>Runs <c>python3 script args</c> with qemu.qmp importable; returns its exit code and its output (stdout then stderr).</summary>
-    public static (int ExitCode, string Output) RunPython(string script, TimeSpan timeout, params string[] args)
-    {
-        var psi = new ProcessStartInfo("python3", [script, .. args]) { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.Environment["PYTHONPATH"] = Library ?? throw new InvalidOperationException(UnavailableReason);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(timeout))
-        {
-            p.Kill(entireProcessTree: true);
-            return (-1, $"python3 {script} did not exit within {timeout.TotalSeconds} s\n{stdout.Result}{stderr.Result}");
-        }
-        return (p.ExitCode, stdout.Result + stderr.Result);
-    }
+    public static (int ExitCode, string Output) RunPython(string script, TimeSpan timeout, params string[] args) =>
+        Run("python3", [script, .. args], timeout, Library ?? throw new InvalidOperationException(UnavailableReason));
 
     private static (string?, string?) Prepare()
     {
@@ -61,16 +49,18 @@ public static class QemuQmp
         return (library, null);
     }
 
-    private static (int, string) Run(string file, string[] args, TimeSpan timeout)
+    private static (int, string) Run(string file, string[] args, TimeSpan timeout, string? pythonPath = null)
     {
         var psi = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (pythonPath is not null)
+            psi.Environment["PYTHONPATH"] = pythonPath;
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(timeout))
         {
             p.Kill(entireProcessTree: true);
-            return (-1, "timed out");
+            return (-1, $"{file} {string.Join(' ', args)} did not exit within {timeout.TotalSeconds} s\n{stdout.Result}{stderr.Result}");
         }
         return (p.ExitCode, stdout.Result + stderr.Result);
     }
