@@ -34,7 +34,14 @@ internal sealed class QmpConnection : IDisposable
 
     public Socket Socket { get; }
 
-    public bool Negotiated { get; set; }
+    /// <summary>Set by the client's reader task, read by whichever thread emits an event.</summary>
+    public bool Negotiated
+    {
+        get => Volatile.Read(ref _negotiated);
+        set => Volatile.Write(ref _negotiated, value);
+    }
+
+    private bool _negotiated;
 
     /// <summary>Bytes waiting to be written to this client.</summary>
     public long QueuedBytes => Interlocked.Read(ref _queuedBytes);
