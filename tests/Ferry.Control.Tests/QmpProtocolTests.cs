@@ -135,6 +135,27 @@ public sealed class QmpProtocolTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Random_garbage_never_ends_the_connection_and_a_control_character_resynchronises_it()
+    {
+        using var client = new RawQmpClient(_ferry.Path);
+        await client.NegotiateAsync();
+        var random = new Random(15);
+        var alphabet = "{}[]\":,\\ \n\t0123456789.-eEtrufalsn\"abc'\u00e9";
+        for (var round = 0; round < 50; round++)
+        {
+            var junk = new string([.. Enumerable.Range(0, random.Next(1, 200)).Select(_ => alphabet[random.Next(alphabet.Length)])]);
+            await client.WriteAsync(junk + "\u0001\n" + $"{{\"execute\":\"query-status\",\"id\":{round}}}");
+            while (true)
+            {
+                var reply = await client.ReadAsync();
+                if (reply["id"]?.GetValueKind() == System.Text.Json.JsonValueKind.Number && reply["id"]!.GetValue<int>() == round && reply["return"] is not null)
+                    break;
+                Assert.True(reply["error"] is not null || reply["return"] is not null || reply["event"] is not null, reply.ToJsonString());
+            }
+        }
+    }
+
+    [Fact]
     public async Task Typed_records_bind_their_arguments()
     {
         var seen = new List<BalloonArguments>();
