@@ -13,6 +13,9 @@ public static class BalloonCommands
 {
     private static readonly TimeSpan GuestTimeout = TimeSpan.FromSeconds(10);
 
+    /// <summary>query-balloon's result and BALLOON_CHANGE's data (QEMU's BalloonInfo).</summary>
+    private static readonly QmpObjectType BalloonInfo = new("BalloonInfo", [new("actual", QmpType.Int)]);
+
     public static void Register(QmpServer server, GuestMachine machine)
     {
         var balloon = machine.Balloon;
@@ -20,10 +23,12 @@ public static class BalloonCommands
         BalloonDevice Device() => balloon ?? throw new QmpException("DeviceNotActive", "No balloon device has been activated");
         ulong GuestBytes(uint pages) => ram - Math.Min(ram, (ulong)pages * Page.Size);
 
+        server.DeclareEvent("BALLOON_CHANGE", BalloonInfo);
         if (balloon is not null)
         {
-            // The guest decides how often `actual` changes; like QEMU, report it at most once a second (the latest
-            // value), from a timer rather than from the vCPU thread that holds the device lock.
+            // `actual` changes on the vCPU thread that holds the device lock, where nothing may allocate or wait: it
+            // is sampled here once a second and the change emitted from the timer (the server's QEMU rate limit
+            // then applies as to any BALLOON_CHANGE).
             var latest = -1L;
             var reported = -1L;
             var timer = new Timer(_ =>
@@ -39,18 +44,17 @@ public static class BalloonCommands
             balloon.ActualChanged += actual => Interlocked.Exchange(ref latest, actual);
         }
 
-        server.Register("balloon", args =>
+        server.Register("balloon", QmpArgumentsContext.Default.BalloonArguments, QmpObjectType.Empty, args =>
         {
             var device = Device();
-            var value = args?["value"] is JsonValue v && v.TryGetValue<long>(out var n) ? n
-                : throw new QmpException(QmpException.GenericError, "Parameter 'value' is missing or not an integer");
+            var value = args.Value;
             if (value <= 0 || (ulong)value > ram)
                 throw new QmpException(QmpException.GenericError, $"Parameter 'value' {value} is outside 1..{ram} (the guest's RAM in bytes)");
             device.SetTargetPages((uint)((ram - (ulong)value) / Page.Size));
             return null;
         });
-        server.Register("query-balloon", _ => new JsonObject { ["actual"] = GuestBytes(Device().ActualPages) });
-        server.Register("ferry-balloon-info", _ =>
+        server.Register("query-balloon", BalloonInfo, () => new JsonObject { ["actual"] = GuestBytes(Device().ActualPages) });
+        server.Register("ferry-balloon-info", QmpType.Any, () =>
         {
             var d = Device();
             var c = d.Counters;
@@ -72,26 +76,26 @@ public static class BalloonCommands
                 ["bitmap-messages"] = c.BitmapMessages,
             };
         });
-        server.Register("ferry-balloon-stats", _ =>
+        server.Register("ferry-balloon-stats", QmpType.Any, () =>
         {
-            var stats = Device().RequestStatsAsync(GuestTimeout).GetAwaiter().GetResult();
+            var stats = QmpException.Relay(() => Device().RequestStatsAsync(GuestTimeout).GetAwaiter().GetResult());
             var result = new JsonObject();
             foreach (var (tag, value) in stats.OrderBy(kv => kv.Key))
                 result[BalloonDevice.StatNames.TryGetValue(tag, out var name) ? name : $"tag-{tag}"] = value;
             return new JsonObject { ["stats"] = result, ["last-update"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds() };
         });
-        server.Register("ferry-free-page-hint-start", _ => new JsonObject { ["cmd-id"] = Device().StartFreePageHinting() });
-        server.Register("ferry-free-page-hint-stop", _ =>
+        server.Register("ferry-free-page-hint-start", QmpType.Any, () => new JsonObject { ["cmd-id"] = QmpException.Relay(() => Device().StartFreePageHinting()) });
+        server.Register("ferry-free-page-hint-stop", QmpObjectType.Empty, () =>
         {
-            Device().StopFreePageHinting();
+            QmpException.Relay(() => Device().StopFreePageHinting());
             return null;
         });
-        server.Register("ferry-free-page-hint-done", _ =>
+        server.Register("ferry-free-page-hint-done", QmpObjectType.Empty, () =>
         {
-            Device().FinishFreePageHinting();
+            QmpException.Relay(() => Device().FinishFreePageHinting());
             return null;
         });
-        server.Register("ferry-free-page-hint-status", _ =>
+        server.Register("ferry-free-page-hint-status", QmpType.Any, () =>
         {
             var s = Device().HintStatus;
             return new JsonObject
@@ -102,10 +106,10 @@ public static class BalloonCommands
                 ["dropped-stale-hints"] = s.DroppedStaleHints,
             };
         });
-        server.Register("ferry-free-page-bitmap", args =>
+        server.Register("ferry-free-page-bitmap", QmpArgumentsContext.Default.FreePageBitmapArguments, QmpType.Any, args =>
         {
-            var drop = args?["drop-caches"] is JsonValue v && v.TryGetValue<bool>(out var b) && b;
-            var r = Device().RequestFreePageBitmapAsync(drop, GuestTimeout).GetAwaiter().GetResult();
+            var drop = args.DropCaches == true;
+            var r = QmpException.Relay(() => Device().RequestFreePageBitmapAsync(drop, GuestTimeout).GetAwaiter().GetResult());
             return new JsonObject { ["request-id"] = r.RequestId, ["free-pages"] = r.FreePages, ["dropped-outside-ram-pages"] = r.DroppedOutsideRamPages };
         });
     }

@@ -42,14 +42,17 @@ public sealed class MigrationCommands
     public static MigrationCommands Register(QmpServer server, GuestMachine machine)
     {
         var commands = new MigrationCommands(server, machine);
-        server.Register("migrate", commands.Migrate);
-        server.Register("query-migrate", _ => commands.Query());
-        server.Register("migrate_cancel", _ =>
+        server.DeclareEvent("MIGRATION", MigrationEventData);
+        server.DeclareEvent("MIGRATION_PASS", new QmpObjectType("q_obj_MIGRATION_PASS-arg", [new("pass", QmpType.Int)]));
+        // query-migrate's result is declared as "any": its Ferry extras are richer than is worth declaring twice.
+        server.Register("migrate", QmpArgumentsContext.Default.MigrateArguments, QmpObjectType.Empty, commands.Migrate);
+        server.Register("query-migrate", QmpType.Any, commands.Query);
+        server.Register("migrate_cancel", QmpObjectType.Empty, () =>
         {
             commands.Current()?.Cancel();
             return null;
         });
-        server.Register("ferry-snapshot-save", commands.SnapshotSave);
+        server.Register("ferry-snapshot-save", QmpArgumentsContext.Default.SnapshotSaveArguments, QmpObjectType.Empty, commands.SnapshotSave);
         commands._settings.Register(server);
         return commands;
     }
@@ -60,14 +63,21 @@ public sealed class MigrationCommands
             return _current;
     }
 
-    private JsonNode? Migrate(JsonObject? args)
+    /// <summary>MIGRATION's data: QEMU's "status", plus Ferry's target and final figures on the last one.</summary>
+    private static readonly QmpObjectType MigrationEventData = new("q_obj_MIGRATION-arg",
+        [new("status", QmpType.Str), new("ferry-target", QmpType.Str, Optional: true), new("ferry-info", QmpType.Any, Optional: true)]);
+
+    private JsonNode? Migrate(MigrateArguments args)
     {
-        var uriText = args?["uri"] is JsonValue v && v.TryGetValue<string>(out var s) ? s
-            : throw new QmpException(QmpException.GenericError, "Parameter 'uri' is missing or not a string");
+        // QEMU's block migration and postcopy resume do not exist in Ferry; refused rather than ignored.
+        if (args.Blk == true || args.Inc == true)
+            throw new QmpException(QmpException.GenericError, "Parameter 'blk'/'inc': block migration is not supported by Ferry");
+        if (args.Resume == true)
+            throw new QmpException(QmpException.GenericError, "Parameter 'resume': postcopy recovery is not supported by Ferry");
         MigrationUri uri;
         try
         {
-            uri = MigrationUri.Parse(uriText);
+            uri = MigrationUri.Parse(args.Uri);
         }
         catch (FormatException e)
         {
@@ -85,18 +95,27 @@ public sealed class MigrationCommands
     /// guest runs on afterwards; with "paused" (or when already paused) the guest is stopped first, saved in one
     /// pass, and stays paused. Progress and result through query-migrate and MIGRATION events, as for migrate.
     /// </summary>
-    private JsonNode? SnapshotSave(JsonObject? args)
+    private JsonNode? SnapshotSave(SnapshotSaveArguments args)
     {
-        var path = args?["file"] is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0 ? s
-            : throw new QmpException(QmpException.GenericError, "Parameter 'file' is missing or not a non-empty string");
-        var pause = args?["paused"] is JsonValue p && p.TryGetValue<bool>(out var b) && b;
+        var path = args.File.Length > 0 ? args.File : throw new QmpException(QmpException.GenericError, "Parameter 'file' is empty");
+        var pause = args.Paused == true;
         var directory = Path.GetDirectoryName(Path.GetFullPath(path));
         if (directory is null || !Directory.Exists(directory))
             throw new QmpException(QmpException.GenericError, $"Parameter 'file': directory of '{path}' does not exist");
         if (pause)
-            _machine.Pause();
+            QmpException.Relay(_machine.Pause);
+        IMigrationOutput output;
+        try
+        {
+            output = MachineSnapshots.Output(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // .NET's text would reach the client; the path and the kind of failure say enough.
+            throw new QmpException(QmpException.GenericError, $"Parameter 'file': cannot create '{path}' ({(e is UnauthorizedAccessException ? "permission denied" : "I/O error")})");
+        }
         // The engine resumes a running guest itself once its state is in the file, before the final sync.
-        StartJob($"file:{path}", MachineSnapshots.Output(path),
+        StartJob($"file:{path}", output,
             source => MachineSnapshots.CreateSave(_machine, _settings.Parameters, _settings.Capabilities),
             completed => { },
             completed => MachineSnapshots.Commit(path, completed));

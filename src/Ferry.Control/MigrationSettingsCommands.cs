@@ -41,25 +41,35 @@ public sealed class MigrationSettingsCommands
         }
     }
 
+    /// <summary>migrate-set-parameters' arguments and query-migrate-parameters' result: every parameter, an int, optional.</summary>
+    private static readonly QmpObjectType ParametersType = new("MigrateSetParameters",
+        [.. MigrationParameterTable.All.Select(p => new QmpMember(p.Name, QmpType.Int, Optional: true))]);
+
+    private static readonly QmpObjectType CapabilityStatus = new("MigrationCapabilityStatus",
+    [
+        new("capability", new QmpEnumType("MigrationCapability", [.. MigrationCapabilityTable.All.Select(c => c.Name)])),
+        new("state", QmpType.Bool),
+    ]);
+
+    private static readonly QmpArrayType CapabilityList = new(CapabilityStatus);
+
     public void Register(QmpServer server)
     {
-        server.Register("migrate-set-parameters", SetParameters);
-        server.Register("query-migrate-parameters", _ => QueryParameters());
-        server.Register("migrate-set-capabilities", SetCapabilities);
-        server.Register("query-migrate-capabilities", _ => QueryCapabilities());
+        server.Register("migrate-set-parameters", ParametersType, QmpObjectType.Empty, SetParameters);
+        server.Register("query-migrate-parameters", ParametersType, QueryParameters);
+        server.Register("migrate-set-capabilities", new QmpObjectType("q_obj_migrate-set-capabilities-arg", [new("capabilities", CapabilityList)]),
+            QmpObjectType.Empty, SetCapabilities);
+        server.Register("query-migrate-capabilities", CapabilityList, QueryCapabilities);
     }
 
-    private JsonNode? SetParameters(JsonObject? args)
+    /// <summary>Names, types and presence were checked against <see cref="ParametersType"/>; ranges are checked here, all before any is applied.</summary>
+    private JsonNode? SetParameters(JsonObject args)
     {
-        if (args is null)
-            return null;
         var p = Parameters;
         foreach (var (name, value) in args)
         {
-            var parameter = MigrationParameterTable.Find(name)
-                ?? throw new QmpException(QmpException.GenericError, $"Parameter '{name}' is unexpected (known: {MigrationParameterTable.Names})");
-            var number = value is JsonValue n && n.TryGetValue<long>(out var x) ? x
-                : throw new QmpException(QmpException.GenericError, $"Parameter '{name}' expects an integer, not {value?.ToJsonString() ?? "null"}");
+            var parameter = MigrationParameterTable.Find(name)!;
+            var number = value!.GetValue<long>();
             if (parameter.Check(number) is { } error)
                 throw new QmpException(QmpException.GenericError, $"Parameter {error}");
             p = parameter.Set(p, number);
@@ -82,25 +92,17 @@ public sealed class MigrationSettingsCommands
         return result;
     }
 
-    private JsonNode? SetCapabilities(JsonObject? args)
+    /// <summary>Shapes and capability names were checked against the declared type.</summary>
+    private JsonNode? SetCapabilities(JsonObject args)
     {
-        if (args?["capabilities"] is not JsonArray list)
-            throw new QmpException(QmpException.GenericError, "Parameter 'capabilities' is missing or not a list");
+        var list = (JsonArray)args["capabilities"]!;
         lock (_gate)
         {
             if (_running() is not null)
                 throw new QmpException(QmpException.GenericError, "There's a migration process in progress");
             var c = _capabilities;
             foreach (var item in list)
-            {
-                var name = item?["capability"] is JsonValue nv && nv.TryGetValue<string>(out var s) ? s
-                    : throw new QmpException(QmpException.GenericError, "each capability needs a 'capability' name");
-                var state = item["state"] is JsonValue sv && sv.TryGetValue<bool>(out var b) ? b
-                    : throw new QmpException(QmpException.GenericError, $"capability '{name}' needs a boolean 'state'");
-                var capability = MigrationCapabilityTable.Find(name)
-                    ?? throw new QmpException(QmpException.GenericError, $"Capability '{name}' is not supported (known: {MigrationCapabilityTable.Names})");
-                c = capability.Set(c, state);
-            }
+                c = MigrationCapabilityTable.Find(item!["capability"]!.GetValue<string>())!.Set(c, item["state"]!.GetValue<bool>());
             _capabilities = c;
         }
         return null;

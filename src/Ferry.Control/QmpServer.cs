@@ -1,30 +1,37 @@
 using System.Net.Sockets;
-using System.Text;
-using System.Threading.Channels;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization.Metadata;
 
 namespace Ferry.Control;
 
-/// <summary>A QMP command handler: arguments in (may be null), the "return" value out (null means {}).</summary>
-public delegate JsonNode? QmpHandler(JsonObject? arguments);
+/// <summary>A QMP command handler: its arguments, already checked against the command's declared type (never null; {} when none were given), in; the "return" value out (null means {}).</summary>
+public delegate JsonNode? QmpHandler(JsonObject arguments);
+
+/// <summary>One registered command: its declared argument and result types (what query-qmp-schema shows) and its handler.</summary>
+internal sealed record QmpCommand(string Name, QmpObjectType Arguments, QmpType Returns, QmpHandler Handler);
 
 /// <summary>
-/// A QMP-compatible server on a Unix socket: greeting, capabilities negotiation, {"execute", "arguments", "id"}
-/// requests answered with {"return"} or {"error": {"class", "desc"}}, and asynchronous events. Requests are
-/// JSON objects, one per line (what QEMU's own clients send). Every input is treated as hostile: bad JSON, unknown
-/// commands and bad arguments get an error reply and the connection goes on.
+/// A QMP server on a Unix socket, as QEMU's users expect it (docs/qmp.md): greeting with a version, capabilities
+/// negotiation, {"execute", "arguments", "id"} requests answered with {"return"} or {"error": {"class", "desc"}} in
+/// QEMU's wording, and asynchronous events. Input is a JSON stream (<see cref="QmpMessageScanner"/>), not lines.
+/// Every command declares its argument type once (<see cref="QmpObjectType"/>); a request is checked against it
+/// before the handler runs, and the same declarations answer query-qmp-schema. Every input is hostile: bad JSON,
+/// unknown commands and bad arguments get an error reply and the connection goes on; no .NET exception text reaches
+/// a client. A client whose replies back up is no longer read until it catches up (<see cref="QmpConnection"/>).
 /// </summary>
 public sealed class QmpServer : IAsyncDisposable
 {
-    private const int MaxRequestBytes = 1 << 20;
     private const int MaxConnections = 16;
-    private const int MaxQueuedMessages = 256;
 
-    private readonly Dictionary<string, QmpHandler> _commands = new(StringComparer.Ordinal);
-    private readonly List<Connection> _connections = [];
+    private static readonly JsonDocumentOptions ParseOptions = new() { MaxDepth = QmpMessageScanner.MaxDepth, AllowDuplicateProperties = false };
+
+    private readonly Dictionary<string, QmpCommand> _commands = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, QmpObjectType> _events = new(StringComparer.Ordinal);
+    private readonly List<QmpConnection> _connections = [];
     private readonly Lock _lock = new();
     private readonly CancellationTokenSource _stopping = new();
+    private readonly QmpEventThrottle _throttle;
     private Socket? _listener;
     private Task? _acceptLoop;
     private readonly List<Task> _serving = [];
@@ -33,8 +40,9 @@ public sealed class QmpServer : IAsyncDisposable
     public QmpServer(string socketPath)
     {
         SocketPath = socketPath;
-        Register("qmp_capabilities", _ => null);
-        Register("query-commands", _ => new JsonArray([.. _commands.Keys.Order().Select(k => (JsonNode)new JsonObject { ["name"] = k })]));
+        _throttle = new QmpEventThrottle(Broadcast);
+        QmpCoreCommands.Register(this);
+        HmpCommands.Register(this);
     }
 
     public string SocketPath { get; }
@@ -42,7 +50,64 @@ public sealed class QmpServer : IAsyncDisposable
     /// <summary>Raised when the server is disposed (command sets release their timers).</summary>
     public event Action? Disposing;
 
-    public void Register(string name, QmpHandler handler) => _commands[name] = handler;
+    /// <summary>Registers a command whose arguments are checked against <paramref name="arguments"/> before <paramref name="handler"/> sees them.</summary>
+    public void Register(string name, QmpObjectType arguments, QmpType returns, QmpHandler handler)
+    {
+        lock (_lock)
+            _commands[name] = new QmpCommand(name, arguments, returns, handler);
+    }
+
+    /// <summary>Registers a command taking no arguments.</summary>
+    public void Register(string name, QmpType returns, Func<JsonNode?> handler) =>
+        Register(name, QmpObjectType.Empty, returns, _ => handler());
+
+    /// <summary>
+    /// Registers a command whose arguments are the record <typeparamref name="T"/> (declared in
+    /// <see cref="QmpArgumentsContext"/>): its properties are the command's members, checked, then bound.
+    /// </summary>
+    public void Register<T>(string name, JsonTypeInfo<T> arguments, QmpType returns, Func<T, JsonNode?> handler)
+    {
+        var type = QmpObjectType.From(arguments);
+        Register(name, type, returns, args =>
+        {
+            T bound;
+            try
+            {
+                bound = args.Deserialize(arguments) ?? throw new JsonException();
+            }
+            catch (JsonException)
+            {
+                // The arguments were checked against the same declaration, so this is Ferry's bug, not the client's.
+                throw new QmpException(QmpException.GenericError, $"internal error binding the arguments of '{name}'");
+            }
+            return handler(bound);
+        });
+    }
+
+    /// <summary>Declares an event: it is listed by query-events and query-qmp-schema, and only declared events can be emitted.</summary>
+    public void DeclareEvent(string name, QmpObjectType? data = null)
+    {
+        lock (_lock)
+            _events[name] = data ?? QmpObjectType.Empty;
+    }
+
+    internal IReadOnlyList<QmpCommand> Commands
+    {
+        get
+        {
+            lock (_lock)
+                return [.. _commands.Values.OrderBy(c => c.Name, StringComparer.Ordinal)];
+        }
+    }
+
+    internal IReadOnlyList<KeyValuePair<string, QmpObjectType>> Events
+    {
+        get
+        {
+            lock (_lock)
+                return [.. _events.OrderBy(e => e.Key, StringComparer.Ordinal)];
+        }
+    }
 
     public void Start()
     {
@@ -63,21 +128,47 @@ public sealed class QmpServer : IAsyncDisposable
         _acceptLoop = Task.Run(AcceptLoopAsync);
     }
 
-    /// <summary>Sends {"event": name, "data": data, "timestamp": ...} to every negotiated client.</summary>
+    /// <summary>
+    /// Sends {"event": name, "data": data, "timestamp": ...} to every negotiated client. Never blocks: a client that
+    /// does not read loses events past its output limit, and QEMU's noisy events are rate-limited.
+    /// </summary>
     public void Emit(string name, JsonObject? data = null)
     {
+        lock (_lock)
+        {
+            if (!_events.ContainsKey(name))
+                throw new InvalidOperationException($"QMP event {name} is emitted but not declared");
+        }
         var now = DateTimeOffset.UtcNow;
-        var message = new JsonObject
+        _throttle.Emit(name, new JsonObject
         {
             ["event"] = name,
             ["data"] = data ?? new JsonObject(),
             ["timestamp"] = new JsonObject { ["seconds"] = now.ToUnixTimeSeconds(), ["microseconds"] = now.Millisecond * 1000 + now.Microsecond },
-        };
-        Connection[] targets;
+        });
+    }
+
+    private void Broadcast(string name, JsonObject message)
+    {
+        var bytes = QmpConnection.Encode(message);
+        QmpConnection[] targets;
         lock (_lock)
             targets = [.. _connections.Where(c => c.Negotiated)];
         foreach (var c in targets)
-            _ = c.SendAsync(message);
+            c.Event(bytes);
+    }
+
+    /// <summary>Runs a command from inside Ferry (HMP): checked like a client's; throws <see cref="QmpException"/> with its error.</summary>
+    internal JsonNode Execute(string name, JsonObject? arguments = null)
+    {
+        QmpCommand? command;
+        lock (_lock)
+            _commands.TryGetValue(name, out command);
+        if (command is null)
+            throw new QmpException(QmpException.CommandNotFound, $"The command {name} has not been found");
+        arguments ??= [];
+        command.Arguments.Check(arguments, "");
+        return command.Handler(arguments) ?? new JsonObject();
     }
 
     private async Task AcceptLoopAsync()
@@ -106,7 +197,7 @@ public sealed class QmpServer : IAsyncDisposable
                     client.Dispose();
                     continue;
                 }
-                var connection = new Connection(client);
+                var connection = new QmpConnection(client);
                 _connections.Add(connection);
                 _serving.RemoveAll(t => t.IsCompleted);
                 _serving.Add(Task.Run(() => ServeAsync(connection)));
@@ -114,53 +205,35 @@ public sealed class QmpServer : IAsyncDisposable
         }
     }
 
-    private async Task ServeAsync(Connection connection)
+    private async Task ServeAsync(QmpConnection connection)
     {
         try
         {
-            await connection.SendAsync(new JsonObject
+            connection.Reply(new JsonObject
             {
                 ["QMP"] = new JsonObject
                 {
-                    ["version"] = new JsonObject
-                    {
-                        ["qemu"] = new JsonObject { ["micro"] = 0, ["minor"] = 0, ["major"] = 0 },
-                        ["package"] = "ferry",
-                    },
+                    ["version"] = QmpCoreCommands.Version(),
+                    // No "oob": Ferry runs commands in order, so exec-oob is refused as QEMU does when oob is off.
                     ["capabilities"] = new JsonArray(),
                 },
-            }).ConfigureAwait(false);
-            using var stream = new NetworkStream(connection.Socket, ownsSocket: false);
-            var reader = new BoundedLineReader(stream, MaxRequestBytes);
+            });
+            var scanner = new QmpMessageScanner();
+            var buffer = new byte[64 * 1024];
+            var scanned = new List<QmpScanned>();
             while (!_stopping.IsCancellationRequested)
             {
-                var (line, overLong) = await reader.ReadLineAsync(_stopping.Token).ConfigureAwait(false);
-                if (overLong)
+                var read = await connection.Socket.ReceiveAsync(buffer, SocketFlags.None, _stopping.Token).ConfigureAwait(false);
+                if (read == 0)
+                    return;
+                scanned.Clear();
+                scanner.Feed(buffer.AsSpan(0, read), scanned);
+                foreach (var item in scanned)
                 {
-                    // Nothing more from this client can be trusted to be framed correctly: answer, stop sending, and
-                    // drain its input for a moment so closing does not reset the connection before it reads the answer.
-                    var error = new JsonObject { ["error"] = new JsonObject { ["class"] = QmpException.GenericError, ["desc"] = $"request over the {MaxRequestBytes}-byte limit; closing" } };
-                    await connection.Socket.SendAsync(Encoding.UTF8.GetBytes(error.ToJsonString() + "\r\n"), SocketFlags.None).ConfigureAwait(false);
-                    connection.Socket.Shutdown(SocketShutdown.Send);
-                    using var drain = new CancellationTokenSource(TimeSpan.FromSeconds(2));
-                    var sink = new byte[64 * 1024];
-                    try
-                    {
-                        while (await stream.ReadAsync(sink, drain.Token).ConfigureAwait(false) > 0)
-                        {
-                        }
-                    }
-                    catch (OperationCanceledException)
-                    {
-                    }
-                    return;
+                    // Back-pressure: a client that does not read its replies is not read either, so none is dropped.
+                    await connection.WaitForRoomAsync(_stopping.Token).ConfigureAwait(false);
+                    connection.Reply(item.Error is { } error ? ErrorReply(QmpException.GenericError, error, null) : Dispatch(connection, item.Message!));
                 }
-                if (line is null)
-                    return;
-                if (string.IsNullOrWhiteSpace(line))
-                    continue;
-                var reply = Dispatch(connection, line);
-                await connection.SendAsync(reply).ConfigureAwait(false);
             }
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
@@ -175,50 +248,76 @@ public sealed class QmpServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Parses and runs one request; always returns the reply object.</summary>
-    internal JsonObject Dispatch(Connection connection, string line)
+    /// <summary>Parses and runs one request (a complete JSON text); always returns the reply object.</summary>
+    internal JsonObject Dispatch(QmpConnection connection, ReadOnlySpan<byte> message)
     {
         JsonNode? id = null;
+        string? name = null;
         try
         {
-            if (line.Length > MaxRequestBytes)
-                throw new QmpException(QmpException.GenericError, $"request of {line.Length} bytes is over the {MaxRequestBytes}-byte limit");
-            JsonObject request;
+            JsonNode? parsed;
             try
             {
-                request = JsonNode.Parse(line) as JsonObject ?? throw new QmpException(QmpException.GenericError, "QMP input must be a JSON object");
+                parsed = JsonNode.Parse(message, documentOptions: ParseOptions);
             }
             catch (JsonException e)
             {
-                throw new QmpException(QmpException.GenericError, $"JSON parse error: {e.Message}");
+                // QEMU's prefix; the position instead of .NET's wording (clients match the class, people read the rest).
+                throw new QmpException(QmpException.GenericError, $"JSON parse error, invalid JSON at line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}");
             }
+            if (parsed is not JsonObject request)
+                throw new QmpException(QmpException.GenericError, "QMP input must be a JSON object");
             id = request["id"]?.DeepClone();
-            if (request["execute"] is not JsonValue executeValue || !executeValue.TryGetValue<string>(out var name))
-                throw new QmpException(QmpException.GenericError, "QMP input lacks member 'execute' (a string)");
-            var arguments = request["arguments"];
-            if (arguments is not null and not JsonObject)
-                throw new QmpException(QmpException.GenericError, "QMP input member 'arguments' must be an object");
-            if (!connection.Negotiated && name != "qmp_capabilities")
-                throw new QmpException(QmpException.CommandNotFound, $"Expecting capabilities negotiation with 'qmp_capabilities' before '{name}'");
-            if (connection.Negotiated && name == "qmp_capabilities")
+            // Member checks as QEMU's qmp_dispatch_check_obj, with oob never negotiated (so exec-oob is unexpected).
+            JsonObject arguments = [];
+            foreach (var (key, value) in request)
+            {
+                switch (key)
+                {
+                    case "execute":
+                        name = value is not null && value.GetValueKind() == JsonValueKind.String ? value.GetValue<string>()
+                            : throw new QmpException(QmpException.GenericError, "QMP input member 'execute' must be a string");
+                        break;
+                    case "arguments":
+                        arguments = value as JsonObject ?? throw new QmpException(QmpException.GenericError, "QMP input member 'arguments' must be an object");
+                        break;
+                    case "id":
+                        break;
+                    default:
+                        throw new QmpException(QmpException.GenericError, $"QMP input member '{key}' is unexpected");
+                }
+            }
+            if (name is null)
+                throw new QmpException(QmpException.GenericError, "QMP input lacks member 'execute'");
+            QmpCommand? command;
+            lock (_lock)
+                _commands.TryGetValue(name, out command);
+            if (!connection.Negotiated && name != QmpCoreCommands.Capabilities)
+                throw new QmpException(QmpException.CommandNotFound, "Expecting capabilities negotiation with 'qmp_capabilities'");
+            if (connection.Negotiated && name == QmpCoreCommands.Capabilities)
                 throw new QmpException(QmpException.CommandNotFound, "Capabilities negotiation is already complete, command ignored");
-            if (!_commands.TryGetValue(name, out var handler))
+            if (command is null)
                 throw new QmpException(QmpException.CommandNotFound, $"The command {name} has not been found");
-            var result = handler((JsonObject?)arguments) ?? new JsonObject();
-            if (name == "qmp_capabilities")
+            command.Arguments.Check(arguments, "");
+            var result = command.Handler(arguments) ?? new JsonObject();
+            if (name == QmpCoreCommands.Capabilities)
                 connection.Negotiated = true;
             return WithId(new JsonObject { ["return"] = result }, id);
         }
         catch (QmpException e)
         {
-            return WithId(new JsonObject { ["error"] = new JsonObject { ["class"] = e.Class, ["desc"] = e.Message } }, id);
+            return ErrorReply(e.Class, e.Message, id);
         }
         catch (Exception e)
         {
-            // Whatever a handler throws becomes an error reply: the client always gets an answer.
-            return WithId(new JsonObject { ["error"] = new JsonObject { ["class"] = QmpException.GenericError, ["desc"] = e.Message } }, id);
+            // A handler bug: the client gets an answer, but not .NET's text or stack; that goes to Ferry's log.
+            Console.Error.WriteLine($"ferry: QMP command {name ?? "?"} failed: {e}");
+            return ErrorReply(QmpException.GenericError, $"internal error in command '{name}'", id);
         }
     }
+
+    private static JsonObject ErrorReply(string errorClass, string desc, JsonNode? id) =>
+        WithId(new JsonObject { ["error"] = new JsonObject { ["class"] = errorClass, ["desc"] = desc } }, id);
 
     private static JsonObject WithId(JsonObject reply, JsonNode? id)
     {
@@ -227,13 +326,21 @@ public sealed class QmpServer : IAsyncDisposable
         return reply;
     }
 
+    /// <summary>Output waiting for each connected client, for tests of the bounds.</summary>
+    internal IReadOnlyList<(long QueuedBytes, long DroppedEvents)> ConnectionStats()
+    {
+        lock (_lock)
+            return [.. _connections.Select(c => (c.QueuedBytes, c.DroppedEvents))];
+    }
+
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
             return;
         Disposing?.Invoke();
+        _throttle.Dispose();
         // Let queued messages (a final MIGRATION or SHUTDOWN event) reach the clients before anything closes.
-        Connection[] draining;
+        QmpConnection[] draining;
         lock (_lock)
             draining = [.. _connections];
         await Task.WhenAll(draining.Select(c => c.DrainAsync(TimeSpan.FromSeconds(1)))).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
@@ -241,7 +348,7 @@ public sealed class QmpServer : IAsyncDisposable
         _listener?.Dispose();
         if (_acceptLoop is not null)
             await _acceptLoop.ConfigureAwait(false);
-        Connection[] open;
+        QmpConnection[] open;
         Task[] serving;
         lock (_lock)
         {
@@ -261,97 +368,4 @@ public sealed class QmpServer : IAsyncDisposable
         {
         }
     }
-
-    /// <summary>
-    /// One client. Outgoing messages go through a bounded queue drained by one writer, so a client that does not
-    /// read cannot make the server hold an unbounded backlog (the oldest events are dropped).
-    /// </summary>
-    internal sealed class Connection : IDisposable
-    {
-        private readonly Channel<byte[]> _outgoing = Channel.CreateBounded<byte[]>(new BoundedChannelOptions(MaxQueuedMessages)
-        {
-            FullMode = BoundedChannelFullMode.DropOldest,
-            SingleReader = true,
-        });
-
-        private readonly Task _writeLoop;
-
-        public Connection(Socket socket)
-        {
-            Socket = socket;
-            _writeLoop = Task.Run(WriteLoopAsync);
-        }
-
-        public Socket Socket { get; }
-
-        public bool Negotiated { get; set; }
-
-        public Task SendAsync(JsonObject message)
-        {
-            _outgoing.Writer.TryWrite(Encoding.UTF8.GetBytes(message.ToJsonString() + "\r\n"));
-            return Task.CompletedTask;
-        }
-
-        /// <summary>Lets the queued messages (e.g. a final event) reach the client before the socket closes.</summary>
-        public Task DrainAsync(TimeSpan timeout)
-        {
-            _outgoing.Writer.TryComplete();
-            return _writeLoop.WaitAsync(timeout);
-        }
-
-        private async Task WriteLoopAsync()
-        {
-            try
-            {
-                await foreach (var bytes in _outgoing.Reader.ReadAllAsync().ConfigureAwait(false))
-                    await Socket.SendAsync(bytes, SocketFlags.None).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-            }
-        }
-
-        public void Dispose()
-        {
-            _outgoing.Writer.TryComplete();
-            Socket.Dispose();
-        }
-    }
-}
-
-/// <summary>Reads '\n'-terminated UTF-8 lines, refusing any line longer than a limit before buffering it.</summary>
-internal sealed class BoundedLineReader(Stream stream, int maxBytes)
-{
-    private readonly byte[] _buffer = new byte[64 * 1024];
-    private readonly System.Buffers.ArrayBufferWriter<byte> _line = new();
-    private int _start, _end;
-
-    /// <summary>The next line (without "\r\n"), null at end of stream, or OverLong when the limit was passed.</summary>
-    public async Task<(string? Line, bool OverLong)> ReadLineAsync(CancellationToken cancel)
-    {
-        _line.ResetWrittenCount();
-        while (true)
-        {
-            if (_start == _end)
-            {
-                _start = 0;
-                _end = await stream.ReadAsync(_buffer, cancel).ConfigureAwait(false);
-                if (_end == 0)
-                    return (_line.WrittenCount > 0 ? Decode() : null, false);
-            }
-            var newline = Array.IndexOf(_buffer, (byte)'\n', _start, _end - _start);
-            var take = (newline >= 0 ? newline : _end) - _start;
-            if (_line.WrittenCount + take > maxBytes)
-                return (null, true);
-            System.Buffers.BuffersExtensions.Write(_line, _buffer.AsSpan(_start, take));
-            _start += take;
-            if (newline >= 0)
-            {
-                _start++;
-                return (Decode(), false);
-            }
-        }
-    }
-
-    private string Decode() => Encoding.UTF8.GetString(_line.WrittenSpan).TrimEnd('\r');
 }

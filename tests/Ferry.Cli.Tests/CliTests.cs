@@ -245,7 +245,7 @@ public sealed class CliMigrationTests
 {
     private static readonly string FerryDll = typeof(Program).Assembly.Location;
 
-    private static int FreePort()
+    internal static int FreePort()
     {
         using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
         l.Start();
@@ -253,7 +253,7 @@ public sealed class CliMigrationTests
     }
 
     /// <summary>Starts `ferry run --incoming`; returns once it says it is waiting.</summary>
-    private static async Task<(Process Ferry, string Qmp, string Console, StringBuilder Stderr)> StartIncoming(string memory, int port)
+    internal static async Task<(Process Ferry, string Qmp, string Console, StringBuilder Stderr)> StartIncoming(string memory, int port)
     {
         var socketPath = Path.Combine(Path.GetTempPath(), $"ferry-in-{Guid.NewGuid():N}.sock");
         var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", memory, "--incoming", $"tcp:127.0.0.1:{port}", "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])

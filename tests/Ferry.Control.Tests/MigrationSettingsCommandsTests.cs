@@ -89,11 +89,11 @@ public sealed class MigrationSettingsCommandsTests : IAsyncLifetime, IDisposable
     public void Unknown_names_and_wrong_types_are_named()
     {
         var e = Refused("migrate-set-parameters", new JsonObject { ["no-such-knob"] = 1 });
-        Assert.StartsWith("Parameter 'no-such-knob' is unexpected (known: max-bandwidth, downtime-limit, ", e.Message, StringComparison.Ordinal);
+        Assert.Equal("Parameter 'no-such-knob' is unexpected", e.Message);
         foreach (var value in new JsonNode?[] { "300", 1.5, true, null, new JsonArray() })
         {
             e = Refused("migrate-set-parameters", new JsonObject { ["downtime-limit"] = value?.DeepClone() });
-            Assert.Equal($"Parameter 'downtime-limit' expects an integer, not {value?.ToJsonString() ?? "null"}", e.Message);
+            Assert.Equal("Invalid parameter type for 'downtime-limit', expected: integer", e.Message);
         }
     }
 
@@ -117,13 +117,19 @@ public sealed class MigrationSettingsCommandsTests : IAsyncLifetime, IDisposable
     public void Bad_capabilities_are_named()
     {
         JsonObject One(JsonObject item) => new() { ["capabilities"] = new JsonArray(item) };
-        Assert.StartsWith("Capability 'postcopy-ram' is not supported (known: multifd, ",
-            Refused("migrate-set-capabilities", One(new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true })).Message, StringComparison.Ordinal);
-        Assert.Equal("capability 'multifd' needs a boolean 'state'",
+        // QEMU's texts (qobject-input-visitor), naming the member by its path.
+        Assert.Equal("Parameter 'capabilities[0].capability' does not accept value 'postcopy-ram'",
+            Refused("migrate-set-capabilities", One(new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true })).Message);
+        Assert.Equal("Invalid parameter type for 'capabilities[0].state', expected: boolean",
             Refused("migrate-set-capabilities", One(new JsonObject { ["capability"] = "multifd", ["state"] = "on" })).Message);
-        Assert.Equal("each capability needs a 'capability' name",
+        Assert.Equal("Invalid parameter type for 'capabilities[0].capability', expected: string",
             Refused("migrate-set-capabilities", One(new JsonObject { ["capability"] = 7, ["state"] = true })).Message);
-        Assert.Equal("Parameter 'capabilities' is missing or not a list", Refused("migrate-set-capabilities", []).Message);
+        Assert.Equal("Parameter 'capabilities[0].state' is missing",
+            Refused("migrate-set-capabilities", One(new JsonObject { ["capability"] = "multifd" })).Message);
+        Assert.Equal("Parameter 'capabilities[0].extra' is unexpected",
+            Refused("migrate-set-capabilities", One(new JsonObject { ["capability"] = "multifd", ["state"] = true, ["extra"] = 1 })).Message);
+        Assert.Equal("Parameter 'capabilities' is missing", Refused("migrate-set-capabilities", []).Message);
+        Assert.Equal("Invalid parameter type for 'capabilities', expected: array", Refused("migrate-set-capabilities", new JsonObject { ["capabilities"] = 1 }).Message);
         Assert.Equal(new MigrationCapabilities(), _settings.Capabilities);
     }
 }
