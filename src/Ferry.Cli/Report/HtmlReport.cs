@@ -250,7 +250,7 @@ public static class HtmlReport
                 yMax = Math.Max(yMax, Num($"ferry.passes[{i}].bandwidth-bytes-per-second") ?? 0);
                 yMax = Math.Max(yMax, (Num($"ferry.passes[{i}].dirty-pages-rate") ?? 0) * _pageSize);
             }
-            var (yTop, yUnit, yName) = RateScale(yMax <= 0 ? 1 << 20 : yMax * 1.08);
+            var (yTop, yStep, yUnit, yName) = RateScale(yMax <= 0 ? 1 << 20 : yMax * 1.08);
             double Y(double v) => top + plotH - Math.Clamp(v / yTop, 0, 1) * plotH;
 
             var svg = new StringBuilder();
@@ -267,9 +267,9 @@ public static class HtmlReport
             svg.Append("</g>");
 
             // Grid and y axis (bytes per second).
-            for (var k = 0; k <= 4 && passes > 0; k++)
+            for (var k = 0; k * yStep <= yTop * (1 + 1e-9) && passes > 0; k++)
             {
-                var v = yTop * k / 4;
+                var v = k * yStep;
                 var y = Y(v);
                 svg.Append(Invariant($"<line x1=\"{left}\" y1=\"{y:F1}\" x2=\"{W - right}\" y2=\"{y:F1}\" class=\"grid\"/>"));
                 svg.Append(Invariant($"<text x=\"{left - 6}\" y=\"{y + 4:F1}\" text-anchor=\"end\" class=\"axis\">{v / yUnit:0.##} {yName}</text>"));
@@ -363,7 +363,7 @@ public static class HtmlReport
                 total += Math.Max(Num("ferry.downtime-phases-ms." + key) ?? 0, 0);
             svg.Append(Invariant($"<path d=\"M{from:F1},{y - 52} L{from:F1},{y - 20} L{left:F1},{y + 16} M{Math.Max(to, from + 2):F1},{y - 52} L{Math.Max(to, from + 2):F1},{y - 20} L{left + width:F1},{y + 16}\" stroke=\"#d6453d\" stroke-dasharray=\"3 3\" fill=\"none\"/>"));
             svg.Append(Invariant($"<text x=\"{left:F1}\" y=\"{y + 8}\" class=\"dtitle\">downtime, enlarged:</text>"));
-            svg.Append(SvgNumber("ferry.downtime-exact-ms", Unit.Milliseconds, left + 132, y + 8, "start", "dtitle"));
+            svg.Append(SvgNumber("ferry.downtime-exact-ms", Unit.Milliseconds, left + 150, y + 8, "start", "dtitle"));
             var barY = y + 16;
             var x = left;
             var legendX = left;
@@ -456,7 +456,7 @@ public static class HtmlReport
                 ("expected-downtime-ms", "expected downtime", Unit.Milliseconds, 1),
                 ("cpu-throttle-percentage", "throttle", Unit.Percent, 1),
             ];
-            _html.Append("<table class=\"passes\"><thead><tr>");
+            _html.Append("<div class=\"figure\"><table class=\"passes\"><thead><tr>");
             foreach (var c in columns)
                 _html.Append("<th>").Append(E(c.Head)).Append("</th>");
             _html.Append("</tr></thead><tbody>\n");
@@ -468,18 +468,18 @@ public static class HtmlReport
                     _html.Append("<td>").Append(Span($"ferry.passes[{i}].{c.Field}", c.Unit, c.Scale)).Append("</td>");
                 _html.Append("</tr>\n");
             }
-            _html.Append("</tbody></table>");
+            _html.Append("</tbody></table></div>");
             if (hasPhases)
                 _html.Append("<p class=\"hint\">The last pass (shaded) ran with the guest paused, inside the downtime.</p>");
             _html.Append("</section>\n");
         }
 
         /// <summary>The top of a rate axis with four round steps in B/s, KiB/s, MiB/s or GiB/s, and that unit.</summary>
-        private static (double Top, double Unit, string Name) RateScale(double max)
+        private static (double Top, double Step, double Unit, string Name) RateScale(double max)
         {
             var (unit, name) = max >= 1 << 30 ? (1024.0 * 1024 * 1024, "GiB/s") : max >= 1 << 20 ? (1024.0 * 1024, "MiB/s") : max >= 1024 ? (1024.0, "KiB/s") : (1.0, "B/s");
             var step = NiceStep(max / unit / 4);
-            return (Math.Ceiling(max / unit / step - 1e-9) * step * unit, unit, name);
+            return (Math.Ceiling(max / unit / step - 1e-9) * step * unit, step * unit, unit, name);
         }
 
         /// <summary>A round step (1, 2, 2.5 or 5 times a power of ten; powers of 1024 for byte rates are not needed at axis precision).</summary>
@@ -521,8 +521,9 @@ public static class HtmlReport
             svg .dtitle { font-weight: 600; fill: #a3241c; } svg .inbar { fill: #fff; font-weight: 600; } svg .inbardark { fill: #1f2430; font-weight: 600; }
             svg .plabel { font-size: 12px; } svg .pvalue { font-size: 12px; font-weight: 600; }
             table { border-collapse: collapse; font-size: 13px; margin-top: 10px; }
-            th { text-align: right; color: #6b7280; font-weight: 600; padding: 4px 10px; border-bottom: 1px solid #e1e4ea; white-space: nowrap; }
-            td { text-align: right; padding: 3px 10px; border-bottom: 1px solid #f0f1f4; white-space: nowrap; font-variant-numeric: tabular-nums; }
+            table.passes { width: 100%; }
+            th { text-align: right; color: #6b7280; font-weight: 600; padding: 4px 7px; border-bottom: 1px solid #e1e4ea; vertical-align: bottom; }
+            td { text-align: right; padding: 3px 7px; border-bottom: 1px solid #f0f1f4; white-space: nowrap; font-variant-numeric: tabular-nums; }
             th:first-child, td:first-child { text-align: left; }
             table.classes td.note { text-align: left; color: #6b7280; white-space: normal; }
             tr.final td { background: #fbeeed; }
