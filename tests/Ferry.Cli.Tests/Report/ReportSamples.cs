@@ -6,7 +6,7 @@ namespace Ferry.Cli.Tests.Report;
 
 /// <summary>
 /// Reports as the CLI gets them: a MigrationStats made into JSON by MigrationJson.ToReport, the code that builds the
-/// final MIGRATION event's ferry-info (what `--report` writes), plus the source the CLI adds.
+/// final MIGRATION event's ferry-info (what `--report` writes).
 /// </summary>
 internal static class ReportSamples
 {
@@ -54,7 +54,7 @@ internal static class ReportSamples
             FreePageHint = FreePageHintReason.On,
             Passes = list,
         };
-        return WithSource(MigrationJson.ToReport(stats, target, new MigrationParameters { MaxBandwidth = maxBandwidth }));
+        return MigrationJson.ToReport(stats, Source, target, new MigrationParameters { MaxBandwidth = maxBandwidth });
     }
 
     /// <summary>A migration refused at setup: no pass ran, with an error and the reason it did not converge.</summary>
@@ -74,7 +74,7 @@ internal static class ReportSamples
             PoisonValue = 0xAA,
             NotConverging = new NotConverging(1, NotConvergingReason.OverDowntimeLimit, 912, 300, 70_000, 80_000, 300 * MiB, AutoConvergeStep.Off, 0),
         };
-        return WithSource(MigrationJson.ToReport(stats, target, new MigrationParameters()));
+        return MigrationJson.ToReport(stats, Source, target, new MigrationParameters());
     }
 
     /// <summary>A cancelled migration that had run one live pass.</summary>
@@ -101,12 +101,8 @@ internal static class ReportSamples
             Channels = 1,
             Passes = [pass],
         };
-        return WithSource(MigrationJson.ToReport(stats, "tcp:[::1]:4444", new MigrationParameters()));
+        return MigrationJson.ToReport(stats, Source, "tcp:[::1]:4444", new MigrationParameters());
     }
 
-    private static JsonObject WithSource(JsonObject report)
-    {
-        report["ferry"]!["source"] = "unix:/run/ferry/vm-7.qmp";
-        return report;
-    }
+    private const string Source = "unix:/run/ferry/vm-7.qmp";
 }
