@@ -362,8 +362,11 @@ public static class HtmlReport
             foreach (var (key, _, _) in Phases)
                 total += Math.Max(Num("ferry.downtime-phases-ms." + key) ?? 0, 0);
             svg.Append(Invariant($"<path d=\"M{from:F1},{y - 52} L{from:F1},{y - 20} L{left:F1},{y + 16} M{Math.Max(to, from + 2):F1},{y - 52} L{Math.Max(to, from + 2):F1},{y - 20} L{left + width:F1},{y + 16}\" stroke=\"#d6453d\" stroke-dasharray=\"3 3\" fill=\"none\"/>"));
-            svg.Append(Invariant($"<text x=\"{left:F1}\" y=\"{y + 8}\" class=\"dtitle\">downtime, enlarged:</text>"));
-            svg.Append(SvgNumber("ferry.downtime-exact-ms", Unit.Milliseconds, left + 150, y + 8, "start", "dtitle"));
+            // The title sits at the right, where the joining lines (the downtime is at the end) do not cross it.
+            svg.Append(Invariant($"<text x=\"{left + width - 6:F1}\" y=\"{y + 8}\" text-anchor=\"end\" class=\"dtitle\">downtime, enlarged: "));
+            if (Num("ferry.downtime-exact-ms") is { } downtime)
+                svg.Append("<tspan").Append(Attrs("ferry.downtime-exact-ms")).Append('>').Append(E(Format(downtime, Unit.Milliseconds))).Append("</tspan>");
+            svg.Append("</text>");
             var barY = y + 16;
             var x = left;
             var legendX = left;

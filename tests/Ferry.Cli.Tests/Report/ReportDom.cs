@@ -15,7 +15,7 @@ internal static partial class ReportDom
 {
     public sealed record Field(string Path, string? Value, double Scale, string Text);
 
-    [GeneratedRegex("""<(span|text)\b([^>]*?)\bdata-field="([^"]*)"([^>]*)>(.*?)</\1>""", RegexOptions.Singleline)]
+    [GeneratedRegex("""<(span|text|tspan)\b([^>]*?)\bdata-field="([^"]*)"([^>]*)>(.*?)</\1>""", RegexOptions.Singleline)]
     private static partial Regex FieldElement();
 
     [GeneratedRegex("\\bdata-(value|scale)=\"([^\"]*)\"")]
