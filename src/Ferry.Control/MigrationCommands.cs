@@ -177,7 +177,7 @@ public sealed class MigrationCommands
             }
             migration.Dispose();
             // The final figures travel with the last event: a completed migration's source exits right after it.
-            _server.Emit("MIGRATION", new JsonObject { ["status"] = result.Status.ToQmp(), ["ferry-target"] = target, ["ferry-info"] = MigrationJson.ToQmp(result, passes: true) });
+            _server.Emit("MIGRATION", new JsonObject { ["status"] = result.Status.ToQmp(), ["ferry-target"] = target, ["ferry-info"] = MigrationJson.ToReport(result, $"unix:{_server.SocketPath}", target, _settings.Parameters) });
             if (result.Status == MigrationStatus.Completed)
                 onCompleted(result);
         })
@@ -202,6 +202,24 @@ public sealed class MigrationCommands
 /// <summary>Migration statistics in query-migrate's shape (QEMU's field names), with Ferry's extras under "ferry".</summary>
 public static class MigrationJson
 {
+    /// <summary>
+    /// The final report: the MIGRATION event's ferry-info, which `--report` writes as JSON and as HTML. ToQmp with
+    /// every pass, plus where it ran from and to and under what limits: ferry.source (the source's QMP socket,
+    /// unix:PATH), ferry.target (tcp:HOST:PORT or file:PATH), ferry.max-bandwidth and ferry.downtime-limit (the
+    /// parameters when it ended).
+    /// </summary>
+    public static JsonObject ToReport(MigrationStats s, string source, string target, MigrationParameters parameters)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        var report = ToQmp(s, passes: true);
+        var ferry = (JsonObject)report["ferry"]!;
+        ferry["source"] = source;
+        ferry["target"] = target;
+        ferry["max-bandwidth"] = parameters.MaxBandwidth;
+        ferry["downtime-limit"] = parameters.DowntimeLimitMs;
+        return report;
+    }
+
     public static JsonObject ToQmp(MigrationStats s, bool passes)
     {
         var result = new JsonObject
