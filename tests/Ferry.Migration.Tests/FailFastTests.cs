@@ -33,6 +33,23 @@ public sealed class FailFastTests
         return new Outcome(error, clock.Elapsed, receive, migration);
     }
 
+    /// <summary>A running 16 MiB guest with its first <paramref name="pages"/> pages filled.</summary>
+    private static SyntheticVm RunningVm(ulong pages)
+    {
+        var vm = new SyntheticVm(16 * MiB);
+        vm.Fill(0, 0, pages, 1);
+        vm.Start();
+        return vm;
+    }
+
+    /// <summary>Until the first 64 KiB left (not a fixed sleep: a loaded machine may start late).</summary>
+    private static void WaitUntilSending(PrecopyMigration migration)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (migration.Snapshot().TransferredBytes < 64 * 1024 && DateTime.UtcNow < deadline)
+            Thread.Sleep(5);
+    }
+
     private static void AssertNoDotnetNames(string message)
     {
         Assert.DoesNotContain("Exception", message, StringComparison.Ordinal);
@@ -73,11 +90,38 @@ public sealed class FailFastTests
     }
 
     [Fact]
-    public void A_failure_before_the_point_of_no_return_resumes_the_source()
+    public void Over_tcp_a_proxy_resetting_the_return_path_at_resumed_leaves_the_source_paused()
     {
         using var vm = new SyntheticVm(16 * MiB);
         vm.Fill(0, 0, 300, 1);
         vm.Start();
+        var resumes = 0;
+        vm.Resuming += () => Interlocked.Increment(ref resumes);
+        using var target = new SyntheticTarget(vm.Blocks);
+        using var listener = new TcpChannelListener(MigrationUri.Parse("tcp:127.0.0.1:0"));
+        using var proxy = new TcpProxy(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, listener.Uri.Port));
+        var receive = Task.Run(() => MigrationReceiver.Receive(target, listener, CancellationToken.None));
+        using var migration = new PrecopyMigration(vm, new MigrationParameters { MultifdChannels = 2, SwitchoverTimeoutMs = 5000 }, new MigrationCapabilities());
+        var clock = Stopwatch.StartNew();
+
+        var error = Assert.Throws<MigrationException>(() => migration.Run(new TcpChannelConnector(MigrationUri.Parse($"tcp:127.0.0.1:{proxy.Port}"))));
+
+        Assert.True(clock.Elapsed < FastEnough, $"took {clock.Elapsed}");
+        Assert.True(proxy.Cut);
+        Assert.True(target.Resumed);
+        receive.GetAwaiter().GetResult();
+        Assert.True(error.DestinationMayBeRunning, error.Message);
+        Assert.True(vm.IsPaused);
+        Assert.Equal(0, resumes);
+        Assert.Equal(MigrationStatus.Failed, migration.Status);
+        Assert.True(migration.Snapshot().DestinationMayBeRunning);
+        AssertNoDotnetNames(error.Message);
+    }
+
+    [Fact]
+    public void A_failure_before_the_point_of_no_return_resumes_the_source()
+    {
+        using var vm = RunningVm(300);
         using var target = new SyntheticTarget(vm.Blocks);
         // END truncated: the state was not all handed over, so the destination cannot run the guest.
         var saboteur = new StreamSaboteur(RecordType.End, truncate: true);
@@ -146,9 +190,7 @@ public sealed class FailFastTests
         {
             if (point != ResetPoint.DuringPass)
                 return;
-            var deadline = DateTime.UtcNow.AddSeconds(20);
-            while (migration.Snapshot().TransferredBytes < 64 * 1024 && DateTime.UtcNow < deadline)
-                Thread.Sleep(5);
+            WaitUntilSending(migration);
             Reset();
         });
         using var migration = outcome.Migration;
@@ -166,9 +208,7 @@ public sealed class FailFastTests
     [Fact]
     public void A_silent_partition_fails_both_sides_within_the_channel_timeout()
     {
-        using var vm = new SyntheticVm(16 * MiB);
-        vm.Fill(0, 0, 4096, 1);
-        vm.Start();
+        using var vm = RunningVm(4096);
         using var target = new SyntheticTarget(vm.Blocks);
         var blackhole = new Blackhole();
         var channels = new InMemoryChannels(blackhole.Wrap);
@@ -176,9 +216,7 @@ public sealed class FailFastTests
 
         var outcome = Run(vm, target, channels, parameters, migration =>
         {
-            var deadline = DateTime.UtcNow.AddSeconds(20);
-            while (migration.Snapshot().TransferredBytes < 64 * 1024 && DateTime.UtcNow < deadline)
-                Thread.Sleep(5);
+            WaitUntilSending(migration);
             blackhole.Freeze();
         });
         using var migration = outcome.Migration;

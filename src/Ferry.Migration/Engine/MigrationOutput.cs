@@ -294,15 +294,15 @@ public sealed class ChannelOutput(IChannelConnector connector, MigrationParamete
             return;
         }
         var control = _channels[0];
-        if (!Monitor.TryEnter(control.Gate))
-            return; // a sender is writing: that says the source is alive
+        // After END nothing more goes on channel 0; a sender holding the channel is writing, which says enough.
+        if (_handedOver || !Monitor.TryEnter(control.Gate))
+            return;
         try
         {
             if (control.Writer.BytesWritten == _lastControlBytes)
-            {
                 control.Writer.WriteKeepAlive();
-                control.Writer.Flush();
-            }
+            // Records a slow sender left in the buffer count as a sign of life only once they leave it.
+            control.Writer.Flush();
             _lastControlBytes = control.Writer.BytesWritten;
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException or NotSupportedException)
