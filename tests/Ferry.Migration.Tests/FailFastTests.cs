@@ -61,9 +61,7 @@ public sealed class FailFastTests
     [InlineData(true)]
     public void A_return_path_cut_right_after_the_destination_resumed_leaves_the_source_paused_and_says_so(bool silent)
     {
-        using var vm = new SyntheticVm(16 * MiB);
-        vm.Fill(0, 0, 300, 1);
-        vm.Start();
+        using var vm = RunningVm(300);
         var resumes = 0;
         vm.Resuming += () => Interlocked.Increment(ref resumes);
         using var target = new SyntheticTarget(vm.Blocks);
@@ -92,9 +90,7 @@ public sealed class FailFastTests
     [Fact]
     public void Over_tcp_a_proxy_resetting_the_return_path_at_resumed_leaves_the_source_paused()
     {
-        using var vm = new SyntheticVm(16 * MiB);
-        vm.Fill(0, 0, 300, 1);
-        vm.Start();
+        using var vm = RunningVm(300);
         var resumes = 0;
         vm.Resuming += () => Interlocked.Increment(ref resumes);
         using var target = new SyntheticTarget(vm.Blocks);
