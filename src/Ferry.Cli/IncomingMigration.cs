@@ -43,6 +43,8 @@ internal static class IncomingMigration
                     $"ferry: migration loaded from {report.Channels} channel(s) in {report.TotalMs:F0} ms: {report.DataPages} pages, " +
                     $"{report.ZeroPages} zero pages, {report.BalloonedPages} ballooned pages, {report.Bytes / (1024.0 * 1024):F1} MiB; " +
                     $"state restored in {report.StateRestoreMs:F1} ms, vCPUs resumed in {report.ResumeMs:F1} ms; guest running");
+                if (!report.SourceToldResumed)
+                    Console.Error.WriteLine("ferry: WARNING: the source could not be told the guest runs here; it stays paused (postmigrate) until its operator stops or resumes it");
                 return 0;
             }
             catch (OperationCanceledException)

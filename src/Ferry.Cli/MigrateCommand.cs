@@ -71,6 +71,8 @@ internal static class MigrateCommand
             if (status != "completed")
             {
                 Console.Error.WriteLine($"ferry: migration {status}: {final["error-desc"]}");
+                if (final["ferry"]?["destination-may-be-running"]?.GetValue<bool>() == true)
+                    Console.Error.WriteLine("ferry: WARNING: the source VM is paused and the destination may be running the guest; resume the source ('cont') only once the destination is known not to run it");
                 return 1;
             }
             return 0;

@@ -84,7 +84,7 @@ public sealed class MigrationCommands
             throw new QmpException(QmpException.GenericError, e.Message);
         }
         var (parameters, capabilities) = (_settings.Parameters, _settings.Capabilities);
-        StartJob(new TcpChannelConnector(uri).Description, new ChannelOutput(new TcpChannelConnector(uri), capabilities.Multifd ? parameters.MultifdChannels : 1),
+        StartJob(new TcpChannelConnector(uri).Description, new ChannelOutput(new TcpChannelConnector(uri), parameters, capabilities),
             source => new PrecopyMigration(source, parameters, capabilities),
             completed => _machine.Stop($"migrated to {uri}"));
         return null;
@@ -142,7 +142,12 @@ public sealed class MigrationCommands
             migration = create(new MachineMigrationSource(_machine));
             _current = migration;
         }
-        migration.StatusChanged += status => _server.Emit("MIGRATION", new JsonObject { ["status"] = status.ToQmp() });
+        // A final status is announced once, below, with the figures (and the snapshot's own outcome).
+        migration.StatusChanged += status =>
+        {
+            if (!status.IsFinal())
+                _server.Emit("MIGRATION", new JsonObject { ["status"] = status.ToQmp() });
+        };
         migration.PassCompleted += pass => _server.Emit("MIGRATION_PASS", new JsonObject { ["pass"] = pass.Pass });
         var thread = new Thread(() =>
         {
@@ -260,6 +265,8 @@ public static class MigrationJson
             ["downtime-exact-ms"] = s.DowntimeMs is { } d ? Math.Round(d, 3) : null,
             ["total-time-exact-ms"] = Math.Round(s.TotalTimeMs, 3),
         };
+        if (s.DestinationMayBeRunning)
+            ferry["destination-may-be-running"] = true;
         if (s.NotConverging is not null)
             ferry["not-converging"] = MigrationQmpText.NotConverging(s.NotConverging);
         if (s.Setup is { } setup)

@@ -39,7 +39,7 @@ public sealed class MigrationSettingsCommandsTests : IAsyncLifetime, IDisposable
     {
         var result = (JsonObject)_client.Execute("query-migrate-parameters")!;
         Assert.Equal(
-            ["max-bandwidth", "downtime-limit", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "ferry-hint-budget-ms", "ferry-switchover-timeout-ms"],
+            ["max-bandwidth", "downtime-limit", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "ferry-hint-budget-ms", "ferry-switchover-timeout-ms", "ferry-channel-timeout-ms"],
             result.Select(kv => kv.Key));
         foreach (var parameter in MigrationParameterTable.All)
             Assert.Equal(parameter.Default, result[parameter.Name]!.GetValue<long>());

@@ -499,5 +499,10 @@ public sealed class PrecopyEngineTests
         Assert.Null(target.State);
         Assert.False(vm.IsPaused, $"source left paused after: {sourceError.Message}");
         Assert.Equal(MigrationStatus.Failed, migration.Status);
+        // The source reports the destination's reason, never its own broken pipe, whenever the reason could reach
+        // it: a cut connection (truncate) takes channel 0's way back with it when channel 0 is the one cut.
+        if (!truncate || !sourceError.Message.Contains("connection cut by the test", StringComparison.Ordinal))
+            Assert.Equal($"the destination failed: {destinationError.Message}", sourceError.Message);
+        Assert.DoesNotContain("Exception", sourceError.Message, StringComparison.Ordinal);
     }
 }

@@ -18,6 +18,7 @@ internal sealed class MigrationCounters
     private NotConverging? _notConverging;
     private string? _error;
     private MigrationErrorKind? _errorKind;
+    private bool _destinationMayBeRunning;
     private BalloonSkipReason _balloonSkip;
     private FreePageHintReason _freePageHint;
     private uint _poisonValue;
@@ -114,10 +115,10 @@ internal sealed class MigrationCounters
         }
     }
 
-    public void Failed(MigrationErrorKind kind, string message)
+    public void Failed(MigrationErrorKind kind, string message, bool destinationMayBeRunning)
     {
         lock (_gate)
-            (_errorKind, _error) = (kind, message);
+            (_errorKind, _error, _destinationMayBeRunning) = (kind, message, destinationMayBeRunning);
     }
 
     public MigrationStats ToStats(MigrationStatus status, TimeSpan elapsed, IReadOnlyList<IPageSink> sinks, long totalBytes)
@@ -133,6 +134,7 @@ internal sealed class MigrationCounters
                 Status = status,
                 Error = _error,
                 ErrorKind = _errorKind,
+                DestinationMayBeRunning = _destinationMayBeRunning,
                 TotalTimeMs = elapsed.TotalMilliseconds,
                 SetupTimeMs = _setupMs,
                 Setup = _setup,

@@ -32,7 +32,11 @@ public enum MigrationErrorKind
     OutputFailed,
 }
 
-/// <summary>A migration that failed or was cancelled; the message says why, the kind says what kind of failure. The source VM is running again.</summary>
+/// <summary>
+/// A migration that failed or was cancelled; the message says why, the kind says what kind of failure. The source VM
+/// is running again, unless <see cref="DestinationMayBeRunning"/>: then it stays paused (docs/migration.md, the point
+/// of no return).
+/// </summary>
 public sealed class MigrationException : Exception
 {
     public MigrationException() { }
@@ -43,5 +47,11 @@ public sealed class MigrationException : Exception
 
     public MigrationException(MigrationErrorKind kind, string message, Exception? inner = null) : base(message, inner) => Kind = kind;
 
+    public MigrationException(MigrationErrorKind kind, string message, Exception? inner, bool destinationMayBeRunning) : this(kind, message, inner) =>
+        DestinationMayBeRunning = destinationMayBeRunning;
+
     public MigrationErrorKind Kind { get; } = MigrationErrorKind.Internal;
+
+    /// <summary>Failed after the point of no return with no word from the destination: the source guest was left paused.</summary>
+    public bool DestinationMayBeRunning { get; }
 }

@@ -97,8 +97,13 @@ public static class MigrationParameterTable
         "how long the source waits for the destination to report the guest running after the last byte",
         p => p.SwitchoverTimeoutMs, (p, v) => p with { SwitchoverTimeoutMs = checked((int)v) });
 
+    public static readonly MigrationParameter ChannelTimeout = new(
+        "ferry-channel-timeout-ms", ParameterUnit.Milliseconds, 1000, 600_000, 10_000,
+        "how long either side waits on a silent peer (no data, no keepalive) before failing the migration; also the TCP keepalive and user time-out of every channel",
+        p => p.ChannelTimeoutMs, (p, v) => p with { ChannelTimeoutMs = checked((int)v) });
+
     public static IReadOnlyList<MigrationParameter> All { get; } =
-        [MaxBandwidth, DowntimeLimit, MultifdChannels, CpuThrottleInitial, CpuThrottleIncrement, MaxCpuThrottle, ThrottleTriggerThreshold, HintBudget, SwitchoverTimeout];
+        [MaxBandwidth, DowntimeLimit, MultifdChannels, CpuThrottleInitial, CpuThrottleIncrement, MaxCpuThrottle, ThrottleTriggerThreshold, HintBudget, SwitchoverTimeout, ChannelTimeout];
 
     public static MigrationParameter? Find(string name) => All.FirstOrDefault(p => p.Name == name);
 

@@ -29,6 +29,12 @@ public sealed record MigrationParameters
     /// <summary>ferry-switchover-timeout-ms.</summary>
     public int SwitchoverTimeoutMs { get; init; } = (int)MigrationParameterTable.SwitchoverTimeout.Default;
 
+    /// <summary>ferry-channel-timeout-ms: a peer silent this long (no data, no keepalive) fails the migration.</summary>
+    public int ChannelTimeoutMs { get; init; } = (int)MigrationParameterTable.ChannelTimeout.Default;
+
+    /// <summary>How many channels a migration opens: multifd-channels with the multifd capability, else one.</summary>
+    public int ChannelsFor(MigrationCapabilities capabilities) => capabilities.Multifd ? MultifdChannels : 1;
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the first value outside its range.</summary>
     public void Validate()
     {
@@ -70,6 +76,9 @@ public enum MigrationStatus
 
 public static class MigrationStatusNames
 {
+    /// <summary>Completed, Failed or Cancelled: nothing follows (the MIGRATION event for it is the last).</summary>
+    public static bool IsFinal(this MigrationStatus status) => status is MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelled;
+
     /// <summary>QEMU's spelling of each status.</summary>
     public static string ToQmp(this MigrationStatus status) => status switch
     {

@@ -37,6 +37,13 @@ public sealed record MigrationStats
 
     /// <summary>What kind of failure <see cref="Error"/> is (null unless the migration failed or was cancelled).</summary>
     public MigrationErrorKind? ErrorKind { get; init; }
+
+    /// <summary>
+    /// The migration failed after the point of no return (the whole state was sent) without the destination saying
+    /// it failed: it may be running the guest, so the source guest was left paused (QEMU's run state `postmigrate`).
+    /// Only the management layer can tell which copy to keep; resuming the source is an explicit `cont`.
+    /// </summary>
+    public bool DestinationMayBeRunning { get; init; }
     public double TotalTimeMs { get; init; }
     public double SetupTimeMs { get; init; }
 

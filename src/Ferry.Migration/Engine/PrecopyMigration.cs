@@ -13,8 +13,10 @@ namespace Ferry.Migration.Engine;
 /// (<see cref="PageScanner"/>). RAM is cut into 2 MiB chunks and chunk c always travels on channel c mod N, so a
 /// page's newer copy can never overtake its older one and the channels need no synchronisation. After each pass
 /// <see cref="ConvergencePolicy"/> decides: switch over, iterate or throttle. The guest is paused only for the last
-/// pass and the state; if anything fails before the destination reports the guest running, the source guest runs
-/// on as if nothing happened.
+/// pass and the state; if anything fails before the point of no return (<see cref="IMigrationOutput.HandedOver"/>:
+/// the whole state and every END sent), the source guest runs on as if nothing happened. After it, only the
+/// destination's own FAILED resumes the source; any other failure leaves it paused and says so
+/// (<see cref="MigrationStats.DestinationMayBeRunning"/>), since the destination may be running the guest.
 /// </summary>
 public sealed class PrecopyMigration : IDisposable
 {
@@ -99,7 +101,7 @@ public sealed class PrecopyMigration : IDisposable
     /// </summary>
     public MigrationStats Run(IChannelConnector connector)
     {
-        using var output = new ChannelOutput(connector, _capabilities.Multifd ? _parameters.MultifdChannels : 1);
+        using var output = new ChannelOutput(connector, _parameters, _capabilities);
         return Run(output);
     }
 
@@ -197,29 +199,48 @@ public sealed class PrecopyMigration : IDisposable
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             var cancelled = _cancel.IsCancellationRequested && Status == MigrationStatus.Cancelling;
-            var (kind, message) = cancelled ? (MigrationErrorKind.Cancelled, "migration cancelled") : Describe(e);
+            var remote = cancelled ? null : _output?.RemoteFailure();
+            var (kind, message) = cancelled ? (MigrationErrorKind.Cancelled, "migration cancelled") : Describe(e, remote, _output?.ReturnPathFailure);
+            // Past the point of no return the destination may run the guest; only its own FAILED (sent only before
+            // it resumes anything) proves it does not. Two running copies are worse than a paused one.
+            var stranded = paused && _output?.HandedOver == true && remote is null;
+            if (stranded)
+            {
+                message = $"{message}; the whole state was sent and the destination did not confirm the guest runs there: it may be running it, so this guest stays paused (postmigrate). Check the destination, then stop this VM, or resume it with 'cont' only if the destination does not run the guest";
+            }
             Cleanup();
-            if (paused)
+            if (paused && !stranded)
                 _source.ResumeGuest();
             _clock.Stop();
-            _counters.Failed(kind, message);
+            _counters.Failed(kind, message, stranded);
             _state.MoveTo(cancelled ? MigrationStatus.Cancelled : MigrationStatus.Failed);
-            throw new MigrationException(kind, message, e);
+            throw new MigrationException(kind, message, e, stranded);
         }
     }
 
-    private (MigrationErrorKind, string) Describe(Exception e)
+    /// <summary>
+    /// The reason a user reads (error-desc, the CLI): the destination's own reason whenever it sent one, since a
+    /// local broken pipe is only its echo; never a .NET exception type name.
+    /// </summary>
+    internal static (MigrationErrorKind, string) Describe(Exception e, string? remoteFailure, Exception? returnPath = null)
     {
-        // A destination that gave up usually said why before closing: prefer its reason.
-        if (e is IOException or ObjectDisposedException && _output?.RemoteFailure() is { } reason)
-            return (MigrationErrorKind.DestinationFailed, $"the destination failed: {reason}");
+        while (e is AggregateException { InnerExceptions.Count: > 0 } aggregate)
+            e = aggregate.InnerExceptions[0];
+        if (e is MigrationException { Kind: MigrationErrorKind.DestinationRefused or MigrationErrorKind.DestinationFailed } known)
+            return (known.Kind, known.Message);
+        if (remoteFailure is not null)
+            return (MigrationErrorKind.DestinationFailed, $"the destination failed: {remoteFailure}");
+        // A silent destination: the senders only saw their channels aborted; the time-out is the reason.
+        if (returnPath is TimeoutException silent && e is not MigrationException { Kind: MigrationErrorKind.Timeout })
+            return (MigrationErrorKind.Timeout, silent.Message);
         return e switch
         {
             MigrationException m => (m.Kind, m.Message),
             StreamFormatException => (MigrationErrorKind.InvalidStream, e.Message),
-            TimeoutException => (MigrationErrorKind.Timeout, $"{e.GetType().Name}: {e.Message}"),
-            IOException or ObjectDisposedException => (MigrationErrorKind.ChannelFailed, $"{e.GetType().Name}: {e.Message}"),
-            _ => (MigrationErrorKind.Internal, $"{e.GetType().Name}: {e.Message}"),
+            TimeoutException => (MigrationErrorKind.Timeout, $"timed out: {e.Message}"),
+            ObjectDisposedException => (MigrationErrorKind.ChannelFailed, "a migration channel was closed under a sender"),
+            IOException => (MigrationErrorKind.ChannelFailed, $"a migration channel broke: {e.Message}"),
+            _ => (MigrationErrorKind.Internal, $"internal error: {e.Message}"),
         };
     }
 

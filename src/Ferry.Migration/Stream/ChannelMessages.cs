@@ -58,6 +58,8 @@ public enum ReplyType : ushort
     Failed = 3,
     /// <summary>Every channel's records up to PASS_END of a pass are loaded: payload = the pass (u32). Capability pass-acks.</summary>
     PassLoaded = 4,
+    /// <summary>Nothing to report, the destination is alive (capability keepalive): payload empty.</summary>
+    KeepAlive = 5,
 }
 
 /// <summary>A reply; <paramref name="Capabilities"/> holds ACCEPT's bits or PASS_LOADED's pass number.</summary>
@@ -79,6 +81,8 @@ public static class ReturnPath
     }
 
     public static void WriteResumed(System.IO.Stream output) => Write(output, ReplyType.Resumed, []);
+
+    public static void WriteKeepAlive(System.IO.Stream output) => Write(output, ReplyType.KeepAlive, []);
 
     public static void WritePassLoaded(System.IO.Stream output, uint pass)
     {
@@ -115,7 +119,7 @@ public static class ReturnPath
             var length = BinaryPrimitives.ReadUInt32LittleEndian(frame.AsSpan(4));
             if (!Enum.IsDefined(type) || BinaryPrimitives.ReadUInt16LittleEndian(frame.AsSpan(2)) != 0)
                 throw new StreamFormatException($"the destination sent an unknown reply type {(ushort)type}");
-            if (length > MaxMessageBytes || (type == ReplyType.Accept && length != 8) || (type == ReplyType.Resumed && length != 0)
+            if (length > MaxMessageBytes || (type == ReplyType.Accept && length != 8) || (type is ReplyType.Resumed or ReplyType.KeepAlive && length != 0)
                 || (type == ReplyType.PassLoaded && length != 4))
                 throw new StreamFormatException($"the destination's {type} reply has a bad length {length}");
             var payload = new byte[length];

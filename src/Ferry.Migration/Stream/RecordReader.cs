@@ -189,6 +189,9 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
                 var name = Encoding.UTF8.GetString(p.Slice(12, nameLength));
                 return new Record(type, -1, 0, 0, _buffer.AsMemory(12 + nameLength, (int)blobLength), kind, index, name);
             }
+            case RecordType.KeepAlive:
+                RequireLength(p, 0, 0, where);
+                return new Record(type, -1, 0, 0, ReadOnlyMemory<byte>.Empty);
             case RecordType.PassEnd:
                 RequireLength(p, 8, 8, where);
                 return new Record(type, -1, 0, 0, ReadOnlyMemory<byte>.Empty, Pass: BinaryPrimitives.ReadUInt32LittleEndian(p));

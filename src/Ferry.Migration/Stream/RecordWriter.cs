@@ -86,6 +86,9 @@ public sealed class RecordWriter(System.IO.Stream output)
         Write(RecordType.PassEnd, payload, []);
     }
 
+    /// <summary>A record with nothing to load (capability keepalive): tells the destination the source is alive.</summary>
+    public void WriteKeepAlive() => Write(RecordType.KeepAlive, [], []);
+
     /// <summary>Ends the stream with the totals of everything written through this writer.</summary>
     public void WriteEnd()
     {

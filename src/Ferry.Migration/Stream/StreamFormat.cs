@@ -12,6 +12,9 @@ public enum RecordType : ushort
     State = 4,
     PassEnd = 5,
     End = 6,
+
+    /// <summary>Nothing to load: the source is alive while a channel has nothing to send (capability keepalive).</summary>
+    KeepAlive = 7,
 }
 
 /// <summary>
@@ -35,8 +38,14 @@ public enum StreamCapabilities : ulong
     /// <summary>Bit 3: the destination says PASS_LOADED when every channel has loaded a pass.</summary>
     PassAcks = 1 << 3,
 
+    /// <summary>
+    /// Bit 4: both sides say they are alive while they have nothing else to say (a KEEPALIVE record on channel 0,
+    /// a KEEPALIVE reply on the return path), so each side can give up on a silent peer within the channel time-out.
+    /// </summary>
+    KeepAlive = 1 << 4,
+
     /// <summary>Every bit this version writes and understands.</summary>
-    All = ZeroRuns | BalloonBitmap | Multichannel | PassAcks,
+    All = ZeroRuns | BalloonBitmap | Multichannel | PassAcks | KeepAlive,
 }
 
 /// <summary>A RAM block as the stream names it: never a guest-physical address.</summary>

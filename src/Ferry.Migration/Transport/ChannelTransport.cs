@@ -17,27 +17,53 @@ public interface IChannelListener : IDisposable
     Task<System.IO.Stream> AcceptAsync(CancellationToken cancel);
 }
 
-/// <summary>A migration URI: today `tcp:HOST:PORT` (QEMU's syntax; HOST may be a name, an IPv4 or a [IPv6] address).</summary>
+/// <summary>
+/// A migration URI: today `tcp:HOST:PORT` (QEMU's syntax). HOST is a name, an IPv4 address or an IPv6 address in
+/// brackets (`tcp:[::1]:4444`). The one parser of migration URIs: QMP's migrate, `ferry migrate` (through QMP) and
+/// `ferry run --incoming` all come here, and a malformed URI is refused with a one-line reason before any name is
+/// looked up.
+/// </summary>
 public sealed record MigrationUri(string Host, int Port)
 {
     public static MigrationUri Parse(string uri)
     {
         ArgumentNullException.ThrowIfNull(uri);
         if (!uri.StartsWith("tcp:", StringComparison.Ordinal))
-            throw new FormatException($"migration URI '{uri}' is not supported (use tcp:HOST:PORT)");
+            throw Bad(uri, "is not supported (use tcp:HOST:PORT)");
         var rest = uri[4..];
-        var colon = rest.LastIndexOf(':');
-        if (colon <= 0)
-            throw new FormatException($"migration URI '{uri}' has no port (use tcp:HOST:PORT)");
-        var host = rest[..colon];
-        if (host.StartsWith('[') && host.EndsWith(']'))
-            host = host[1..^1];
-        if (host.Length == 0)
-            throw new FormatException($"migration URI '{uri}' has an empty host");
-        if (!int.TryParse(rest[(colon + 1)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) || port is < 0 or > 65535)
-            throw new FormatException($"migration URI '{uri}': port '{rest[(colon + 1)..]}' is not 0..65535");
-        return new MigrationUri(host, port);
+        string host, port;
+        if (rest.StartsWith('['))
+        {
+            var close = rest.IndexOf(']', StringComparison.Ordinal);
+            if (close < 0)
+                throw Bad(uri, "has '[' without ']' (an IPv6 address is written tcp:[ADDRESS]:PORT)");
+            host = rest[1..close];
+            if (!System.Net.IPAddress.TryParse(host, out var address) || address.AddressFamily != System.Net.Sockets.AddressFamily.InterNetworkV6)
+                throw Bad(uri, $"'[{host}]' is not an IPv6 address");
+            if (close + 1 >= rest.Length || rest[close + 1] != ':')
+                throw Bad(uri, "has no port after ']' (use tcp:[ADDRESS]:PORT)");
+            port = rest[(close + 2)..];
+        }
+        else
+        {
+            var colon = rest.LastIndexOf(':');
+            if (colon < 0)
+                throw Bad(uri, "has no port (use tcp:HOST:PORT)");
+            host = rest[..colon];
+            port = rest[(colon + 1)..];
+            if (host.Length == 0)
+                throw Bad(uri, "has an empty host");
+            if (host.Contains(':'))
+                throw Bad(uri, "has an IPv6 address without brackets (use tcp:[ADDRESS]:PORT)");
+            if (host.Length > 253 || !host.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '-' or '_'))
+                throw Bad(uri, $"host '{host}' is not a host name or an IPv4 address");
+        }
+        if (port.Length is 0 or > 5 || !port.All(char.IsAsciiDigit) || int.Parse(port, System.Globalization.CultureInfo.InvariantCulture) > 65535)
+            throw Bad(uri, $"port '{port}' is not 0..65535");
+        return new MigrationUri(host, int.Parse(port, System.Globalization.CultureInfo.InvariantCulture));
     }
+
+    private static FormatException Bad(string uri, string why) => new($"migration URI '{uri}' {why}");
 
     public override string ToString() => Host.Contains(':') ? $"tcp:[{Host}]:{Port}" : $"tcp:{Host}:{Port}";
 }

@@ -16,6 +16,57 @@ internal static class TcpTuning
     }
 }
 
+/// <summary>
+/// Liveness of a migration channel: a silent partition (no reset, no close) must fail the migration within the
+/// channel time-out (ferry-channel-timeout-ms), whoever is waiting. On a TCP channel the kernel does its part: TCP
+/// keepalive probes an idle connection (after half the time-out, then every second or so), TCP_USER_TIMEOUT drops
+/// a connection whose sent data or probes stay unacknowledged for the time-out, and a blocked send gives up after
+/// it (SO_SNDTIMEO). A peer that is reachable but silent (a hung process) is caught by the keepalive messages of the
+/// stream (capability keepalive) and the watchdogs that read them.
+/// </summary>
+public static class ChannelLiveness
+{
+    private const int IpProtoTcp = 6;
+    private const int TcpUserTimeout = 18;
+
+    /// <summary>Applies the channel time-out to a channel's stream; streams that are not TCP are left alone.</summary>
+    public static void Apply(System.IO.Stream stream, TimeSpan timeout)
+    {
+        if (stream is not NetworkStream network)
+            return;
+        var socket = network.Socket;
+        var ms = (int)Math.Clamp(timeout.TotalMilliseconds, 1000, int.MaxValue);
+        const int probes = 5;
+        socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
+        socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, Math.Max(1, ms / 2000));
+        socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval, Math.Max(1, ms / (2000 * probes)));
+        socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, probes);
+        if (OperatingSystem.IsLinux())
+            socket.SetRawSocketOption(IpProtoTcp, TcpUserTimeout, BitConverter.GetBytes(ms));
+        network.WriteTimeout = ms;
+    }
+
+    /// <summary>
+    /// Wakes every thread blocked on <paramref name="stream"/> without losing what was written to it: a TCP
+    /// channel is shut down (FIN, so the peer still reads what was sent before), any other stream is disposed.
+    /// The caller disposes the stream later as usual.
+    /// </summary>
+    public static void Wake(System.IO.Stream stream)
+    {
+        try
+        {
+            if (stream is NetworkStream network)
+                network.Socket.Shutdown(SocketShutdown.Both);
+            else
+                stream.Dispose();
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException)
+        {
+            // Already closed or broken: nothing blocked on it any more.
+        }
+    }
+}
+
 public sealed class TcpChannelConnector(MigrationUri uri) : IChannelConnector
 {
     public string Description => uri.ToString();

@@ -28,7 +28,7 @@ public sealed class StreamSaboteur
 
     private bool Claim() => Interlocked.Exchange(ref _done, 1) == 0;
 
-    private sealed class Channel(StreamSaboteur owner, System.IO.Stream inner) : System.IO.Stream
+    private sealed class Channel(StreamSaboteur owner, System.IO.Stream inner) : PassThroughStream(inner)
     {
         private readonly byte[] _prefix = new byte[24];
         private int _prefixLength;
@@ -39,18 +39,6 @@ public sealed class StreamSaboteur
         private bool _strikeThisPayload;
         private bool _cut;
 
-        public override bool CanRead => true;
-        public override bool CanWrite => true;
-        public override bool CanSeek => false;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-
-        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
-
-        public override int Read(Span<byte> buffer) => inner.Read(buffer);
-
-        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-
         public override void Write(ReadOnlySpan<byte> buffer)
         {
             if (_cut)
@@ -60,14 +48,14 @@ public sealed class StreamSaboteur
             {
                 if (!Step(ref copy[i]))
                 {
-                    inner.Write(copy.AsSpan(0, i));
-                    inner.Flush();
-                    inner.Dispose();
+                    Inner.Write(copy.AsSpan(0, i));
+                    Inner.Flush();
+                    Inner.Dispose();
                     _cut = true;
                     throw new IOException("connection cut by the test");
                 }
             }
-            inner.Write(copy);
+            Inner.Write(copy);
         }
 
         /// <summary>Advances the parser over one byte (possibly damaging it); false = cut the connection here.</summary>
@@ -119,18 +107,7 @@ public sealed class StreamSaboteur
         public override void Flush()
         {
             if (!_cut)
-                inner.Flush();
-        }
-
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-        public override void SetLength(long value) => throw new NotSupportedException();
-
-        protected override void Dispose(bool disposing)
-        {
-            if (disposing)
-                inner.Dispose();
-            base.Dispose(disposing);
+                Inner.Flush();
         }
     }
 }
