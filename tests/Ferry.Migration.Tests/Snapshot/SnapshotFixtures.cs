@@ -53,19 +53,36 @@ public static unsafe class SnapshotFixtures
         return stat.Blocks * 512;
     }
 
-    /// <summary>Every byte of the blocks equal (reads holes: measure allocation before calling).</summary>
+    /// <summary>
+    /// Every byte of the blocks equal. An <paramref name="actual"/> memfd block's holes (the kernel's SEEK_HOLE, not
+    /// Ferry's bookkeeping) read zero without being faulted in; everything else is read (and so, in a memfd
+    /// <paramref name="expected"/> block, allocated: measure allocation before calling).
+    /// </summary>
     public static void AssertSameMemory(IReadOnlyList<RamBlock> expected, IReadOnlyList<RamBlock> actual)
     {
         for (var b = 0; b < expected.Count; b++)
         {
-            var size = (int)expected[b].Size;
-            var want = expected[b].Mapping.GetSpan(0, size);
-            var got = actual[b].Mapping.GetSpan(0, size);
-            if (!want.SequenceEqual(got))
+            var size = expected[b].Size;
+            void Same(ulong offset, ulong length, bool zeroInActual)
             {
-                var at = want.CommonPrefixLength(got);
-                Xunit.Assert.Fail($"block {expected[b].Name} differs at page {at / Page.Size} (offset 0x{at:X})");
+                var want = expected[b].Mapping.GetSpan(offset, (int)length);
+                if (zeroInActual ? want.ContainsAnyExcept((byte)0) : !want.SequenceEqual(actual[b].Mapping.GetSpan(offset, (int)length)))
+                {
+                    var at = offset + (ulong)(zeroInActual ? want.IndexOfAnyExcept((byte)0) : want.CommonPrefixLength(actual[b].Mapping.GetSpan(offset, (int)length)));
+                    Xunit.Assert.Fail($"block {expected[b].Name} differs at page {at / Page.Size} (offset 0x{at:X})");
+                }
             }
+            var extents = actual[b].IsFileMapped ? [(0UL, size)] : actual[b].DataExtents().ToArray();
+            ulong position = 0;
+            foreach (var (offset, length) in extents)
+            {
+                if (offset > position)
+                    Same(position, offset - position, zeroInActual: true);
+                Same(offset, length, zeroInActual: false);
+                position = offset + length;
+            }
+            if (position < size)
+                Same(position, size - position, zeroInActual: true);
         }
     }
 
@@ -107,7 +124,7 @@ public sealed class SnapshotSurgery(string path)
     public const int MarkOffset = 96;
 
     // Block entry.
-    public const int EntrySize = 128;
+    public const int EntrySize = 144;
     public const int NameLengthOffset = 0;
     public const int NameOffset = 4;
     public const int SizeOffset = 72;
@@ -117,7 +134,8 @@ public sealed class SnapshotSurgery(string path)
     public const int PagesOffsetOffset = 104;
     public const int PresentCrcOffset = 112;
     public const int BalloonCrcOffset = 116;
-    public const int EntryCrcOffset = 124;
+    public const int PageChecksumsOffsetOffset = 120;
+    public const int EntryCrcOffset = 140;
 
     public string Path => path;
 
@@ -192,6 +210,15 @@ public sealed class SnapshotSurgery(string path)
     public long BitmapLength(int block) => (long)U64(EntryField(block, BitmapLengthOffset));
 
     public long PagesOffset(int block) => (long)U64(EntryField(block, PagesOffsetOffset));
+
+    /// <summary>File offset of page 0's CRC32C in the block's page checksum area (4 bytes per page).</summary>
+    public long PageChecksums(int block) => (long)U64(EntryField(block, PageChecksumsOffsetOffset));
+
+    /// <summary>File offset of a page's slot.</summary>
+    public long PageSlot(int block, ulong page) => PagesOffset(block) + (long)page * Page.Size;
+
+    /// <summary>File offset of a page's checksum entry.</summary>
+    public long PageChecksum(int block, ulong page) => PageChecksums(block) + (long)page * 4;
 
     /// <summary>Recomputes a bitmap's checksum into its entry (and the entry's own checksum).</summary>
     public void ResealBitmaps(int block)
