@@ -210,28 +210,8 @@ public sealed class SnapshotFile : IDisposable
             }
         }
 
-        var checkers = new System.Collections.Concurrent.ConcurrentBag<PageChecker>();
-        var pages = ForEachChunk(threads, "loading", () =>
-        {
-            var checker = new PageChecker(this, stopAtFirst: true);
-            checkers.Add(checker);
-            return (b, first, end) =>
-            {
-                var block = _blocks[b];
-                if (!checker.ReadStored(block, first, end))
-                    return 0;
-                long loaded = 0;
-                var position = first;
-                while (block.Present.NextRun(ref position, end, out var start, out var length))
-                {
-                    var into = targets[b].Mapping.GetSpan(start * Page.Size, (int)(length * Page.Size));
-                    ReadPages(block, start, length, into);
-                    checker.Check(block, first, start, into);
-                    loaded += (long)length;
-                }
-                return loaded;
-            };
-        });
+        var pages = ReadChecked(threads, "loading", stopAtFirst: true,
+            () => (b, start, count) => targets[b].Mapping.GetSpan(start * Page.Size, (int)(count * Page.Size)), out var checkers);
         var checkMs = checkers.Select(c => c.Elapsed.TotalMilliseconds).DefaultIfEmpty(0).Max();
         return new SnapshotLoadResult(_state, pages, pages * Page.Size, discarded, pages, checkMs);
     }
@@ -260,12 +240,33 @@ public sealed class SnapshotFile : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var checkers = new System.Collections.Concurrent.ConcurrentBag<PageChecker>();
-        var pages = ForEachChunk(threads, "verifying its pages", () =>
+        var pages = ReadChecked(threads, "verifying its pages", stopAtFirst, () =>
+        {
+            var buffer = GC.AllocateUninitializedArray<byte>((int)LoadChunkPages * Page.Size);
+            return (_, _, count) => buffer.AsSpan(0, (int)(count * Page.Size));
+        }, out var checkers);
+        var bad = checkers.SelectMany(c => c.Bad).OrderBy(p => Array.FindIndex(_blocks, b => b.Name == p.Block)).ThenBy(p => p.Page)
+            .Take(SnapshotVerification.MaxListed).ToArray();
+        return new SnapshotVerification(pages, pages * Page.Size, checkers.Sum(c => c.BadCount), bad, clock.Elapsed.TotalMilliseconds);
+    }
+
+    /// <summary>Where a run of present pages (block index, first page, page count) is read to.</summary>
+    private delegate Span<byte> RunTarget(int block, ulong start, ulong count);
+
+    /// <summary>
+    /// Reads every present page on <paramref name="threads"/> threads, each run of contiguous present pages in one
+    /// read into the span its thread's <see cref="RunTarget"/> (made by <paramref name="perThread"/>) gives, and
+    /// checks each page against its checksum in the thread that read it. Returns the pages read; each thread's
+    /// checks are in <paramref name="checkers"/>.
+    /// </summary>
+    private long ReadChecked(int threads, string what, bool stopAtFirst, Func<RunTarget> perThread, out PageChecker[] checkers)
+    {
+        var all = new System.Collections.Concurrent.ConcurrentBag<PageChecker>();
+        var pages = ForEachChunk(threads, what, () =>
         {
             var checker = new PageChecker(this, stopAtFirst);
-            checkers.Add(checker);
-            var buffer = GC.AllocateUninitializedArray<byte>((int)LoadChunkPages * Page.Size);
+            all.Add(checker);
+            var target = perThread();
             return (b, first, end) =>
             {
                 var block = _blocks[b];
@@ -275,17 +276,16 @@ public sealed class SnapshotFile : IDisposable
                 var position = first;
                 while (block.Present.NextRun(ref position, end, out var start, out var length))
                 {
-                    var data = buffer.AsSpan(0, (int)(length * Page.Size));
-                    ReadPages(block, start, length, data);
-                    checker.Check(block, first, start, data);
+                    var into = target(b, start, length);
+                    ReadPages(block, start, length, into);
+                    checker.Check(block, first, start, into);
                     read += (long)length;
                 }
                 return read;
             };
         });
-        var bad = checkers.SelectMany(c => c.Bad).OrderBy(p => Array.FindIndex(_blocks, b => b.Name == p.Block)).ThenBy(p => p.Page)
-            .Take(SnapshotVerification.MaxListed).ToArray();
-        return new SnapshotVerification(pages, pages * Page.Size, checkers.Sum(c => c.BadCount), bad, clock.Elapsed.TotalMilliseconds);
+        checkers = [.. all];
+        return pages;
     }
 
     /// <summary>

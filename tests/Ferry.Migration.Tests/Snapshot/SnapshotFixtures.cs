@@ -107,6 +107,45 @@ public static unsafe class SnapshotFixtures
 }
 
 /// <summary>
+/// The small snapshot the hostile-file and page checksum tests damage, in its own directory: ram-low (16 MiB,
+/// pages 0..39 and 3000..3009 hold data) and ram-high (2 MiB + 12 KiB: 515 pages, a partial last word; pages
+/// 512..514), four state sections, saved through the engine. The saved blocks are kept to compare restores with.
+/// </summary>
+public sealed class SavedSnapshot : IDisposable
+{
+    public SavedSnapshot()
+    {
+        Path = Dir.File("vm.snap");
+        Saved = NewBlocks();
+        SnapshotFixtures.FillPages(Saved[0], 0, 40, 1);
+        SnapshotFixtures.FillPages(Saved[0], 3000, 10, 1);
+        SnapshotFixtures.FillPages(Saved[1], 512, 3, 2);
+        SnapshotFixtures.SaveThroughEngine(Path, Saved, SnapshotFixtures.SampleState(), threads: 2);
+        File = new SnapshotSurgery(Path);
+    }
+
+    public TempDir Dir { get; } = new();
+
+    public string Path { get; }
+
+    public SnapshotSurgery File { get; }
+
+    /// <summary>The memory the file holds.</summary>
+    public RamBlock[] Saved { get; }
+
+    /// <summary>Empty blocks like the saved ones, to restore into.</summary>
+    public static RamBlock[] NewBlocks() =>
+        [RamBlock.Create("ram-low", 0, 16 * SnapshotFixtures.MiB, 0), RamBlock.Create("ram-high", 4UL << 30, 2 * SnapshotFixtures.MiB + 3 * Page.Size, 1)];
+
+    public void Dispose()
+    {
+        foreach (var block in Saved)
+            block.Dispose();
+        Dir.Dispose();
+    }
+}
+
+/// <summary>
 /// Reads and patches a snapshot at the offsets docs/snapshot-format.md gives (independently of the reader's code),
 /// and can re-seal checksums so a test reaches the check behind them.
 /// </summary>

@@ -14,34 +14,20 @@ namespace Ferry.Migration.Tests.Snapshot;
 public sealed class SnapshotHostileFileTests : IDisposable
 {
     private readonly ITestOutputHelper _output;
-    private readonly TempDir _dir = new();
+    private readonly SavedSnapshot _snapshot = new();
     private readonly string _path;
     private readonly SnapshotSurgery _file;
     private readonly RamBlock[] _saved; // the memory the file holds
 
-    /// <summary>A good file: ram-low (16 MiB) and ram-high (2 MiB + 12 KiB: 515 pages, a partial last word), four state sections.</summary>
+    /// <summary>A good file (<see cref="SavedSnapshot"/>): ram-low (16 MiB) and ram-high (515 pages, a partial last word), four state sections.</summary>
     public SnapshotHostileFileTests(ITestOutputHelper output)
     {
         _output = output;
-        _path = _dir.File("vm.snap");
-        _saved = NewBlocks();
-        FillPages(_saved[0], 0, 40, 1);
-        FillPages(_saved[0], 3000, 10, 1);
-        FillPages(_saved[1], 512, 3, 2);
-        SaveThroughEngine(_path, _saved, SampleState(), threads: 2);
-        _file = new SnapshotSurgery(_path);
+        (_path, _file, _saved) = (_snapshot.Path, _snapshot.File, _snapshot.Saved);
         using var check = SnapshotFile.Open(_path); // the baseline opens
     }
 
-    public void Dispose()
-    {
-        foreach (var block in _saved)
-            block.Dispose();
-        _dir.Dispose();
-    }
-
-    private static RamBlock[] NewBlocks() =>
-        [RamBlock.Create("ram-low", 0, 16 * MiB, 0), RamBlock.Create("ram-high", 4UL << 30, 2 * MiB + 3 * Page.Size, 1)];
+    public void Dispose() => _snapshot.Dispose();
 
     /// <summary>
     /// Restores whatever is in the file now, eagerly and lazily: each either is refused (a
@@ -52,7 +38,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
     {
         SnapshotFault? Restore(bool lazy)
         {
-            var blocks = NewBlocks();
+            var blocks = SavedSnapshot.NewBlocks();
             try
             {
                 using var file = SnapshotFile.Open(_path);
@@ -390,10 +376,10 @@ public sealed class SnapshotHostileFileTests : IDisposable
     [Fact]
     public void A_missing_file_a_directory_and_an_empty_file_are_refused_with_the_same_exception_type()
     {
-        Assert.Equal(SnapshotFault.Io, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_dir.File("nothing-here"))).Fault);
-        Assert.Equal(SnapshotFault.Io, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_dir.Path)).Fault);
-        File.WriteAllBytes(_dir.File("empty"), []);
-        Assert.Equal(SnapshotFault.Truncated, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_dir.File("empty"))).Fault);
+        Assert.Equal(SnapshotFault.Io, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_snapshot.Dir.File("nothing-here"))).Fault);
+        Assert.Equal(SnapshotFault.Io, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_snapshot.Dir.Path)).Fault);
+        File.WriteAllBytes(_snapshot.Dir.File("empty"), []);
+        Assert.Equal(SnapshotFault.Truncated, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_snapshot.Dir.File("empty"))).Fault);
     }
 
     [Fact]

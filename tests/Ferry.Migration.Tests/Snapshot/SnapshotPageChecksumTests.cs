@@ -12,32 +12,15 @@ namespace Ferry.Migration.Tests.Snapshot;
 /// </summary>
 public sealed class SnapshotPageChecksumTests : IDisposable
 {
-    private readonly TempDir _dir = new();
+    private readonly SavedSnapshot _snapshot = new();
     private readonly string _path;
     private readonly SnapshotSurgery _file;
     private readonly RamBlock[] _saved;
 
-    /// <summary>ram-low (16 MiB: pages 0..39 and 3000..3009) and ram-high (515 pages: 512..514).</summary>
-    public SnapshotPageChecksumTests()
-    {
-        _path = _dir.File("vm.snap");
-        _saved = NewBlocks();
-        FillPages(_saved[0], 0, 40, 1);
-        FillPages(_saved[0], 3000, 10, 1);
-        FillPages(_saved[1], 512, 3, 2);
-        SaveThroughEngine(_path, _saved, SampleState(), threads: 2);
-        _file = new SnapshotSurgery(_path);
-    }
+    /// <summary><see cref="SavedSnapshot"/>: ram-low (16 MiB: pages 0..39 and 3000..3009) and ram-high (515 pages: 512..514).</summary>
+    public SnapshotPageChecksumTests() => (_path, _file, _saved) = (_snapshot.Path, _snapshot.File, _snapshot.Saved);
 
-    public void Dispose()
-    {
-        foreach (var block in _saved)
-            block.Dispose();
-        _dir.Dispose();
-    }
-
-    private static RamBlock[] NewBlocks() =>
-        [RamBlock.Create("ram-low", 0, 16 * MiB, 0), RamBlock.Create("ram-high", 4UL << 30, 2 * MiB + 3 * Page.Size, 1)];
+    public void Dispose() => _snapshot.Dispose();
 
     private static void DisposeAll(RamBlock[] blocks)
     {
@@ -48,7 +31,7 @@ public sealed class SnapshotPageChecksumTests : IDisposable
     /// <summary>Restores the file eagerly or lazily into fresh blocks; the refusal, or null when it restored.</summary>
     private SnapshotFormatException? Restore(bool lazy, Action<RamBlock[]>? after = null)
     {
-        var blocks = NewBlocks();
+        var blocks = SavedSnapshot.NewBlocks();
         try
         {
             using var file = SnapshotFile.Open(_path); // the metadata is intact: opening never reads a page
