@@ -199,13 +199,29 @@ public sealed class SnapshotMachineTests : IDisposable
         Assert.Equal(0u, restoredBalloon.ActualPages);
     }
 
+    /// <summary>A 128 MiB guest that filled 16 MiB, saved to <paramref name="name"/> in the test directory.</summary>
+    private async Task<(BootedGuest Guest, string Path)> SavedFilledGuest(string name)
+    {
+        var guest = await BootedGuest.StartAsync(memoryMib: 128);
+        try
+        {
+            await guest.Cmd("fill 16");
+            var path = Path.Combine(_directory, name);
+            MachineSnapshots.Save(guest.Machine, path);
+            return (guest, path);
+        }
+        catch
+        {
+            guest.Dispose();
+            throw;
+        }
+    }
+
     [KvmFact]
     public async Task A_damaged_file_is_refused_and_nothing_runs()
     {
-        using var guest = await BootedGuest.StartAsync(memoryMib: 128);
-        await guest.Cmd("fill 16");
-        var path = Path.Combine(_directory, "damaged.snap");
-        MachineSnapshots.Save(guest.Machine, path);
+        var (saved, path) = await SavedFilledGuest("damaged.snap");
+        using var guest = saved;
         using (var stream = File.OpenWrite(path))
             stream.SetLength(stream.Length / 2);
         using var machine = GuestMachine.Create(guest.Machine.Config, new GuestConsole());
@@ -217,10 +233,8 @@ public sealed class SnapshotMachineTests : IDisposable
     [KvmFact]
     public async Task A_flipped_bit_in_a_page_refuses_eager_and_lazy_restores_naming_it_and_nothing_runs()
     {
-        using var guest = await BootedGuest.StartAsync(memoryMib: 128);
-        await guest.Cmd("fill 16");
-        var path = Path.Combine(_directory, "bitflip.snap");
-        MachineSnapshots.Save(guest.Machine, path);
+        var (saved, path) = await SavedFilledGuest("bitflip.snap");
+        using var guest = saved;
         string name;
         ulong page;
         long offset;
