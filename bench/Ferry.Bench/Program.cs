@@ -10,6 +10,7 @@ using Ferry.Machine;
 //   dirtylog [--memory-gib G]       cost of one dirty-log sync of a G GiB guest with 0%, 1% and 50% of its pages dirty
 //   migrate  [--memory-gib 4,8] ... live migration, Ferry beside QEMU and the loopback TCP ceiling (issue 5)
 //   snapshot [--memory-gib 4,8] ... snapshot save/restore, Ferry beside a sequential write and QEMU's mapped-ram (issue 6)
+//   snapshot-verify [--gib 2]       the cost of checking every page of a snapshot file, beside a plain read of it (issue 16; no KVM)
 var mode = args.Length > 0 ? args[0] : "help";
 string Arg(string name, string fallback)
 {
@@ -61,8 +62,14 @@ switch (mode)
             !args.Contains("--no-qemu-restore"),
             args.Contains("--paused"),
             int.Parse(Arg("cpus", "1"), CultureInfo.InvariantCulture));
+    case "snapshot-verify":
+        return SnapshotVerifyBench.Run(
+            ulong.Parse(Arg("gib", "2"), CultureInfo.InvariantCulture),
+            int.Parse(Arg("threads", "2"), CultureInfo.InvariantCulture),
+            int.Parse(Arg("repeat", "3"), CultureInfo.InvariantCulture),
+            Arg("dir", "/var/tmp/ferry-snap-bench"));
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench]");
         return 2;
 }
 return 0;

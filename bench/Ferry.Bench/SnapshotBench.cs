@@ -38,7 +38,7 @@ internal static class SnapshotBench
     /// One restore: GuestMachine.Create + Start(paused) + Restore (what `ferry run --restore [--lazy]` does before the guest
     /// runs); then the guest's `verify`, which reads every page it wrote (for a lazy restore, that is when they are read).
     /// </summary>
-    internal sealed record FerryRestore(bool Cold, bool Lazy, double TotalMs, double CreateStartMs, double RestoreMs, long PagesLoaded, long BytesRead, ulong VerifyPagesChecked, double VerifyMs);
+    internal sealed record FerryRestore(bool Cold, bool Lazy, double TotalMs, double CreateStartMs, double RestoreMs, long PagesLoaded, long BytesRead, ulong VerifyPagesChecked, double VerifyMs, double PageCheckMs = 0);
 
     internal sealed record FerryRun(
         ulong GuestUsedBytes, ulong GuestBalloonBytes, ulong GuestTotalBytes, double PrepareMs,
@@ -214,10 +214,11 @@ internal static class SnapshotBench
         Console.WriteLine();
         Console.WriteLine("Ferry's side (save figures from the median save run): save wall = the whole MachineSnapshots.Save call (engine, rename of FILE.partial, resume); written = the engine's transferred bytes; " +
                           "present = pages whose bit is set in the file; restore() = MachineSnapshots.Restore alone, create+start = GuestMachine.Create + Start(paused) before it; " +
-                          "verify = the guest's `verify` right after the restore, reading every page it wrote (after a lazy restore this is where the file is read) (medians).");
+                          "verify = the guest's `verify` right after the restore, reading every page it wrote (after a lazy restore this is where the file is read); " +
+                          "page checks = the file's own page checksums inside restore(): eager, the busiest loader thread's CRC time; lazy, the whole verifying read of the file before it is mapped (medians).");
         Console.WriteLine();
-        Console.WriteLine("| size | profile | save wall ms | setup ms | downtime phases ms | passes (ms each) | normal | zero | untouched | hinted | written MiB | present MiB | allocated MiB (stat / SEEK_DATA) | baseline MiB | eager restore() ms cold / warm | lazy restore() ms cold / warm | create+start ms | eager restore() GiB/s cold / warm | verify ms after eager cold / warm | verify ms after lazy cold / warm | verify pages |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        Console.WriteLine("| size | profile | save wall ms | setup ms | downtime phases ms | passes (ms each) | normal | zero | untouched | hinted | written MiB | present MiB | allocated MiB (stat / SEEK_DATA) | baseline MiB | eager restore() ms cold / warm | lazy restore() ms cold / warm | create+start ms | eager restore() GiB/s cold / warm | verify ms after eager cold / warm | verify ms after lazy cold / warm | verify pages | page checks ms eager cold / warm | page checks ms lazy cold / warm |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var row in rows)
         {
             var f = row.FerryMedian;
@@ -234,7 +235,8 @@ internal static class SnapshotBench
                 $"{Ms(Med(row.Ferry, r => r.Warm?.CreateStartMs))} | " +
                 $"{Med(row.Ferry, r => r.Cold is null ? null : Rate(r.Cold)):0.00} / {Med(row.Ferry, r => Rate(r.Warm)):0.00} | " +
                 $"{Ms(Med(row.Ferry, r => r.Cold?.VerifyMs))} / {Ms(Med(row.Ferry, r => r.Warm?.VerifyMs))} | {Ms(Med(row.Ferry, r => r.LazyCold?.VerifyMs))} / {Ms(Med(row.Ferry, r => r.LazyWarm?.VerifyMs))} | " +
-                $"{f.Warm?.VerifyPagesChecked ?? f.Cold?.VerifyPagesChecked} |"));
+                $"{f.Warm?.VerifyPagesChecked ?? f.Cold?.VerifyPagesChecked} | " +
+                $"{Ms(Med(row.Ferry, r => r.Cold?.PageCheckMs))} / {Ms(Med(row.Ferry, r => r.Warm?.PageCheckMs))} | {Ms(Med(row.Ferry, r => r.LazyCold?.PageCheckMs))} / {Ms(Med(row.Ferry, r => r.LazyWarm?.PageCheckMs))} |"));
         }
 
         if (rows.Any(r => r.Qemu.Count > 0))
@@ -410,7 +412,7 @@ internal static class SnapshotBench
         var verifyMs = verifyClock.Elapsed.TotalMilliseconds;
         if (!verify.GetProperty("passed").GetBoolean())
             throw new InvalidOperationException($"verify failed after restoring {path} ({(cold ? "cold" : "warm")}, {(lazy ? "lazy" : "eager")}): {verify}");
-        return new FerryRestore(cold, lazy, total, createStart, report.Milliseconds, report.PagesLoaded, report.BytesRead, verify.GetProperty("pages_checked").GetUInt64(), verifyMs);
+        return new FerryRestore(cold, lazy, total, createStart, report.Milliseconds, report.PagesLoaded, report.BytesRead, verify.GetProperty("pages_checked").GetUInt64(), verifyMs, report.PageCheckMilliseconds);
     }
 
     internal static async Task<FerryRun> MeasureFerry(ulong memoryGib, string profile, string directory, bool cold, bool paused)

@@ -37,7 +37,8 @@ public static class Program
           qmp SOCK COMMAND ['{"arg": ...}']   any QMP command; prints the JSON reply
           snapshot save SOCK FILE [--paused] [--report FILE]   snapshot to a fixed-offset file; the VM runs
                                          on (--paused: stop it first, save in one pass, leave it stopped)
-          snapshot inspect FILE [--json]   blocks, pages per class, file vs allocated size, state, checksums
+          snapshot inspect FILE [--json] [--verify]   blocks, pages per class, file vs allocated size, state,
+                                         checksums (--verify: every page against its checksum; exit 1 if bad)
           migrate SOCK tcp:HOST:PORT [options]   live-migrate to a `ferry run --incoming` destination
                     --max-bandwidth SIZE   bytes per second over all channels (e.g. 500M; default unlimited)
                     --downtime-limit MS    largest acceptable pause (default 300)

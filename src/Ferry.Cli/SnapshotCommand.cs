@@ -10,7 +10,7 @@ namespace Ferry.Cli;
 /// </summary>
 internal static class SnapshotCommand
 {
-    public const string Usage = "usage: ferry snapshot save unix:SOCK FILE [--paused] [--report FILE] [--quiet] | ferry snapshot inspect FILE [--json]";
+    public const string Usage = "usage: ferry snapshot save unix:SOCK FILE [--paused] [--report FILE] [--quiet] | ferry snapshot inspect FILE [--json] [--verify]";
 
     public static int Run(string[] args)
     {
@@ -74,14 +74,14 @@ internal static class SnapshotCommand
 
     private static int Inspect(string[] args)
     {
-        var a = CliArguments.Parse(args, "snapshot inspect", [], ["json"]);
+        var a = CliArguments.Parse(args, "snapshot inspect", [], ["json", "verify"]);
         if (a.Positional.Count != 1)
             throw new UsageException($"ferry snapshot inspect: {Usage}");
         SnapshotInspection inspection;
         try
         {
             using var file = SnapshotFile.Open(a.Positional[0]);
-            inspection = file.Inspect();
+            inspection = file.Inspect(verifyPages: a.Has("verify"), threads: Ferry.Migration.Machines.MachineSnapshots.DefaultThreads);
         }
         catch (Exception e) when (e is SnapshotFormatException or IOException or UnauthorizedAccessException)
         {
@@ -91,7 +91,7 @@ internal static class SnapshotCommand
         if (!a.Has("json"))
         {
             Console.Write(inspection.Format());
-            return 0;
+            return inspection.ExitCode;
         }
         var blocks = new JsonArray();
         foreach (var b in inspection.Blocks)
@@ -116,7 +116,8 @@ internal static class SnapshotCommand
             ["blocks"] = blocks,
             ["state"] = state,
             ["checksums"] = new JsonObject { ["verified"] = inspection.Checksums.Verified, ["failed"] = inspection.Checksums.Failed, ["status"] = inspection.Checksums.Status },
+            ["page-checks"] = inspection.Pages?.ToJson(),
         }.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
-        return 0;
+        return inspection.ExitCode;
     }
 }

@@ -439,10 +439,16 @@ public sealed class CliSnapshotTests : IDisposable
         var (inspectCode, json, inspectErr) = CliTests.Ferry("", null, "snapshot", "inspect", file, "--json");
         Assert.True(inspectCode == 0, inspectErr);
         var inspection = System.Text.Json.Nodes.JsonNode.Parse(json)!;
-        Assert.Equal(1, inspection["version"]!.GetValue<int>());
+        Assert.Equal(2, inspection["version"]!.GetValue<int>());
         Assert.Equal("ram-low", inspection["blocks"]![0]!["name"]!.GetValue<string>());
         Assert.True(inspection["state"]!.AsArray().Count >= 3);
         Assert.True(inspection["allocated-bytes"]!.GetValue<long>() < 64L << 20, "an idle 256 MiB guest's snapshot should be small on disk");
+        Assert.Null(inspection["page-checks"]);
+        (inspectCode, json, inspectErr) = CliTests.Ferry("", null, "snapshot", "inspect", file, "--json", "--verify");
+        Assert.True(inspectCode == 0, inspectErr);
+        var pageChecks = System.Text.Json.Nodes.JsonNode.Parse(json)!["page-checks"]!;
+        Assert.True(pageChecks["passed"]!.GetValue<bool>());
+        Assert.True(pageChecks["pages-checked"]!.GetValue<long>() > 0);
 
         foreach (var lazy in new[] { false, true })
             await RestoreAndQuit(file, lazy);
@@ -482,6 +488,34 @@ public sealed class CliSnapshotTests : IDisposable
             if (!restored.HasExited)
                 restored.Kill(entireProcessTree: true);
         }
+    }
+
+    /// <summary>No KVM needed: a file made by the writer, with one page damaged.</summary>
+    [Fact]
+    public void Inspect_verify_names_a_damaged_page_and_fails()
+    {
+        var file = Path.Combine(_directory, "damaged.snap");
+        using (var writer = Ferry.Migration.Snapshot.SnapshotWriter.Create(file, [new Ferry.Migration.Stream.BlockDescriptor("ram-low", 4 << 20)]))
+        {
+            writer.WritePages(0, 10, Enumerable.Repeat((byte)7, 3 * 4096).ToArray());
+            writer.Finish([]);
+        }
+        var (code, stdout, stderr) = CliTests.Ferry("", null, "snapshot", "inspect", file, "--verify");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("pages: 3 checked", stdout, StringComparison.Ordinal);
+
+        using (var handle = File.OpenHandle(file, FileMode.Open, FileAccess.ReadWrite))
+            RandomAccess.Write(handle, new byte[] { 8 }, (1 << 20) + 11 * 4096 + 100); // page 11 (its page area starts at 1 MiB)
+        (code, stdout, _) = CliTests.Ferry("", null, "snapshot", "inspect", file);
+        Assert.Equal(0, code); // without --verify no page is read
+        (code, stdout, _) = CliTests.Ferry("", null, "snapshot", "inspect", file, "--verify");
+        Assert.Equal(1, code);
+        Assert.Contains("bad page: block 'ram-low' page 11", stdout, StringComparison.Ordinal);
+        (code, stdout, _) = CliTests.Ferry("", null, "snapshot", "inspect", file, "--verify", "--json");
+        Assert.Equal(1, code);
+        var checks = System.Text.Json.Nodes.JsonNode.Parse(stdout)!["page-checks"]!;
+        Assert.Equal(1, checks["bad-pages"]!.GetValue<long>());
+        Assert.Equal(11, checks["first-bad-pages"]![0]!["page"]!.GetValue<long>());
     }
 
     [KvmFact]

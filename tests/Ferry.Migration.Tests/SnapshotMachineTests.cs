@@ -199,18 +199,66 @@ public sealed class SnapshotMachineTests : IDisposable
         Assert.Equal(0u, restoredBalloon.ActualPages);
     }
 
+    /// <summary>A 128 MiB guest that filled 16 MiB, saved to <paramref name="name"/> in the test directory.</summary>
+    private async Task<(BootedGuest Guest, string Path)> SavedFilledGuest(string name)
+    {
+        var guest = await BootedGuest.StartAsync(memoryMib: 128);
+        try
+        {
+            await guest.Cmd("fill 16");
+            var path = Path.Combine(_directory, name);
+            MachineSnapshots.Save(guest.Machine, path);
+            return (guest, path);
+        }
+        catch
+        {
+            guest.Dispose();
+            throw;
+        }
+    }
+
     [KvmFact]
     public async Task A_damaged_file_is_refused_and_nothing_runs()
     {
-        using var guest = await BootedGuest.StartAsync(memoryMib: 128);
-        await guest.Cmd("fill 16");
-        var path = Path.Combine(_directory, "damaged.snap");
-        MachineSnapshots.Save(guest.Machine, path);
+        var (saved, path) = await SavedFilledGuest("damaged.snap");
+        using var guest = saved;
         using (var stream = File.OpenWrite(path))
             stream.SetLength(stream.Length / 2);
         using var machine = GuestMachine.Create(guest.Machine.Config, new GuestConsole());
         machine.Start(paused: true);
         Assert.Throws<SnapshotFormatException>(() => MachineSnapshots.Restore(machine, path));
         Assert.Equal(MachineStatus.Paused, machine.Status);
+    }
+
+    [KvmFact]
+    public async Task A_flipped_bit_in_a_page_refuses_eager_and_lazy_restores_naming_it_and_nothing_runs()
+    {
+        var (saved, path) = await SavedFilledGuest("bitflip.snap");
+        using var guest = saved;
+        string name;
+        ulong page;
+        long offset;
+        using (var file = SnapshotFile.Open(path))
+        {
+            var block = file.Blocks.First(b => b.PresentPages > 0);
+            page = Enumerable.Range(0, (int)block.PageCount).Select(p => (ulong)p).Last(block.IsPresent);
+            (name, offset) = (block.Name, (long)(block.PagesOffset + page * 4096) + 777);
+        }
+        using (var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite))
+        {
+            var b = new byte[1];
+            RandomAccess.Read(handle, b, offset);
+            b[0] ^= 0x04;
+            RandomAccess.Write(handle, b, offset);
+        }
+        foreach (var lazy in new[] { false, true })
+        {
+            using var machine = GuestMachine.Create(guest.Machine.Config, new GuestConsole());
+            machine.Start(paused: true);
+            var e = Assert.Throws<SnapshotFormatException>(() => MachineSnapshots.Restore(machine, path, lazy: lazy));
+            Assert.Equal(SnapshotFault.PageChecksum, e.Fault);
+            Assert.Contains($"block '{name}' page {page}: page checksum mismatch", e.Message, StringComparison.Ordinal);
+            Assert.Equal(MachineStatus.Paused, machine.Status);
+        }
     }
 }

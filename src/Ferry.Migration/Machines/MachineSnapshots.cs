@@ -6,10 +6,15 @@ using Ferry.Migration.Snapshot;
 namespace Ferry.Migration.Machines;
 
 /// <summary>
-/// What a restore did. Eager: <paramref name="PagesLoaded"/> pages read into RAM. Lazy: nothing read,
-/// <paramref name="PagesMapped"/> pages left to be read from the file when first touched.
+/// What a restore did. Eager: <paramref name="PagesLoaded"/> pages read into RAM. Lazy: nothing loaded,
+/// <paramref name="PagesMapped"/> pages left to be copied from the file when first touched. Either way
+/// <paramref name="PagesChecked"/> pages were checked against their checksums first, in
+/// <paramref name="PageCheckMilliseconds"/> (eager: the checks alone, by the busiest loading thread; lazy: the
+/// verifying read of the file).
 /// </summary>
-public sealed record RestoreReport(bool Lazy, long PagesLoaded, long BytesRead, long PagesMapped, long BalloonedPages, int StateSections, double Milliseconds);
+public sealed record RestoreReport(
+    bool Lazy, long PagesLoaded, long BytesRead, long PagesMapped, long BalloonedPages, int StateSections, double Milliseconds,
+    long PagesChecked = 0, double PageCheckMilliseconds = 0);
 
 /// <summary>
 /// Snapshots of a machine to a fixed-offset file (docs/snapshot-format.md) and restores from one. Saving is the
@@ -75,15 +80,17 @@ public static class MachineSnapshots
     /// Loads a snapshot into a machine created with the same configuration and started paused: pages, the
     /// balloon's bitmap, vCPU and device state; then runs the guest. Everything in the file is checked before use;
     /// on any fault nothing runs. Eager (the default) reads every present page with parallel positional reads
-    /// before the guest runs; <paramref name="lazy"/> maps the file copy-on-write instead, so the guest runs at
-    /// once and each page is read when first touched (the file must then stay unchanged while the VM runs).
+    /// before the guest runs, checking each against its checksum; <paramref name="lazy"/> checks every present page
+    /// (one read of the file) and then maps the file copy-on-write, so the guest runs without waiting for its RAM
+    /// to be copied and each page is copied when first touched (the file must then stay unchanged while the VM
+    /// runs). A bad page fails the restore naming its block and page.
     /// </summary>
     public static RestoreReport Restore(GuestMachine machine, string path, int threads = 0, bool lazy = false)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         using var file = SnapshotFile.Open(path);
         var loaded = lazy
-            ? file.MapInto(machine.Memory.Blocks)
+            ? file.MapInto(machine.Memory.Blocks, threads > 0 ? threads : DefaultThreads)
             : file.LoadInto(machine.Memory.Blocks, threads > 0 ? threads : DefaultThreads);
         long ballooned = 0;
         foreach (var block in file.Blocks)
@@ -98,6 +105,7 @@ public static class MachineSnapshots
         MachineState.Restore(machine, loaded.State);
         machine.Resume();
         var mapped = lazy ? file.Blocks.Sum(b => (long)b.PresentPages) : 0;
-        return new RestoreReport(lazy, loaded.PagesLoaded, loaded.BytesRead, mapped, ballooned, loaded.State.Count, clock.Elapsed.TotalMilliseconds);
+        return new RestoreReport(lazy, loaded.PagesLoaded, loaded.BytesRead, mapped, ballooned, loaded.State.Count, clock.Elapsed.TotalMilliseconds,
+            loaded.PagesChecked, loaded.PageCheckMilliseconds);
     }
 }

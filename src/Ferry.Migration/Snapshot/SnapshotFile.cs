@@ -20,6 +20,7 @@ public sealed class SnapshotBlock
         Name = entry.Name;
         Size = entry.Size;
         PagesOffset = entry.PagesOffset;
+        PageChecksumsOffset = entry.PageChecksumsOffset;
         _present = present;
         _ballooned = ballooned;
         PresentPages = present.Count();
@@ -36,6 +37,9 @@ public sealed class SnapshotBlock
 
     /// <summary>File offset of page 0's slot; page i is at PagesOffset + i * 4096.</summary>
     public ulong PagesOffset { get; }
+
+    /// <summary>File offset of page 0's CRC32C; page i's is at PageChecksumsOffset + i * 4.</summary>
+    public ulong PageChecksumsOffset { get; }
 
     /// <summary>Pages whose slot holds their contents.</summary>
     public ulong PresentPages { get; }
@@ -58,15 +62,22 @@ public sealed class SnapshotBlock
     public bool IsPresent(ulong page) => _present.Contains(page);
 }
 
-/// <summary>What <see cref="SnapshotFile.LoadInto"/> did.</summary>
-public sealed record SnapshotLoadResult(IReadOnlyList<StateSection> State, long PagesLoaded, long BytesRead, long PagesDiscarded);
+/// <summary>
+/// What <see cref="SnapshotFile.LoadInto"/> or <see cref="SnapshotFile.MapInto"/> did. <paramref name="PagesChecked"/>
+/// pages were checked against their checksums, which took <paramref name="PageCheckMilliseconds"/>: for an eager
+/// load the longest any one loading thread spent computing and comparing checksums (the reads not counted); for a
+/// lazy one the whole verifying read of the file before it was mapped.
+/// </summary>
+public sealed record SnapshotLoadResult(
+    IReadOnlyList<StateSection> State, long PagesLoaded, long BytesRead, long PagesDiscarded, long PagesChecked = 0, double PageCheckMilliseconds = 0);
 
 /// <summary>
 /// An opened, fully validated snapshot file (docs/snapshot-format.md). <see cref="Open"/> treats the file as
 /// hostile: it checks the header, the completion mark, every block entry, every offset and length against the file
 /// and against each other, every bitmap and every state section (each with its checksum) before anything is
-/// returned, and reports any fault as a <see cref="SnapshotFormatException"/> naming it. Page contents carry no
-/// checksum (they are loaded straight into guest RAM); the bitmaps say which slots hold a page.
+/// returned, and reports any fault as a <see cref="SnapshotFormatException"/> naming it. Pages are too many to
+/// check up front: each present page is checked against its CRC32C as it is loaded (<see cref="LoadInto"/>), before
+/// the file is mapped (<see cref="MapInto"/>), or by <see cref="VerifyPages"/>; the bitmaps say which slots hold a page.
 /// </summary>
 public sealed class SnapshotFile : IDisposable
 {
@@ -130,8 +141,11 @@ public sealed class SnapshotFile : IDisposable
         }
     }
 
-    /// <summary>Everything <c>ferry snapshot inspect</c> shows.</summary>
-    public SnapshotInspection Inspect()
+    /// <summary>
+    /// Everything <c>ferry snapshot inspect</c> shows; with <paramref name="verifyPages"/> also every present page
+    /// checked against its checksum by <paramref name="threads"/> threads (<see cref="VerifyPages"/>).
+    /// </summary>
+    public SnapshotInspection Inspect(bool verifyPages = false, int threads = 4)
     {
         long allocated;
         try
@@ -148,14 +162,26 @@ public sealed class SnapshotFile : IDisposable
         return new SnapshotInspection(
             Path, SnapshotFormat.Version, Page.Size, FileLength, allocated,
             (long)present * Page.Size, blocks, state,
-            new SnapshotChecksums(_checksumsVerified, 0, "ok: header, completion mark, block table, bitmaps and state sections verified; pages carry no checksum"));
+            new SnapshotChecksums(_checksumsVerified, 0, "ok: header, completion mark, block table, bitmaps and state sections verified; " +
+                (verifyPages ? "pages verified below" : "pages are checked as they load (--verify checks them all now)")),
+            verifyPages ? VerifyPages(threads) : null);
     }
+
+    /// <summary>
+    /// Reads every present page (<paramref name="threads"/> threads, 8 MiB chunks, a run of contiguous present pages
+    /// in one read) and checks it against its CRC32C. Lists every bad page (the first <see cref="SnapshotVerification.MaxListed"/>
+    /// by name) instead of stopping at the first. Throws <see cref="SnapshotFormatException"/> only when the file
+    /// cannot be read.
+    /// </summary>
+    public SnapshotVerification VerifyPages(int threads) => Verify(threads, stopAtFirst: false);
 
     /// <summary>
     /// Loads the snapshot's RAM into <paramref name="blocks"/> (matched by name; sizes must agree, and every block
     /// must be in both): present pages are read with positional reads straight into the block mappings, a run of
     /// contiguous present pages in one read (at most 8 MiB), by <paramref name="threads"/> threads taking 8 MiB
-    /// chunks in turn. Absent pages end as holes: pages the blocks already hold data in (a new machine's boot
+    /// chunks in turn, and each page read is checked against its CRC32C by the thread that read it (a bad page
+    /// fails the load with a <see cref="SnapshotFault.PageChecksum"/> fault naming its block and page; the guest
+    /// must then not run). Absent pages end as holes: pages the blocks already hold data in (a new machine's boot
     /// setup writes a few) are discarded first, so nothing but the snapshot's contents remains. Ballooned pages are
     /// holes too; their bitmap is <see cref="SnapshotBlock.BalloonBitmap"/>, for the balloon's own state. Returns
     /// the state sections, which the caller restores after this.
@@ -184,15 +210,101 @@ public sealed class SnapshotFile : IDisposable
             }
         }
 
+        var pages = ReadChecked(threads, "loading", stopAtFirst: true,
+            () => (b, start, count) => targets[b].Mapping.GetSpan(start * Page.Size, (int)(count * Page.Size)), out var checkers);
+        var checkMs = checkers.Select(c => c.Elapsed.TotalMilliseconds).DefaultIfEmpty(0).Max();
+        return new SnapshotLoadResult(_state, pages, pages * Page.Size, discarded, pages, checkMs);
+    }
+
+    /// <summary>
+    /// Lazy restore: maps every block's page area copy-on-write over the VM's RAM (<see cref="RamBlock.MapCopyOnWrite"/>),
+    /// so no page is copied until the guest (or the VMM) touches it. The guest would read its pages straight from
+    /// the page cache, past any check, so every present page is checked against its CRC32C first, by
+    /// <paramref name="threads"/> threads reading the file once (which also warms the page cache the mapping
+    /// then uses); a bad page fails with a <see cref="SnapshotFault.PageChecksum"/> fault and nothing is mapped.
+    /// The page areas were checked to lie inside the file when it was opened; the file must then stay as it is
+    /// while the VM runs (a file truncated under a mapping faults the process on the next touch of a page past its
+    /// new end). Returns the state sections, which the caller restores after this.
+    /// </summary>
+    public SnapshotLoadResult MapInto(IReadOnlyList<RamBlock> blocks, int threads)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
+        var targets = MatchBlocks(blocks);
+        var verified = Verify(threads, stopAtFirst: true);
+        for (var b = 0; b < _blocks.Length; b++)
+            targets[b].MapCopyOnWrite(_file, _blocks[b].PagesOffset, _blocks[b].Present.Words);
+        return new SnapshotLoadResult(_state, 0, 0, 0, verified.PagesChecked, verified.Milliseconds);
+    }
+
+    private SnapshotVerification Verify(int threads, bool stopAtFirst)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var pages = ReadChecked(threads, "verifying its pages", stopAtFirst, () =>
+        {
+            var buffer = GC.AllocateUninitializedArray<byte>((int)LoadChunkPages * Page.Size);
+            return (_, _, count) => buffer.AsSpan(0, (int)(count * Page.Size));
+        }, out var checkers);
+        var bad = checkers.SelectMany(c => c.Bad).OrderBy(p => Array.FindIndex(_blocks, b => b.Name == p.Block)).ThenBy(p => p.Page)
+            .Take(SnapshotVerification.MaxListed).ToArray();
+        return new SnapshotVerification(pages, pages * Page.Size, checkers.Sum(c => c.BadCount), bad, clock.Elapsed.TotalMilliseconds);
+    }
+
+    /// <summary>Where a run of present pages (block index, first page, page count) is read to.</summary>
+    private delegate Span<byte> RunTarget(int block, ulong start, ulong count);
+
+    /// <summary>
+    /// Reads every present page on <paramref name="threads"/> threads, each run of contiguous present pages in one
+    /// read into the span its thread's <see cref="RunTarget"/> (made by <paramref name="perThread"/>) gives, and
+    /// checks each page against its checksum in the thread that read it. Returns the pages read; each thread's
+    /// checks are in <paramref name="checkers"/>.
+    /// </summary>
+    private long ReadChecked(int threads, string what, bool stopAtFirst, Func<RunTarget> perThread, out PageChecker[] checkers)
+    {
+        var all = new System.Collections.Concurrent.ConcurrentBag<PageChecker>();
+        var pages = ForEachChunk(threads, what, () =>
+        {
+            var checker = new PageChecker(this, stopAtFirst);
+            all.Add(checker);
+            var target = perThread();
+            return (b, first, end) =>
+            {
+                var block = _blocks[b];
+                if (!checker.ReadStored(block, first, end))
+                    return 0;
+                long read = 0;
+                var position = first;
+                while (block.Present.NextRun(ref position, end, out var start, out var length))
+                {
+                    var into = target(b, start, length);
+                    ReadPages(block, start, length, into);
+                    checker.Check(block, first, start, into);
+                    read += (long)length;
+                }
+                return read;
+            };
+        });
+        checkers = [.. all];
+        return pages;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="perThread"/>'s chunk work on <paramref name="threads"/> threads taking 8 MiB chunks of
+    /// every block in turn (each thread first makes its own, with its own buffers); returns the sum of what the
+    /// chunks return. The first failure stops every thread; it is thrown as a <see cref="SnapshotFormatException"/>.
+    /// </summary>
+    private long ForEachChunk(int threads, string what, Func<Func<int, ulong, ulong, long>> perThread)
+    {
         var chunkBase = new long[_blocks.Length + 1];
         for (var b = 0; b < _blocks.Length; b++)
             chunkBase[b + 1] = chunkBase[b] + (long)((_blocks[b].PageCount + LoadChunkPages - 1) / LoadChunkPages);
-        long nextChunk = -1, pages = 0;
+        long nextChunk = -1, total = 0;
         Exception? error = null;
         void Work()
         {
             try
             {
+                var chunkWork = perThread();
                 long mine = 0;
                 while (Volatile.Read(ref error) is null)
                 {
@@ -203,53 +315,85 @@ public sealed class SnapshotFile : IDisposable
                     while (chunk >= chunkBase[b + 1])
                         b++;
                     var first = (ulong)(chunk - chunkBase[b]) * LoadChunkPages;
-                    var end = Math.Min(first + LoadChunkPages, _blocks[b].PageCount);
-                    mine += LoadChunk(_blocks[b], targets[b], first, end);
+                    mine += chunkWork(b, first, Math.Min(first + LoadChunkPages, _blocks[b].PageCount));
                 }
-                Interlocked.Add(ref pages, mine);
+                Interlocked.Add(ref total, mine);
             }
             catch (Exception e)
             {
                 Interlocked.CompareExchange(ref error, e, null);
             }
         }
-        WorkerThreads.Run((int)Math.Min(threads, Math.Max(1, chunkBase[^1])), "snapshot-load", _ => Work());
+        WorkerThreads.Run((int)Math.Min(threads, Math.Max(1, chunkBase[^1])), "snapshot-pages", _ => Work());
         if (error is SnapshotFormatException)
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error).Throw();
         if (error is not null)
-            throw new SnapshotFormatException(SnapshotFault.Io, $"snapshot {Path}: loading failed: {error.Message}", error);
-        return new SnapshotLoadResult(_state, pages, pages * Page.Size, discarded);
+            throw new SnapshotFormatException(SnapshotFault.Io, $"snapshot {Path}: {what} failed: {error.Message}", error);
+        return total;
+    }
+
+    /// <summary>Reads pages [start, start + count) of <paramref name="block"/> into <paramref name="into"/>.</summary>
+    private void ReadPages(SnapshotBlock block, ulong start, ulong count, Span<byte> into)
+    {
+        if (!SparseFile.ReadExactly(_file, into, (long)(block.PagesOffset + start * Page.Size)))
+            throw new SnapshotFormatException(SnapshotFault.Truncated, $"snapshot {Path}: truncated: block '{block.Name}' pages {start}..{start + count - 1} end early (the file changed after it was opened?)");
     }
 
     /// <summary>
-    /// Lazy restore: maps every block's page area copy-on-write over the VM's RAM (<see cref="RamBlock.MapCopyOnWrite"/>),
-    /// so no page is read until the guest (or the VMM) touches it. The page areas were checked to lie inside the
-    /// file when it was opened; the file must then stay as it is while the VM runs (a file truncated under a mapping
-    /// faults the process on the next touch of a page past its new end). Returns the state sections, which the caller
-    /// restores after this.
+    /// One thread's page checks: the stored checksums of its current chunk (one read per chunk), and the
+    /// checksums of the pages it read, compared. With <c>stopAtFirst</c> a bad page throws; without, each is counted
+    /// (and the first ones kept by name).
     /// </summary>
-    public SnapshotLoadResult MapInto(IReadOnlyList<RamBlock> blocks)
+    private sealed class PageChecker(SnapshotFile file, bool stopAtFirst)
     {
-        var targets = MatchBlocks(blocks);
-        for (var b = 0; b < _blocks.Length; b++)
-            targets[b].MapCopyOnWrite(_file, _blocks[b].PagesOffset, _blocks[b].Present.Words);
-        return new SnapshotLoadResult(_state, 0, 0, 0);
-    }
+        private readonly uint[] _stored = new uint[LoadChunkPages];
+        private readonly uint[] _computed = new uint[LoadChunkPages];
+        private long _ticks;
 
-    private long LoadChunk(SnapshotBlock block, RamBlock target, ulong first, ulong end)
-    {
-        long loaded = 0;
-        var position = first;
-        while (block.Present.NextRun(ref position, end, out var start, out var length))
+        public List<SnapshotBadPage> Bad { get; } = [];
+
+        public long BadCount { get; private set; }
+
+        /// <summary>Time spent computing and comparing checksums (not reading).</summary>
+        public TimeSpan Elapsed => System.Diagnostics.Stopwatch.GetElapsedTime(0, _ticks);
+
+        /// <summary>Reads the stored checksums of pages [first, end); false when none of them is present (nothing to check).</summary>
+        public bool ReadStored(SnapshotBlock block, ulong first, ulong end)
         {
-            var bytes = (int)(length * Page.Size);
-            var into = target.Mapping.GetSpan(start * Page.Size, bytes);
-            var offset = (long)(block.PagesOffset + start * Page.Size);
-            if (!SparseFile.ReadExactly(_file, into, offset))
-                throw new SnapshotFormatException(SnapshotFault.Truncated, $"snapshot {Path}: truncated: block '{block.Name}' pages {start}..{start + length - 1} end early (the file changed after it was opened?)");
-            loaded += (long)length;
+            var position = first;
+            if (!block.Present.NextRun(ref position, end, out _, out _))
+                return false;
+            var bytes = MemoryMarshal.AsBytes(_stored.AsSpan(0, (int)(end - first)));
+            if (!SparseFile.ReadExactly(file._file, bytes, (long)(block.PageChecksumsOffset + first * SnapshotFormat.PageChecksumSize)))
+                throw new SnapshotFormatException(SnapshotFault.Truncated, $"snapshot {file.Path}: truncated: the page checksums of block '{block.Name}' pages {first}..{end - 1} end early (the file changed after it was opened?)");
+            return true;
         }
-        return loaded;
+
+        /// <summary>Checks the pages from <paramref name="start"/> held in <paramref name="data"/>, in the chunk from <paramref name="first"/>.</summary>
+        public void Check(SnapshotBlock block, ulong first, ulong start, ReadOnlySpan<byte> data)
+        {
+            var began = System.Diagnostics.Stopwatch.GetTimestamp();
+            var count = data.Length / Page.Size;
+            var computed = _computed.AsSpan(0, count);
+            var stored = _stored.AsSpan((int)(start - first), count);
+            Crc32C.ComputeEach(data, Page.Size, computed);
+            if (!computed.SequenceEqual(stored))
+            {
+                for (var i = 0; i < count; i++)
+                {
+                    if (computed[i] == stored[i])
+                        continue;
+                    var page = start + (ulong)i;
+                    if (stopAtFirst)
+                        throw new SnapshotFormatException(SnapshotFault.PageChecksum,
+                            $"snapshot {file.Path}: block '{block.Name}' page {page}: page checksum mismatch (stored 0x{stored[i]:X8}, computed 0x{computed[i]:X8}): the page or its checksum is damaged");
+                    BadCount++;
+                    if (Bad.Count < SnapshotVerification.MaxListed)
+                        Bad.Add(new SnapshotBadPage(block.Name, page, stored[i], computed[i]));
+                }
+            }
+            _ticks += System.Diagnostics.Stopwatch.GetTimestamp() - began;
+        }
     }
 
     private RamBlock[] MatchBlocks(IReadOnlyList<RamBlock> blocks)
@@ -304,6 +448,8 @@ public sealed class SnapshotFile : IDisposable
                 throw Fault(SnapshotFault.BadMagic, $"not a Ferry snapshot: wrong magic {Convert.ToHexString(header[..8])} (expected \"FERRYSNP\")");
             var version = BinaryPrimitives.ReadUInt32LittleEndian(header[8..]);
             // The version is checked before the checksum: another version may lay its header out differently.
+            if (version == SnapshotFormat.VersionWithoutPageChecksums)
+                throw Fault(SnapshotFault.UnsupportedVersion, $"unsupported version {version}: it predates page checksums (this Ferry reads version {SnapshotFormat.Version} only, whose every page carries a CRC32C); re-save the VM with this Ferry");
             if (version != SnapshotFormat.Version)
                 throw Fault(SnapshotFault.UnsupportedVersion, $"unsupported version {version} (this Ferry reads version {SnapshotFormat.Version})");
             var crc = BinaryPrimitives.ReadUInt32LittleEndian(header[SnapshotFormat.HeaderCrcOffset..]);
@@ -401,7 +547,7 @@ public sealed class SnapshotFile : IDisposable
                 if (nameLength is 0 or > SnapshotFormat.MaxNameBytes)
                     throw Fault(SnapshotFault.BlockEntry, $"{where}: name length {nameLength} is absurd (1..{SnapshotFormat.MaxNameBytes})");
                 if (BinaryPrimitives.ReadUInt16LittleEndian(entry[2..]) != 0 || entry[(4 + nameLength)..72].ContainsAnyExcept((byte)0) ||
-                    BinaryPrimitives.ReadUInt32LittleEndian(entry[120..]) != 0)
+                    entry[128..SnapshotFormat.BlockEntryCrcOffset].ContainsAnyExcept((byte)0))
                     throw Fault(SnapshotFault.BlockEntry, $"{where}: reserved bytes are not zero");
                 string name;
                 try
@@ -423,7 +569,8 @@ public sealed class SnapshotFile : IDisposable
                     BinaryPrimitives.ReadUInt64LittleEndian(entry[96..]),
                     BinaryPrimitives.ReadUInt64LittleEndian(entry[104..]),
                     BinaryPrimitives.ReadUInt32LittleEndian(entry[112..]),
-                    BinaryPrimitives.ReadUInt32LittleEndian(entry[116..]));
+                    BinaryPrimitives.ReadUInt32LittleEndian(entry[116..]),
+                    BinaryPrimitives.ReadUInt64LittleEndian(entry[120..]));
                 if (parsed.Size == 0 || parsed.Size % Page.Size != 0 || parsed.Size > SnapshotFormat.MaxBlockBytes)
                     throw Fault(SnapshotFault.BlockEntry, $"{where}: size {parsed.Size} is absurd (a multiple of 4 KiB, at most {SnapshotFormat.MaxBlockBytes})");
                 var bitmapBytes = SnapshotFormat.BitmapBytes(parsed.PageCount);
@@ -433,6 +580,7 @@ public sealed class SnapshotFile : IDisposable
                     throw Fault(SnapshotFault.BlockEntry, $"{where}: pages offset {parsed.PagesOffset} is not 1 MiB aligned");
                 AddRegion(parsed.PresentBitmapOffset, parsed.BitmapLength, $"the present-page bitmap of '{name}'", fields.FileLength);
                 AddRegion(parsed.BalloonBitmapOffset, parsed.BitmapLength, $"the balloon bitmap of '{name}'", fields.FileLength);
+                AddRegion(parsed.PageChecksumsOffset, SnapshotFormat.PageChecksumBytes(parsed.PageCount), $"the page checksums of '{name}'", fields.FileLength);
                 AddRegion(parsed.PagesOffset, parsed.Size, $"the page area of '{name}'", fields.FileLength);
                 entries[b] = parsed;
             }

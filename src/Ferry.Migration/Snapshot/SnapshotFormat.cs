@@ -6,9 +6,10 @@ using Ferry.Migration.Stream;
 namespace Ferry.Migration.Snapshot;
 
 /// <summary>
-/// Constants and limits of the snapshot file, version 1 (docs/snapshot-format.md). Every page of a RAM block lives
+/// Constants and limits of the snapshot file, version 2 (docs/snapshot-format.md). Every page of a RAM block lives
 /// at a fixed offset (the fixed-offset "mapped-ram" file design): the file never grows with passes, and pages are written and read in
-/// parallel with positional I/O. All integers are little-endian.
+/// parallel with positional I/O. Every page has a CRC32C at a fixed offset too, in its block's page checksum area.
+/// All integers are little-endian.
 /// </summary>
 public static class SnapshotFormat
 {
@@ -17,7 +18,10 @@ public static class SnapshotFormat
     /// <summary>The completion mark's magic; the mark is the last thing a writer puts in the file.</summary>
     public static ReadOnlySpan<byte> CompletionMagic => "COMPLETE"u8;
 
-    public const uint Version = 1;
+    public const uint Version = 2;
+
+    /// <summary>The last version without page checksums: refused with a message saying so.</summary>
+    public const uint VersionWithoutPageChecksums = 1;
 
     public const int HeaderSize = 128;
     /// <summary>The header checksum covers bytes [0, HeaderCrcOffset).</summary>
@@ -25,12 +29,15 @@ public static class SnapshotFormat
     public const int CompletionMarkOffset = 96;
     public const int CompletionMarkSize = 16;
 
-    public const int BlockEntrySize = 128;
-    public const int BlockEntryCrcOffset = 124;
+    public const int BlockEntrySize = 144;
+    public const int BlockEntryCrcOffset = 140;
     public const int MaxBlocks = 64;
     public const int MaxNameBytes = 64;
 
-    /// <summary>The largest RAM block a v1 file holds (1 TiB; Ferry's guests top out at 128 GiB). Bounds the bitmaps a reader allocates.</summary>
+    /// <summary>Bytes of one page's entry in its block's page checksum area: the page slot's CRC32C.</summary>
+    public const int PageChecksumSize = 4;
+
+    /// <summary>The largest RAM block a file holds (1 TiB; Ferry's guests top out at 128 GiB). Bounds the bitmaps a reader allocates.</summary>
     public const ulong MaxBlockBytes = 1UL << 40;
 
     /// <summary>Every page area starts on a 1 MiB boundary (as the fixed-offset file design asks), so it can be mapped straight from the file.</summary>
@@ -44,6 +51,9 @@ public static class SnapshotFormat
 
     /// <summary>Bytes of one bitmap (present or ballooned) for a block of <paramref name="pageCount"/> pages: whole 64-bit words.</summary>
     public static ulong BitmapBytes(ulong pageCount) => (pageCount + 63) / 64 * 8;
+
+    /// <summary>Bytes of a block's page checksum area: one CRC32C per page.</summary>
+    public static ulong PageChecksumBytes(ulong pageCount) => pageCount * PageChecksumSize;
 
     internal static ulong AlignUp(ulong value, ulong alignment) => (value + alignment - 1) / alignment * alignment;
 }
@@ -69,6 +79,8 @@ public enum SnapshotFault
     BitmapChecksum,
     BitmapPastBlock,
     BitmapConflict,
+    /// <summary>A present page's contents do not match its CRC32C (the page or its checksum entry is damaged).</summary>
+    PageChecksum,
     StateLayout,
     StateChecksum,
     /// <summary>The snapshot's RAM blocks are not the VM's (names or sizes).</summary>
@@ -144,7 +156,8 @@ internal readonly record struct BlockEntry(
     ulong BitmapLength,
     ulong PagesOffset,
     uint PresentBitmapCrc,
-    uint BalloonBitmapCrc)
+    uint BalloonBitmapCrc,
+    ulong PageChecksumsOffset)
 {
     public ulong PageCount => Size >> Page.Shift;
 
@@ -161,13 +174,15 @@ internal readonly record struct BlockEntry(
         BinaryPrimitives.WriteUInt64LittleEndian(entry[104..], PagesOffset);
         BinaryPrimitives.WriteUInt32LittleEndian(entry[112..], PresentBitmapCrc);
         BinaryPrimitives.WriteUInt32LittleEndian(entry[116..], BalloonBitmapCrc);
+        BinaryPrimitives.WriteUInt64LittleEndian(entry[120..], PageChecksumsOffset);
         BinaryPrimitives.WriteUInt32LittleEndian(entry[SnapshotFormat.BlockEntryCrcOffset..], Crc32C.Compute(entry[..SnapshotFormat.BlockEntryCrcOffset]));
     }
 }
 
 /// <summary>
 /// Where a writer puts everything for a set of blocks: the header page, the block table, every block's two
-/// bitmaps (each 4 KiB aligned), then the page areas (each 1 MiB aligned, in block order), then the state area.
+/// bitmaps and its page checksum area (each 4 KiB aligned), then the page areas (each 1 MiB aligned, in block
+/// order), then the state area.
 /// Metadata is all in front of the first page area, so it can never collide with a page slot.
 /// </summary>
 internal sealed class SnapshotLayout
@@ -195,20 +210,22 @@ internal sealed class SnapshotLayout
     {
         var tableOffset = MetadataAlignment; // the header has page 0 to itself
         var position = SnapshotFormat.AlignUp(tableOffset + (ulong)blocks.Count * SnapshotFormat.BlockEntrySize, MetadataAlignment);
-        var bitmaps = new (ulong Present, ulong Balloon, ulong Length)[blocks.Count];
+        var bitmaps = new (ulong Present, ulong Balloon, ulong Length, ulong Checksums)[blocks.Count];
         for (var i = 0; i < blocks.Count; i++)
         {
-            var length = SnapshotFormat.BitmapBytes(blocks[i].Size >> Page.Shift);
+            var pages = blocks[i].Size >> Page.Shift;
+            var length = SnapshotFormat.BitmapBytes(pages);
             var present = position;
             var balloon = SnapshotFormat.AlignUp(present + length, MetadataAlignment);
-            position = SnapshotFormat.AlignUp(balloon + length, MetadataAlignment);
-            bitmaps[i] = (present, balloon, length);
+            var checksums = SnapshotFormat.AlignUp(balloon + length, MetadataAlignment);
+            position = SnapshotFormat.AlignUp(checksums + SnapshotFormat.PageChecksumBytes(pages), MetadataAlignment);
+            bitmaps[i] = (present, balloon, length, checksums);
         }
         var entries = new BlockEntry[blocks.Count];
         for (var i = 0; i < blocks.Count; i++)
         {
             var pagesOffset = SnapshotFormat.AlignUp(position, SnapshotFormat.PageAreaAlignment);
-            entries[i] = new BlockEntry(blocks[i].Name, blocks[i].Size, bitmaps[i].Present, bitmaps[i].Balloon, bitmaps[i].Length, pagesOffset, 0, 0);
+            entries[i] = new BlockEntry(blocks[i].Name, blocks[i].Size, bitmaps[i].Present, bitmaps[i].Balloon, bitmaps[i].Length, pagesOffset, 0, 0, bitmaps[i].Checksums);
             position = pagesOffset + blocks[i].Size;
         }
         return new SnapshotLayout(tableOffset, entries, position);

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using System.Text.Json.Nodes;
 using Ferry.Migration.Stream;
 
 namespace Ferry.Migration.Snapshot;
@@ -14,10 +15,37 @@ public sealed record SnapshotStateInfo(StateKind Kind, ushort Index, string Name
 /// <summary>How many checksums were verified and how many failed (a file that fails one is never opened, so 0).</summary>
 public sealed record SnapshotChecksums(int Verified, int Failed, string Status);
 
+/// <summary>A present page whose contents do not match its CRC32C.</summary>
+public sealed record SnapshotBadPage(string Block, ulong Page, uint Stored, uint Computed);
+
+/// <summary>
+/// Every present page of a file checked against its CRC32C (<see cref="SnapshotFile.VerifyPages"/>): how many, how
+/// many were bad, the first <see cref="MaxListed"/> bad ones by block and page, and how long it took.
+/// </summary>
+public sealed record SnapshotVerification(long PagesChecked, long BytesChecked, long BadPages, IReadOnlyList<SnapshotBadPage> FirstBadPages, double Milliseconds)
+{
+    public const int MaxListed = 100;
+
+    public bool Passed => BadPages == 0;
+
+    /// <summary>What <c>ferry snapshot inspect --verify --json</c> shows as "page-checks".</summary>
+    public JsonObject ToJson()
+    {
+        var bad = new JsonArray();
+        foreach (var page in FirstBadPages)
+            bad.Add((JsonNode)new JsonObject { ["block"] = page.Block, ["page"] = page.Page, ["stored"] = page.Stored, ["computed"] = page.Computed });
+        return new JsonObject
+        {
+            ["passed"] = Passed, ["pages-checked"] = PagesChecked, ["bytes-checked"] = BytesChecked, ["bad-pages"] = BadPages,
+            ["first-bad-pages"] = bad, ["milliseconds"] = Math.Round(Milliseconds, 1),
+        };
+    }
+}
+
 /// <summary>
 /// What a snapshot holds and costs: its blocks and page classes, the file's apparent size against the bytes it
-/// really occupies (the page slots of absent pages are holes), the state sections, and the checksum status.
-/// Plain records, so a CLI can print them or serialise them as JSON.
+/// really occupies (the page slots of absent pages are holes), the state sections, the checksum status and, when
+/// asked for, every page checked (<see cref="Pages"/>). Plain records, so a CLI can print them or serialise them as JSON.
 /// </summary>
 public sealed record SnapshotInspection(
     string Path,
@@ -28,8 +56,12 @@ public sealed record SnapshotInspection(
     long PresentBytes,
     IReadOnlyList<SnapshotBlockInfo> Blocks,
     IReadOnlyList<SnapshotStateInfo> State,
-    SnapshotChecksums Checksums)
+    SnapshotChecksums Checksums,
+    SnapshotVerification? Pages = null)
 {
+    /// <summary>The exit status of <c>ferry snapshot inspect</c>: 1 when a page checked was bad, else 0.</summary>
+    public int ExitCode => Pages is { Passed: false } ? 1 : 0;
+
     /// <summary>A human-readable table (what <c>ferry snapshot inspect</c> prints without --json).</summary>
     public string Format()
     {
@@ -44,6 +76,14 @@ public sealed record SnapshotInspection(
         foreach (var section in State)
             text.AppendLine(c, $"  {section.Kind.ToString().ToLowerInvariant(),-8} {section.Index,4} {section.Name,-20} {section.Length,10} bytes  crc 0x{section.Crc:X8}");
         text.AppendLine(c, $"checksums: {Checksums.Verified} verified, {Checksums.Failed} failed ({Checksums.Status})");
+        if (Pages is { } pages)
+        {
+            text.AppendLine(c, $"pages: {pages.PagesChecked} checked ({Size(pages.BytesChecked)} in {pages.Milliseconds:F0} ms), {pages.BadPages} bad{(pages.Passed ? "" : ": the file must not be restored")}");
+            foreach (var bad in pages.FirstBadPages)
+                text.AppendLine(c, $"  bad page: block '{bad.Block}' page {bad.Page} (stored 0x{bad.Stored:X8}, computed 0x{bad.Computed:X8})");
+            if (pages.BadPages > pages.FirstBadPages.Count)
+                text.AppendLine(c, $"  ... and {pages.BadPages - pages.FirstBadPages.Count} more");
+        }
         return text.ToString();
     }
 

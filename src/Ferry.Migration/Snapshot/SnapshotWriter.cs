@@ -15,7 +15,8 @@ namespace Ferry.Migration.Snapshot;
 ///
 /// <see cref="WritePages"/>, <see cref="MarkAbsent"/> and <see cref="SetBallooned"/> are positional and may be
 /// called from any number of threads at once. Calls that touch the same page must be ordered by the caller (the
-/// precopy engine pins each 2 MiB chunk to one thread); two concurrent writes of one page leave one of the two.
+/// precopy engine pins each 2 MiB chunk to one thread); two concurrent writes of one page leave one of the two,
+/// with its own checksum (a page and its checksum entry are written under their 2 MiB chunk's lock).
 /// <see cref="Finish"/> runs once, after every other call has returned: it writes the bitmaps and the state,
 /// syncs, and only then writes the completion mark and syncs again. A file without the mark (a save that failed
 /// or is still running) is refused by <see cref="SnapshotFile.Open"/>.
@@ -29,6 +30,7 @@ public sealed class SnapshotWriter : IDisposable
     private readonly PageSet[] _present;   // pages whose slot holds their latest contents
     private readonly PageSet[] _ballooned; // pages in the trusted balloon (contents not kept)
     private readonly ulong _tableOffset, _stateOffset;
+    private readonly Lock[] _chunkLocks = [.. Enumerable.Range(0, 256).Select(_ => new Lock())];
     private int _state;
     private bool _metadataWritten;
     private int _sealing;
@@ -118,7 +120,14 @@ public sealed class SnapshotWriter : IDisposable
 
     /// <summary>
     /// Writes whole pages into their slots: <paramref name="pages"/> holds page <paramref name="firstPage"/> and
-    /// the ones after it. The bits are set after the data is written. Thread-safe.
+    /// the ones after it. Each page's CRC32C goes into its entry of the block's page checksum area, right after the
+    /// page (one write for the run's pages, one for their checksums, per 2 MiB chunk). The bits are set after the
+    /// data is written. Thread-safe.
+    ///
+    /// The checksums are of the bytes as this call read them. A live save reads a running guest's memory: a page
+    /// the guest changes under the write may land in the file unlike its checksum, but the guest's write also
+    /// marks it dirty, so a later pass (at the latest the last one, with the guest paused) writes it again, with a
+    /// checksum that matches. Only the file as <see cref="Finish"/> leaves it has to agree with itself.
     /// </summary>
     public void WritePages(int block, ulong firstPage, ReadOnlySpan<byte> pages)
     {
@@ -129,7 +138,20 @@ public sealed class SnapshotWriter : IDisposable
         Enter();
         try
         {
-            RandomAccess.Write(_file, pages, (long)(entry.PagesOffset + firstPage * Page.Size));
+            Span<uint> crcs = stackalloc uint[Page.ChunkPages];
+            for (var page = firstPage; page < firstPage + count;)
+            {
+                // The pages of one 2 MiB chunk, with their checksums computed outside the chunk's lock.
+                var n = (int)Math.Min(firstPage + count - page, Page.ChunkPages - page % Page.ChunkPages);
+                var data = pages.Slice((int)(page - firstPage) * Page.Size, n * Page.Size);
+                Crc32C.ComputeEach(data, Page.Size, crcs);
+                lock (_chunkLocks[(int)((page >> Page.ChunkShift) + (ulong)block * 97) & (256 - 1)])
+                {
+                    RandomAccess.Write(_file, data, (long)(entry.PagesOffset + page * Page.Size));
+                    RandomAccess.Write(_file, MemoryMarshal.AsBytes(crcs[..n]), (long)(entry.PageChecksumsOffset + page * SnapshotFormat.PageChecksumSize));
+                }
+                page += (ulong)n;
+            }
             _present[block].AddRange(firstPage, count);
             // A page with data is not in the balloon, whatever an earlier bitmap said.
             _ballooned[block].RemoveRange(firstPage, count);

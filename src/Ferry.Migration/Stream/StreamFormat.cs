@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 using System.Text;
 
 namespace Ferry.Migration.Stream;
@@ -101,6 +102,42 @@ public static class Crc32C
     }
 
     public static uint Compute(ReadOnlySpan<byte> data) => Append(0, data);
+
+    /// <summary>
+    /// The CRC32C of each <paramref name="pieceSize"/>-byte piece of <paramref name="data"/> (a snapshot's pages)
+    /// into <paramref name="crcs"/>, equal to <see cref="Compute"/> of each piece. Four pieces are computed at once,
+    /// interleaved: one chain waits for the CRC instruction's latency (3 cycles per 8 bytes), four independent
+    /// ones keep it busy every cycle.
+    /// </summary>
+    public static void ComputeEach(ReadOnlySpan<byte> data, int pieceSize, Span<uint> crcs)
+    {
+        if (pieceSize <= 0 || pieceSize % 8 != 0 || data.Length % pieceSize != 0 || crcs.Length < data.Length / pieceSize)
+            throw new ArgumentException($"{data.Length} bytes in {pieceSize}-byte pieces into {crcs.Length} checksums");
+        var pieces = data.Length / pieceSize;
+        var i = 0;
+        // Native-endian word reads are the little-endian words Append reads, on the little-endian hosts Ferry runs on.
+        for (; BitConverter.IsLittleEndian && i + 4 <= pieces; i += 4)
+        {
+            ref var p0 = ref Unsafe.AsRef(in data[i * pieceSize]);
+            ref var p1 = ref Unsafe.Add(ref p0, pieceSize);
+            ref var p2 = ref Unsafe.Add(ref p1, pieceSize);
+            ref var p3 = ref Unsafe.Add(ref p2, pieceSize);
+            uint a = ~0u, b = ~0u, c = ~0u, d = ~0u;
+            for (var at = 0; at < pieceSize; at += 8)
+            {
+                a = System.Numerics.BitOperations.Crc32C(a, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref p0, at)));
+                b = System.Numerics.BitOperations.Crc32C(b, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref p1, at)));
+                c = System.Numerics.BitOperations.Crc32C(c, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref p2, at)));
+                d = System.Numerics.BitOperations.Crc32C(d, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref p3, at)));
+            }
+            crcs[i] = ~a;
+            crcs[i + 1] = ~b;
+            crcs[i + 2] = ~c;
+            crcs[i + 3] = ~d;
+        }
+        for (; i < pieces; i++)
+            crcs[i] = Compute(data.Slice(i * pieceSize, pieceSize));
+    }
 }
 
 internal static class HeaderCodec

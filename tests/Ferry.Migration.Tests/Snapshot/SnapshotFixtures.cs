@@ -53,19 +53,36 @@ public static unsafe class SnapshotFixtures
         return stat.Blocks * 512;
     }
 
-    /// <summary>Every byte of the blocks equal (reads holes: measure allocation before calling).</summary>
+    /// <summary>
+    /// Every byte of the blocks equal. An <paramref name="actual"/> memfd block's holes (the kernel's SEEK_HOLE, not
+    /// Ferry's bookkeeping) read zero without being faulted in; everything else is read (and so, in a memfd
+    /// <paramref name="expected"/> block, allocated: measure allocation before calling).
+    /// </summary>
     public static void AssertSameMemory(IReadOnlyList<RamBlock> expected, IReadOnlyList<RamBlock> actual)
     {
         for (var b = 0; b < expected.Count; b++)
         {
-            var size = (int)expected[b].Size;
-            var want = expected[b].Mapping.GetSpan(0, size);
-            var got = actual[b].Mapping.GetSpan(0, size);
-            if (!want.SequenceEqual(got))
+            var size = expected[b].Size;
+            void Same(ulong offset, ulong length, bool zeroInActual)
             {
-                var at = want.CommonPrefixLength(got);
-                Xunit.Assert.Fail($"block {expected[b].Name} differs at page {at / Page.Size} (offset 0x{at:X})");
+                var want = expected[b].Mapping.GetSpan(offset, (int)length);
+                if (zeroInActual ? want.ContainsAnyExcept((byte)0) : !want.SequenceEqual(actual[b].Mapping.GetSpan(offset, (int)length)))
+                {
+                    var at = offset + (ulong)(zeroInActual ? want.IndexOfAnyExcept((byte)0) : want.CommonPrefixLength(actual[b].Mapping.GetSpan(offset, (int)length)));
+                    Xunit.Assert.Fail($"block {expected[b].Name} differs at page {at / Page.Size} (offset 0x{at:X})");
+                }
             }
+            var extents = actual[b].IsFileMapped ? [(0UL, size)] : actual[b].DataExtents().ToArray();
+            ulong position = 0;
+            foreach (var (offset, length) in extents)
+            {
+                if (offset > position)
+                    Same(position, offset - position, zeroInActual: true);
+                Same(offset, length, zeroInActual: false);
+                position = offset + length;
+            }
+            if (position < size)
+                Same(position, size - position, zeroInActual: true);
         }
     }
 
@@ -90,6 +107,45 @@ public static unsafe class SnapshotFixtures
 }
 
 /// <summary>
+/// The small snapshot the hostile-file and page checksum tests damage, in its own directory: ram-low (16 MiB,
+/// pages 0..39 and 3000..3009 hold data) and ram-high (2 MiB + 12 KiB: 515 pages, a partial last word; pages
+/// 512..514), four state sections, saved through the engine. The saved blocks are kept to compare restores with.
+/// </summary>
+public sealed class SavedSnapshot : IDisposable
+{
+    public SavedSnapshot()
+    {
+        Path = Dir.File("vm.snap");
+        Saved = NewBlocks();
+        SnapshotFixtures.FillPages(Saved[0], 0, 40, 1);
+        SnapshotFixtures.FillPages(Saved[0], 3000, 10, 1);
+        SnapshotFixtures.FillPages(Saved[1], 512, 3, 2);
+        SnapshotFixtures.SaveThroughEngine(Path, Saved, SnapshotFixtures.SampleState(), threads: 2);
+        File = new SnapshotSurgery(Path);
+    }
+
+    public TempDir Dir { get; } = new();
+
+    public string Path { get; }
+
+    public SnapshotSurgery File { get; }
+
+    /// <summary>The memory the file holds.</summary>
+    public RamBlock[] Saved { get; }
+
+    /// <summary>Empty blocks like the saved ones, to restore into.</summary>
+    public static RamBlock[] NewBlocks() =>
+        [RamBlock.Create("ram-low", 0, 16 * SnapshotFixtures.MiB, 0), RamBlock.Create("ram-high", 4UL << 30, 2 * SnapshotFixtures.MiB + 3 * Page.Size, 1)];
+
+    public void Dispose()
+    {
+        foreach (var block in Saved)
+            block.Dispose();
+        Dir.Dispose();
+    }
+}
+
+/// <summary>
 /// Reads and patches a snapshot at the offsets docs/snapshot-format.md gives (independently of the reader's code),
 /// and can re-seal checksums so a test reaches the check behind them.
 /// </summary>
@@ -107,7 +163,7 @@ public sealed class SnapshotSurgery(string path)
     public const int MarkOffset = 96;
 
     // Block entry.
-    public const int EntrySize = 128;
+    public const int EntrySize = 144;
     public const int NameLengthOffset = 0;
     public const int NameOffset = 4;
     public const int SizeOffset = 72;
@@ -117,7 +173,8 @@ public sealed class SnapshotSurgery(string path)
     public const int PagesOffsetOffset = 104;
     public const int PresentCrcOffset = 112;
     public const int BalloonCrcOffset = 116;
-    public const int EntryCrcOffset = 124;
+    public const int PageChecksumsOffsetOffset = 120;
+    public const int EntryCrcOffset = 140;
 
     public string Path => path;
 
@@ -192,6 +249,15 @@ public sealed class SnapshotSurgery(string path)
     public long BitmapLength(int block) => (long)U64(EntryField(block, BitmapLengthOffset));
 
     public long PagesOffset(int block) => (long)U64(EntryField(block, PagesOffsetOffset));
+
+    /// <summary>File offset of page 0's CRC32C in the block's page checksum area (4 bytes per page).</summary>
+    public long PageChecksums(int block) => (long)U64(EntryField(block, PageChecksumsOffsetOffset));
+
+    /// <summary>File offset of a page's slot.</summary>
+    public long PageSlot(int block, ulong page) => PagesOffset(block) + (long)page * Page.Size;
+
+    /// <summary>File offset of a page's checksum entry.</summary>
+    public long PageChecksum(int block, ulong page) => PageChecksums(block) + (long)page * 4;
 
     /// <summary>Recomputes a bitmap's checksum into its entry (and the entry's own checksum).</summary>
     public void ResealBitmaps(int block)

@@ -1,35 +1,70 @@
 using Ferry.Kvm;
 using Ferry.Migration.Snapshot;
 using Xunit;
+using Xunit.Abstractions;
 using static Ferry.Migration.Tests.Snapshot.SnapshotFixtures;
 
 namespace Ferry.Migration.Tests.Snapshot;
 
 /// <summary>
-/// Hostile snapshot files: each fault is refused by <see cref="SnapshotFile.Open"/> with a
-/// <see cref="SnapshotFormatException"/> whose message names it, and nothing else is ever thrown.
+/// Hostile snapshot files: each fault is refused by <see cref="SnapshotFile.Open"/> (or, for a page, by the load)
+/// with a <see cref="SnapshotFormatException"/> whose message names it, nothing else is ever thrown, and a damaged
+/// file either is refused or restores exactly what was saved.
 /// </summary>
 public sealed class SnapshotHostileFileTests : IDisposable
 {
-    private readonly TempDir _dir = new();
+    private readonly ITestOutputHelper _output;
+    private readonly SavedSnapshot _snapshot = new();
     private readonly string _path;
     private readonly SnapshotSurgery _file;
+    private readonly RamBlock[] _saved; // the memory the file holds
 
-    /// <summary>A good file: ram-low (16 MiB) and ram-high (2 MiB + 12 KiB: 515 pages, a partial last word), four state sections.</summary>
-    public SnapshotHostileFileTests()
+    /// <summary>A good file (<see cref="SavedSnapshot"/>): ram-low (16 MiB) and ram-high (515 pages, a partial last word), four state sections.</summary>
+    public SnapshotHostileFileTests(ITestOutputHelper output)
     {
-        _path = _dir.File("vm.snap");
-        using var low = RamBlock.Create("ram-low", 0, 16 * MiB, 0);
-        using var high = RamBlock.Create("ram-high", 4UL << 30, 2 * MiB + 3 * Page.Size, 1);
-        FillPages(low, 0, 40, 1);
-        FillPages(low, 3000, 10, 1);
-        FillPages(high, 512, 3, 2);
-        SaveThroughEngine(_path, [low, high], SampleState(), threads: 2);
-        _file = new SnapshotSurgery(_path);
+        _output = output;
+        (_path, _file, _saved) = (_snapshot.Path, _snapshot.File, _snapshot.Saved);
         using var check = SnapshotFile.Open(_path); // the baseline opens
     }
 
-    public void Dispose() => _dir.Dispose();
+    public void Dispose() => _snapshot.Dispose();
+
+    /// <summary>
+    /// Restores whatever is in the file now, eagerly and lazily: each either is refused (a
+    /// <see cref="SnapshotFormatException"/>, nothing else) or holds exactly the saved memory and state, and both
+    /// agree. Returns the fault, or null when the file restored.
+    /// </summary>
+    private SnapshotFault? RestoreOrRefuse()
+    {
+        SnapshotFault? Restore(bool lazy)
+        {
+            var blocks = SavedSnapshot.NewBlocks();
+            try
+            {
+                using var file = SnapshotFile.Open(_path);
+                file.Inspect();
+                var loaded = lazy ? file.MapInto(blocks, threads: 2) : file.LoadInto(blocks, threads: 2);
+                AssertSameMemory(_saved, blocks);
+                Assert.Equal(SampleState().Select(s => (s.Kind, s.Index, s.Name, Convert.ToHexString(s.Blob))),
+                    loaded.State.Select(s => (s.Kind, s.Index, s.Name, Convert.ToHexString(s.Blob))));
+                return null;
+            }
+            catch (SnapshotFormatException e)
+            {
+                Assert.False(string.IsNullOrWhiteSpace(e.Message));
+                return e.Fault;
+            }
+            finally
+            {
+                foreach (var block in blocks)
+                    block.Dispose();
+            }
+        }
+        var eager = Restore(lazy: false);
+        var lazy = Restore(lazy: true);
+        Assert.True(eager == lazy, $"eager restore: {eager?.ToString() ?? "restored"}, lazy: {lazy?.ToString() ?? "restored"}");
+        return eager;
+    }
 
     private SnapshotFormatException Refused(SnapshotFault fault, string fragment)
     {
@@ -38,22 +73,6 @@ public sealed class SnapshotHostileFileTests : IDisposable
         Assert.Contains(fragment, e.Message);
         Assert.Contains(_path, e.Message);
         return e;
-    }
-
-    /// <summary>Opens whatever is in the file now: success or a SnapshotFormatException, never anything else.</summary>
-    private static SnapshotFault? TryOpen(string path)
-    {
-        try
-        {
-            using var file = SnapshotFile.Open(path);
-            file.Inspect();
-            return null;
-        }
-        catch (SnapshotFormatException e)
-        {
-            Assert.False(string.IsNullOrWhiteSpace(e.Message));
-            return e.Fault;
-        }
     }
 
     [Fact]
@@ -108,8 +127,17 @@ public sealed class SnapshotHostileFileTests : IDisposable
     [Fact]
     public void An_unsupported_version_is_refused_before_its_checksum_is_looked_at()
     {
-        _file.SetU32(8, 2);
-        Refused(SnapshotFault.UnsupportedVersion, "unsupported version 2");
+        _file.SetU32(8, 3);
+        Refused(SnapshotFault.UnsupportedVersion, "unsupported version 3 (this Ferry reads version 2)");
+    }
+
+    [Fact]
+    public void A_version_1_file_is_refused_as_predating_page_checksums()
+    {
+        _file.SetU32(8, 1);
+        _file.ResealHeader();
+        var e = Refused(SnapshotFault.UnsupportedVersion, "unsupported version 1: it predates page checksums");
+        Assert.Contains("re-save the VM with this Ferry", e.Message);
     }
 
     [Fact]
@@ -165,7 +193,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
         Case(() => _file.SetU32(80, 1), SnapshotFault.BadHeader, "reserved header bytes");
         Case(() => _file.SetU32(SnapshotSurgery.BlockCountOffset, 0), SnapshotFault.BlockCount, "block count 0 is absurd");
         Case(() => _file.SetU32(SnapshotSurgery.BlockCountOffset, 100000), SnapshotFault.BlockCount, "block count 100000 is absurd");
-        Case(() => _file.SetU64(SnapshotSurgery.TableLengthOffset, 3 * 128), SnapshotFault.BadHeader, "block table length 384 is not 2 x 128");
+        Case(() => _file.SetU64(SnapshotSurgery.TableLengthOffset, 3 * 144), SnapshotFault.BadHeader, "block table length 432 is not 2 x 144");
         Case(() => _file.SetU32(SnapshotSurgery.StateCountOffset, 1_000_000), SnapshotFault.StateLayout, "state section count 1000000 is absurd");
         Case(() => _file.SetU64(SnapshotSurgery.StateLengthOffset, 1UL << 40), SnapshotFault.StateLayout, "state area length 1099511627776 is absurd");
         Case(() => _file.SetU64(SnapshotSurgery.FileLengthOffset, (ulong)_file.Length + 4096), SnapshotFault.Truncated, "truncated");
@@ -190,7 +218,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
 
         void EntryCase(int block, int field, ulong value, string fragment)
         {
-            var entry = _file.Read(_file.Entry(block), 128);
+            var entry = _file.Read(_file.Entry(block), SnapshotSurgery.EntrySize);
             _file.SetU64(_file.EntryField(block, field), value);
             _file.ResealEntry(block);
             Refused(SnapshotFault.OutOfBounds, fragment);
@@ -200,6 +228,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
         EntryCase(1, SnapshotSurgery.PagesOffsetOffset, (ulong.MaxValue >> 20) << 20, "runs past the end of the file");
         EntryCase(0, SnapshotSurgery.PresentBitmapOffset, length - 8, "the present-page bitmap of 'ram-low'");
         EntryCase(0, SnapshotSurgery.BalloonBitmapOffset, ulong.MaxValue, "the balloon bitmap of 'ram-low'");
+        EntryCase(1, SnapshotSurgery.PageChecksumsOffsetOffset, length - 100, "the page checksums of 'ram-high'");
     }
 
     [Fact]
@@ -207,7 +236,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
     {
         void EntryCase(int block, int field, ulong value, string first, string second)
         {
-            var entry = _file.Read(_file.Entry(block), 128);
+            var entry = _file.Read(_file.Entry(block), SnapshotSurgery.EntrySize);
             _file.SetU64(_file.EntryField(block, field), value);
             _file.ResealEntry(block);
             var e = Refused(SnapshotFault.Overlap, "overlap");
@@ -223,6 +252,9 @@ public sealed class SnapshotHostileFileTests : IDisposable
         EntryCase(0, SnapshotSurgery.BalloonBitmapOffset, (ulong)_file.TableOffset, "the block table", "the balloon bitmap of 'ram-low'");
         // The header.
         EntryCase(0, SnapshotSurgery.PresentBitmapOffset, 64, "the file header", "the present-page bitmap of 'ram-low'");
+        // A page checksum area over a bitmap, and inside a page area.
+        EntryCase(1, SnapshotSurgery.PageChecksumsOffsetOffset, (ulong)_file.PresentBitmap(0), "the present-page bitmap of 'ram-low'", "the page checksums of 'ram-high'");
+        EntryCase(0, SnapshotSurgery.PageChecksumsOffsetOffset, (ulong)_file.PagesOffset(1) + 8, "the page area of 'ram-high'", "the page checksums of 'ram-low'");
         // Both bitmaps of one block in the same place.
         EntryCase(0, SnapshotSurgery.BalloonBitmapOffset, (ulong)_file.PresentBitmap(0), "the present-page bitmap of 'ram-low'", "the balloon bitmap of 'ram-low'");
         // The state area over the last page area.
@@ -237,7 +269,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
     [Fact]
     public void Any_flipped_block_table_byte_is_a_block_table_checksum_mismatch()
     {
-        for (var offset = 0; offset < 128; offset += 9)
+        for (var offset = 0; offset < SnapshotSurgery.EntrySize; offset += 9)
         {
             _file.Flip(_file.Entry(1) + offset);
             Refused(SnapshotFault.BlockEntryChecksum, "block table entry 1: block table checksum mismatch");
@@ -250,7 +282,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
     {
         void Case(int block, Action patch, SnapshotFault fault, string fragment)
         {
-            var entry = _file.Read(_file.Entry(block), 128);
+            var entry = _file.Read(_file.Entry(block), SnapshotSurgery.EntrySize);
             patch();
             _file.ResealEntry(block);
             Refused(fault, fragment);
@@ -262,6 +294,7 @@ public sealed class SnapshotHostileFileTests : IDisposable
         Case(0, () => _file.Write(e0 + 4, [0xFF, 0xFE]), SnapshotFault.BlockEntry, "not valid UTF-8");
         Case(0, () => _file.Write(e0 + 4 + 7, [(byte)'x']), SnapshotFault.BlockEntry, "reserved bytes are not zero");
         Case(0, () => _file.SetU16(e0 + 2, 1), SnapshotFault.BlockEntry, "reserved bytes are not zero");
+        Case(0, () => _file.Write(e0 + 130, [1]), SnapshotFault.BlockEntry, "reserved bytes are not zero");
         Case(1, () => { _file.SetU16(_file.Entry(1), 7); _file.Write(_file.Entry(1) + 4, "ram-low\0"u8); }, SnapshotFault.BlockEntry, "block 'ram-low' appears twice");
         Case(0, () => _file.SetU64(e0 + SnapshotSurgery.SizeOffset, 0), SnapshotFault.BlockEntry, "size 0 is absurd");
         Case(0, () => _file.SetU64(e0 + SnapshotSurgery.SizeOffset, 16 * MiB + 100), SnapshotFault.BlockEntry, "size 16777316 is absurd");
@@ -343,10 +376,10 @@ public sealed class SnapshotHostileFileTests : IDisposable
     [Fact]
     public void A_missing_file_a_directory_and_an_empty_file_are_refused_with_the_same_exception_type()
     {
-        Assert.Equal(SnapshotFault.Io, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_dir.File("nothing-here"))).Fault);
-        Assert.Equal(SnapshotFault.Io, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_dir.Path)).Fault);
-        File.WriteAllBytes(_dir.File("empty"), []);
-        Assert.Equal(SnapshotFault.Truncated, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_dir.File("empty"))).Fault);
+        Assert.Equal(SnapshotFault.Io, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_snapshot.Dir.File("nothing-here"))).Fault);
+        Assert.Equal(SnapshotFault.Io, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_snapshot.Dir.Path)).Fault);
+        File.WriteAllBytes(_snapshot.Dir.File("empty"), []);
+        Assert.Equal(SnapshotFault.Truncated, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(_snapshot.Dir.File("empty"))).Fault);
     }
 
     [Fact]
@@ -378,11 +411,90 @@ public sealed class SnapshotHostileFileTests : IDisposable
             }
             if (random.Next(4) == 0)
                 _file.ResealHeader(); // get past the header checksum sometimes
-            if (TryOpen(_path) is not null)
+            if (RestoreOrRefuse() is not null)
                 refused++;
             _file.Write(0, original);
             _file.Write(stateOffset, state);
         }
         Assert.True(refused > 250, $"only {refused} of 300 damaged files refused");
+    }
+
+    [Fact]
+    public void Random_damage_anywhere_is_refused_or_restores_exactly_what_was_saved()
+    {
+        var random = new Random(16);
+        var length = _file.Length;
+        // Offsets read once: the damage may hit the fields they come from.
+        var present = new List<(int Block, ulong Page)>();
+        using (var file = SnapshotFile.Open(_path))
+        {
+            foreach (var block in file.Blocks)
+                present.AddRange(Enumerable.Range(0, (int)block.PageCount).Where(p => block.IsPresent((ulong)p)).Select(p => (block.Index, (ulong)p)));
+        }
+        var slots = present.Select(p => _file.PageSlot(p.Block, p.Page)).ToArray();
+        var checksums = present.Select(p => _file.PageChecksum(p.Block, p.Page)).ToArray();
+        var metadataEnd = _file.PagesOffset(0);
+        var stateOffset = _file.StateOffset;
+        long Somewhere() => random.Next(6) switch
+        {
+            0 or 1 => slots[random.Next(slots.Length)] + random.Next(Page.Size), // a present page
+            2 => checksums[random.Next(checksums.Length)] + random.Next(4),      // a present page's checksum
+            3 => random.NextInt64(metadataEnd),                                 // header, table, bitmaps, checksum areas
+            4 => stateOffset + random.NextInt64(length - stateOffset),
+            _ => random.NextInt64(length),                                      // anywhere (mostly holes)
+        };
+        var undo = new Stack<(long Offset, byte[] Bytes)>();
+        void Damage(long offset, byte[] bytes)
+        {
+            undo.Push((offset, _file.Read(offset, bytes.Length)));
+            _file.Write(offset, bytes);
+        }
+        var outcomes = new Dictionary<string, int>();
+        for (var i = 0; i < 300; i++)
+        {
+            var kind = random.Next(3);
+            if (kind == 0)
+            {
+                // 1..4 bits flipped.
+                for (var h = random.Next(1, 5); h > 0; h--)
+                {
+                    var at = Somewhere();
+                    Damage(at, [(byte)(_file.Read(at, 1)[0] ^ (1 << random.Next(8)))]);
+                }
+            }
+            else if (kind == 1)
+            {
+                var at = Somewhere() / Page.Size * Page.Size;
+                Damage(at, new byte[Math.Min(Page.Size, length - at)]); // 4 KiB zeroed
+            }
+            else
+            {
+                // Truncated: keep the tail's data (4 KiB pieces that are not zero) to put back.
+                var at = random.NextInt64(length);
+                for (var part = at / Page.Size * Page.Size; part < length; part += (long)MiB)
+                {
+                    var bytes = _file.Read(part, (int)Math.Min((long)MiB, length - part));
+                    for (var piece = 0; piece < bytes.Length; piece += Page.Size)
+                    {
+                        var data = bytes.AsSpan(piece, Math.Min(Page.Size, bytes.Length - piece));
+                        if (data.ContainsAnyExcept((byte)0))
+                            undo.Push((part + piece, data.ToArray()));
+                    }
+                }
+                _file.Truncate(at);
+            }
+            var fault = RestoreOrRefuse();
+            var outcome = $"{(kind == 0 ? "flip" : kind == 1 ? "zero" : "truncate")}: {fault?.ToString() ?? "restored exactly"}";
+            outcomes[outcome] = outcomes.GetValueOrDefault(outcome) + 1;
+            _file.Truncate(length);
+            while (undo.TryPop(out var change))
+                _file.Write(change.Offset, change.Bytes);
+            Assert.Equal(length, _file.Length);
+        }
+        var summary = string.Join(", ", outcomes.OrderBy(o => o.Key).Select(o => $"{o.Key} {o.Value}"));
+        _output.WriteLine(summary);
+        // Damage to a page or its checksum entry is what the page checksums catch: the loads saw them.
+        Assert.True(outcomes.Where(o => o.Key.EndsWith(nameof(SnapshotFault.PageChecksum), StringComparison.Ordinal)).Sum(o => o.Value) >= 50, summary);
+        Assert.DoesNotContain("truncate: restored exactly", summary, StringComparison.Ordinal);
     }
 }

@@ -76,6 +76,7 @@ public sealed class SnapshotRoundTripTests
             Assert.Equal((long)dataPages, loaded.PagesLoaded);
             Assert.Equal((long)dataPages * Page.Size, loaded.BytesRead);
             Assert.Equal(0, loaded.PagesDiscarded);
+            Assert.Equal((long)dataPages, loaded.PagesChecked);
             // The destination holds exactly the data pages: zero and untouched pages are holes.
             Assert.Equal(dataPages * Page.Size, destination.Aggregate(0UL, (s, b) => s + b.AllocatedBytes()));
             Assert.Equal(state.Length, loaded.State.Count);
@@ -139,8 +140,10 @@ public sealed class SnapshotRoundTripTests
 
             using (var file = SnapshotFile.Open(path))
             {
-                var mapped = file.MapInto(destination);
+                var mapped = file.MapInto(destination, threads: 2);
                 Assert.Equal(0, mapped.PagesLoaded);
+                // Every present page was checked before anything was mapped.
+                Assert.Equal((long)dataPages, mapped.PagesChecked);
                 Assert.Equal(SampleState().Length, mapped.State.Count);
             }
             // Nothing was copied: the process owns no page of either block until one is written.
@@ -222,7 +225,9 @@ public sealed class SnapshotRoundTripTests
             var inspection = file.Inspect();
 
             Assert.Equal(path, inspection.Path);
-            Assert.Equal(1u, inspection.Version);
+            Assert.Equal(2u, inspection.Version);
+            Assert.Null(inspection.Pages);
+            Assert.Equal(0, inspection.ExitCode);
             Assert.Equal(4096, inspection.PageSize);
             Assert.Equal(new FileInfo(path).Length, inspection.FileBytes);
             Assert.InRange(inspection.AllocatedBytes, (long)(dataPages - 2) * Page.Size, AllocatedOnDisk(path));
