@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Ferry.Control;
@@ -8,108 +9,110 @@ namespace Ferry.Cli;
 
 /// <summary>
 /// `ferry` subcommands that talk to a running VM over its QMP socket and print readable results:
-/// status, stop, cont, quit, balloon, balloon-info, guest-stats, hint, and the raw `qmp`.
+/// status, stop, cont, quit, balloon, balloon-info, guest-stats, hint, free-bitmap, and the raw `qmp`.
 /// </summary>
 internal static class ControlCommands
 {
-    public static readonly string[] Names = ["status", "stop", "cont", "quit", "balloon", "balloon-info", "guest-stats", "hint", "free-bitmap", "qmp"];
-
-    public static int Run(string name, string[] args)
+    public static IEnumerable<Command> Build()
     {
-        if (args.Length == 0 || !args[0].StartsWith("unix:", StringComparison.Ordinal) || args[0].Length == 5)
-            throw new UsageException($"ferry {name}: the first argument must be the QMP socket, unix:PATH");
-        QmpClient client;
-        try
+        yield return Simple("status", "print the VM's run state", qmp => $"VM status: {qmp.Execute("query-status")!["status"]}");
+        yield return Simple("stop", "pause all vCPUs", qmp => Do(qmp, "stop", "VM paused"));
+        yield return Simple("cont", "resume the vCPUs", qmp => Do(qmp, "cont", "VM running"));
+        yield return Simple("quit", "end the VM", qmp => Do(qmp, "quit", "VM quitting"));
+
+        var size = CliOptions.SizeArgument("GUEST-SIZE", "GUEST-SIZE", "the memory the guest keeps (1G, 1.5G; a bare number is MiB, as HMP balloon)");
+        yield return WithSocket("balloon", "set the balloon so the guest has GUEST-SIZE, as QEMU's balloon", [size], (qmp, parse) =>
         {
-            client = QmpClient.Connect(args[0][5..]);
-        }
-        catch (IOException e)
+            var bytes = parse.GetValue(size)!.Value;
+            qmp.Execute("balloon", new JsonObject { ["value"] = bytes });
+            Console.WriteLine($"balloon target set: guest size {MachineConfig.FormatSize(bytes)}");
+        });
+
+        yield return Simple("balloon-info", "balloon state: target, actual, ballooned pages, host memory, counters", qmp =>
         {
-            Console.Error.WriteLine($"ferry: {e.Message}");
-            return 1;
-        }
-        using (client)
+            var info = (JsonObject)qmp.Execute("ferry-balloon-info")!;
+            var actual = qmp.Execute("query-balloon")!["actual"]!.GetValue<ulong>();
+            return string.Join('\n', info.Select(p => $"{p.Key + ":",-26} {p.Value}").Prepend($"guest size now:      {Mib(actual)}"));
+        });
+
+        yield return Simple("guest-stats", "the guest's memory statistics from the balloon's stats queue", qmp =>
         {
-            try
+            var stats = (JsonObject)qmp.Execute("ferry-balloon-stats")!["stats"]!;
+            return string.Join('\n', stats.Select(p =>
             {
-                return Dispatch(client, name, args[1..]);
-            }
-            catch (QmpException e)
+                var number = p.Value!.GetValue<ulong>();
+                var text = p.Key.EndsWith("memory", StringComparison.Ordinal) || p.Key == "disk-caches" ? Mib(number) : number.ToString(CultureInfo.InvariantCulture);
+                return $"{p.Key + ":",-20} {text}";
+            }));
+        });
+
+        var action = CliOptions.Choice("ACTION", "start, stop, done or status", "start", "stop", "done", "status");
+        yield return WithSocket("hint", "run free page hinting by hand", [action], (qmp, parse) =>
+        {
+            var what = parse.GetValue(action)!;
+            var result = qmp.Execute($"ferry-free-page-hint-{what}");
+            Console.WriteLine(what switch
             {
-                Console.Error.WriteLine($"ferry: {name}: {e.Class}: {e.Message}");
-                return 1;
+                "start" => $"free page hint run started, cmd_id 0x{result!["cmd-id"]!.GetValue<uint>():X}",
+                "status" => $"hinting: {result!["state"]}, cmd_id 0x{result["cmd-id"]!.GetValue<uint>():X}, {result["hinted-pages"]} pages hinted ({Mib(result["hinted-pages"]!.GetValue<ulong>() * Page.Size)}), {result["dropped-stale-hints"]} stale hints dropped",
+                _ => $"free page hint run: {what}",
+            });
+        });
+
+        var dropCaches = CliOptions.Flag("--drop-caches", "ask the guest to drop its caches first");
+        var freeBitmap = WithSocket("free-bitmap", "ask the guest for its free page bitmap (Ferry extension)", [], (qmp, parse) =>
+        {
+            var bitmap = qmp.Execute("ferry-free-page-bitmap", new JsonObject { ["drop-caches"] = parse.GetValue(dropCaches) })!;
+            Console.WriteLine($"guest free pages (request {bitmap["request-id"]}): {bitmap["free-pages"]} ({Mib(bitmap["free-pages"]!.GetValue<ulong>() * Page.Size)})");
+        });
+        freeBitmap.Options.Add(dropCaches);
+        yield return freeBitmap;
+
+        var name = CliOptions.Word("COMMAND", "the QMP command");
+        var arguments = new Argument<string?>("ARGUMENTS") { Arity = ArgumentArity.ZeroOrOne, HelpName = "'{\"arg\": ...}'", Description = "its arguments, a JSON object" };
+        yield return WithSocket("qmp", "any QMP command; prints the JSON reply", [name, arguments], (qmp, parse) =>
+        {
+            JsonObject? args = null;
+            if (parse.GetValue(arguments) is { } text)
+            {
+                try
+                {
+                    args = JsonNode.Parse(text) as JsonObject ?? throw new UsageException($"arguments '{text}' are not a JSON object");
+                }
+                catch (System.Text.Json.JsonException)
+                {
+                    throw new UsageException($"arguments '{text}' are not valid JSON");
+                }
             }
-        }
+            Console.WriteLine(new JsonObject { ["return"] = qmp.Execute(parse.GetValue(name)!, args)?.DeepClone() }.ToJsonString());
+        });
     }
 
-    private static int Dispatch(QmpClient qmp, string name, string[] rest)
+    private static string Do(QmpClient qmp, string command, string done)
     {
-        switch (name)
+        qmp.Execute(command);
+        return done;
+    }
+
+    /// <summary>A command that takes only the socket and prints one result.</summary>
+    private static Command Simple(string name, string description, Func<QmpClient, string> run) =>
+        WithSocket(name, description, [], (qmp, _) => Console.WriteLine(run(qmp)));
+
+    /// <summary>A command on a running VM: `ferry NAME unix:SOCK ARGUMENTS...`; connects, runs, disconnects.</summary>
+    private static Command WithSocket(string name, string description, Argument[] arguments, Action<QmpClient, ParseResult> run)
+    {
+        var socket = CliOptions.Socket();
+        var command = new Command(name, description);
+        command.Arguments.Add(socket);
+        foreach (var argument in arguments)
+            command.Arguments.Add(argument);
+        command.SetGuardedAction(parse =>
         {
-            case "status":
-                var s = qmp.Execute("query-status")!;
-                Console.WriteLine($"VM status: {s["status"]}");
-                return 0;
-            case "stop" or "cont" or "quit":
-                qmp.Execute(name);
-                Console.WriteLine(name switch { "stop" => "VM paused", "cont" => "VM running", _ => "VM quitting" });
-                return 0;
-            case "balloon":
-                if (rest.Length != 1)
-                    throw new UsageException("ferry balloon: usage: ferry balloon unix:PATH GUEST-SIZE (e.g. 1G)");
-                var size = MachineConfig.ParseSize(rest[0], "guest size");
-                qmp.Execute("balloon", new JsonObject { ["value"] = size });
-                Console.WriteLine($"balloon target set: guest size {MachineConfig.FormatSize(size)}");
-                return 0;
-            case "balloon-info":
-                var info = (JsonObject)qmp.Execute("ferry-balloon-info")!;
-                var actual = qmp.Execute("query-balloon")!["actual"]!.GetValue<ulong>();
-                Console.WriteLine($"guest size now:      {Mib(actual)}");
-                foreach (var (key, value) in info)
-                    Console.WriteLine($"{key + ":",-26} {value}");
-                return 0;
-            case "guest-stats":
-                var stats = (JsonObject)qmp.Execute("ferry-balloon-stats")!["stats"]!;
-                foreach (var (key, value) in stats)
-                {
-                    var number = value!.GetValue<ulong>();
-                    Console.WriteLine($"{key + ":",-20} {(key.EndsWith("memory", StringComparison.Ordinal) || key == "disk-caches" ? Mib(number) : number.ToString(CultureInfo.InvariantCulture))}");
-                }
-                return 0;
-            case "hint":
-                var action = rest.Length == 1 ? rest[0] : throw new UsageException("ferry hint: usage: ferry hint unix:PATH start|stop|done|status");
-                if (action is not ("start" or "stop" or "done" or "status"))
-                    throw new UsageException($"ferry hint: '{action}' is not start, stop, done or status");
-                var result = qmp.Execute($"ferry-free-page-hint-{action}");
-                if (action == "start")
-                    Console.WriteLine($"free page hint run started, cmd_id 0x{result!["cmd-id"]!.GetValue<uint>():X}");
-                else if (action == "status")
-                    Console.WriteLine($"hinting: {result!["state"]}, cmd_id 0x{result["cmd-id"]!.GetValue<uint>():X}, {result["hinted-pages"]} pages hinted ({Mib(result["hinted-pages"]!.GetValue<ulong>() * Page.Size)}), {result["dropped-stale-hints"]} stale hints dropped");
-                else
-                    Console.WriteLine($"free page hint run: {action}");
-                return 0;
-            case "free-bitmap":
-                var bitmap = qmp.Execute("ferry-free-page-bitmap", new JsonObject { ["drop-caches"] = rest.Contains("--drop-caches") })!;
-                Console.WriteLine($"guest free pages (request {bitmap["request-id"]}): {bitmap["free-pages"]} ({Mib(bitmap["free-pages"]!.GetValue<ulong>() * Page.Size)})");
-                return 0;
-            default: // qmp
-                if (rest.Length is < 1 or > 2)
-                    throw new UsageException("ferry qmp: usage: ferry qmp unix:PATH COMMAND ['{\"arg\": ...}']");
-                JsonObject? arguments = null;
-                if (rest.Length == 2)
-                {
-                    try
-                    {
-                        arguments = JsonNode.Parse(rest[1]) as JsonObject ?? throw new UsageException($"ferry qmp: arguments '{rest[1]}' are not a JSON object");
-                    }
-                    catch (System.Text.Json.JsonException)
-                    {
-                        throw new UsageException($"ferry qmp: arguments '{rest[1]}' are not valid JSON");
-                    }
-                }
-                Console.WriteLine(new JsonObject { ["return"] = qmp.Execute(rest[0], arguments)?.DeepClone() }.ToJsonString());
-                return 0;
-        }
+            using var qmp = QmpClient.Connect(parse.GetValue(socket)!);
+            run(qmp, parse);
+            return ExitCode.Ok;
+        });
+        return command;
     }
 
     private static string Mib(ulong bytes) => $"{bytes / (1024.0 * 1024):0.0} MiB";

@@ -15,18 +15,25 @@ internal static class Demo
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(120);
 
-    public static int Run(string[] args)
+    public static System.CommandLine.Command Build()
     {
-        var a = CliArguments.Parse(args, "demo", ["memory", "cpus", "guest", "cmdline"], []);
-        var config = Program.ParseMachineConfig(a, "demo", "1G", 2);
-        return RunAsync(config).GetAwaiter().GetResult();
+        var machine = new RunCommand.MachineOptions("1G", 2);
+        var command = new System.CommandLine.Command("demo", "boot a guest, run a memory workload in it, live-migrate it over loopback TCP, print what happened and exit");
+        machine.AddTo(command);
+        command.SetGuardedAction(parse =>
+        {
+            var config = machine.Parse(parse);
+            config.Validate(MachineConfig.HostMemoryBytes());
+            return RunAsync(config).GetAwaiter().GetResult() == 0 ? ExitCode.Ok : ExitCode.Failure;
+        });
+        return command;
     }
 
     private static async Task<int> RunAsync(MachineConfig config)
     {
         var console = new GuestConsole();
         var sw = Stopwatch.StartNew();
-        using var machine = GuestMachine.Create(config, console);
+        using var machine = GuestMachine.Create(config, console, Program.Loggers);
         machine.Start();
         var ready = await WaitReady(console, machine).ConfigureAwait(false);
         Console.WriteLine($"booted: {config.Cpus} vCPU(s), {MachineConfig.FormatSize(config.MemoryBytes)} RAM, guest shell ready {sw.ElapsedMilliseconds} ms after start");

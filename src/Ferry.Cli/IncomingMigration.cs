@@ -3,20 +3,19 @@ using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Machines;
 using Ferry.Migration.Transport;
+using Microsoft.Extensions.Logging;
 
 namespace Ferry.Cli;
 
 /// <summary>
 /// `ferry run --incoming tcp:HOST:PORT`: the machine is created and parked, waits for one migration, loads it and
-/// resumes the guest. A failed load exits non-zero (5) with the reason; nothing is left behind (the machine's memory
-/// goes with the process).
+/// resumes the guest. A failed load exits <see cref="ExitCode.LoadFailed"/> with the reason; nothing is left behind
+/// (the machine's memory goes with the process).
 /// </summary>
-internal static class IncomingMigration
+internal static partial class IncomingMigration
 {
-    public const int FailedExitCode = 5;
-
-    /// <returns>0 when the guest runs; <see cref="FailedExitCode"/> when the migration failed.</returns>
-    public static int Run(GuestMachine machine, MigrationUri uri)
+    /// <returns><see cref="ExitCode.Ok"/> when the guest runs; <see cref="ExitCode.LoadFailed"/> when the migration failed.</returns>
+    public static ExitCode Run(GuestMachine machine, MigrationUri uri, ILogger log)
     {
         machine.Start(paused: true);
         TcpChannelListener listener;
@@ -26,8 +25,7 @@ internal static class IncomingMigration
         }
         catch (IOException e)
         {
-            Console.Error.WriteLine($"ferry: --incoming: {e.Message}");
-            return 1;
+            throw new CliFailureException($"--incoming: {e.Message}");
         }
         using (listener)
         {
@@ -35,28 +33,34 @@ internal static class IncomingMigration
             // A signal while waiting ends the wait; the caller's handlers stop the machine.
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; cancel.Cancel(); });
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; cancel.Cancel(); });
-            Console.Error.WriteLine($"ferry: waiting for a migration on {listener.Uri}");
+            LogWaiting(log, listener.Uri.ToString());
             try
             {
                 var report = MigrationReceiver.Receive(new MachineMigrationTarget(machine), listener, cancel.Token);
-                Console.Error.WriteLine(
-                    $"ferry: migration loaded from {report.Channels} channel(s) in {report.TotalMs:F0} ms: {report.DataPages} pages, " +
-                    $"{report.ZeroPages} zero pages, {report.BalloonedPages} ballooned pages, {report.Bytes / (1024.0 * 1024):F1} MiB; " +
-                    $"state restored in {report.StateRestoreMs:F1} ms, vCPUs resumed in {report.ResumeMs:F1} ms; guest running");
+                LogLoaded(log, report.Channels, report.TotalMs, report.DataPages, report.ZeroPages, report.BalloonedPages,
+                    report.Bytes / (1024.0 * 1024), report.StateRestoreMs, report.ResumeMs);
                 if (!report.SourceToldResumed)
-                    Console.Error.WriteLine("ferry: WARNING: the source could not be told the guest runs here; it stays paused (postmigrate) until its operator stops or resumes it");
-                return 0;
+                    LogSourceNotTold(log);
+                return ExitCode.Ok;
             }
             catch (OperationCanceledException)
             {
-                Console.Error.WriteLine("ferry: incoming migration: interrupted while waiting");
-                return FailedExitCode;
+                throw new CliFailureException("incoming migration: interrupted while waiting", ExitCode.LoadFailed);
             }
             catch (MigrationException e)
             {
-                Console.Error.WriteLine($"ferry: incoming migration failed: {e.Message}");
-                return FailedExitCode;
+                throw new CliFailureException($"incoming migration failed: {e.Message}", ExitCode.LoadFailed);
             }
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "the source could not be told the guest runs here; it stays paused (postmigrate) until its operator stops or resumes it")]
+    private static partial void LogSourceNotTold(ILogger logger);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "waiting for a migration on {Uri}")]
+    private static partial void LogWaiting(ILogger logger, string uri);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "migration loaded from {Channels} channel(s) in {TotalMs:F0} ms: {DataPages} pages, {ZeroPages} zero pages, " +
+        "{BalloonedPages} ballooned pages, {Mib:F1} MiB; state restored in {StateMs:F1} ms, vCPUs resumed in {ResumeMs:F1} ms; guest running")]
+    private static partial void LogLoaded(ILogger logger, int channels, double totalMs, ulong dataPages, ulong zeroPages, ulong balloonedPages, double mib, double stateMs, double resumeMs);
 }

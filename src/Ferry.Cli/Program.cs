@@ -1,184 +1,206 @@
-using System.Runtime.InteropServices;
+using System.CommandLine;
+using System.CommandLine.Help;
+using System.CommandLine.Parsing;
 using Ferry.Control;
 using Ferry.Kvm;
 using Ferry.Machine;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Ferry.Cli;
 
-public static class Program
+/// <summary>
+/// `ferry`: the command tree (System.CommandLine: per-command --help, --version, suggestions), one-line errors and
+/// the exit codes of <see cref="ExitCode"/>. Each command's own file holds its options and its action.
+/// </summary>
+public static partial class Program
 {
-    public const string Usage = """
-        usage: ferry <command> [options]
+    private static readonly Option<LogLevel> LogLevelOption = new("--log-level")
+    {
+        HelpName = "LEVEL",
+        Description = $"the VMM's own messages on stderr from this level up: {string.Join(", ", CliLogging.Levels)}",
+        Recursive = true,
+        DefaultValueFactory = _ => LogLevel.Information,
+        CustomParser = r =>
+        {
+            try
+            {
+                return CliLogging.ParseLevel(r.Tokens[0].Value);
+            }
+            catch (UsageException e)
+            {
+                r.AddError(e.Message);
+                return LogLevel.Information;
+            }
+        },
+    };
 
-        commands:
-          run     boot a guest
-                    --memory SIZE        guest RAM, a multiple of 2 MiB (default 512M; e.g. 512M, 8G)
-                    --cpus N             vCPUs (default 1)
-                    --console SPEC       stdio (default) or unix:PATH
-                    --qmp unix:PATH      serve the QMP control socket there
-                    --guest PATH         guest image (default: the one built from guest/)
-                    --cmdline TEXT       guest command line (e.g. "free_mode=poison poison=0xaa")
-                    --incoming tcp:HOST:PORT   do not boot: wait for a migration there, load it, run the guest
-                                         (start with the source's --memory and --cpus)
-                    --restore FILE       do not boot: load a snapshot (same --memory and --cpus), run the guest
-                    --lazy               with --restore: map the file copy-on-write and run at once; pages are
-                                         read when first touched (keep the file unchanged while the VM runs)
-          demo    boot a guest, run a memory workload in it, print what happened and exit
-                    --memory SIZE (default 1G)  --cpus N (default 2)  --guest PATH
-          help    this text
-
-        commands for a running VM (SOCK is its --qmp unix:PATH):
-          status SOCK | stop SOCK | cont SOCK | quit SOCK
-          balloon SOCK GUEST-SIZE   set the balloon so the guest has GUEST-SIZE (e.g. 1G), as QEMU's balloon
-          balloon-info SOCK         balloon state: target, actual, ballooned pages, host memory, counters
-          guest-stats SOCK          the guest's memory statistics from the balloon's stats queue
-          hint SOCK start|stop|done|status   run free page hinting by hand
-          free-bitmap SOCK [--drop-caches]   ask the guest for its free page bitmap (Ferry extension)
-          qmp SOCK COMMAND ['{"arg": ...}']   any QMP command; prints the JSON reply
-          snapshot save SOCK FILE [--paused] [--report FILE]   snapshot to a fixed-offset file; the VM runs
-                                         on (--paused: stop it first, save in one pass, leave it stopped)
-          snapshot inspect FILE [--json] [--verify]   blocks, pages per class, file vs allocated size, state,
-                                         checksums (--verify: every page against its checksum; exit 1 if bad)
-          migrate SOCK tcp:HOST:PORT [options]   live-migrate to a `ferry run --incoming` destination
-                    --max-bandwidth SIZE   bytes per second over all channels (e.g. 500M; default unlimited)
-                    --downtime-limit MS    largest acceptable pause (default 300)
-                    --channels N           parallel TCP channels (default: one per core)
-                    --auto-converge        throttle the vCPUs while the guest dirties faster than the link
-                    --no-hint | --no-balloon-skip   turn off free page hinting / skipping ballooned pages
-                    --report FILE          write the final statistics with per-pass figures as JSON
-                    --quiet                no progress bar
-        """;
+    /// <summary>Where the commands log (set once the command line is parsed).</summary>
+    internal static ILoggerFactory Loggers { get; private set; } = NullLoggerFactory.Instance;
 
     public static int Main(string[] args)
     {
+        var root = BuildCommand();
+        if (args.Length == 0)
+        {
+            root.Parse(["--help"]).Invoke();
+            return (int)ExitCode.Usage;
+        }
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0 && parse.Action is not HelpAction)
+            return Fail(CommandPath(parse.CommandResult), DescribeErrors(parse), ExitCode.Usage);
+        using var loggers = CliLogging.Create(parse.GetValue(LogLevelOption));
+        Loggers = loggers;
         try
         {
-            if (args.Length == 0 || args[0] is "help" or "--help" or "-h")
-            {
-                Console.WriteLine(Usage);
-                return args.Length == 0 ? 2 : 0;
-            }
-            return args[0] switch
-            {
-                "run" => Run(args[1..]),
-                "demo" => Demo.Run(args[1..]),
-                "migrate" => MigrateCommand.Run(args[1..]),
-                "snapshot" => SnapshotCommand.Run(args[1..]),
-                var name when ControlCommands.Names.Contains(name) => ControlCommands.Run(name, args[1..]),
-                _ => throw new UsageException($"unknown command '{args[0]}' (commands: run, demo, migrate, snapshot, {string.Join(", ", ControlCommands.Names)}, help)"),
-            };
+            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null });
+        }
+        finally
+        {
+            Loggers = NullLoggerFactory.Instance;
+        }
+    }
+
+    internal static RootCommand BuildCommand()
+    {
+        var root = new RootCommand("Ferry: a micro-VMM for fast live migration and snapshots. Exit codes: 0 ok, 1 failure, 2 usage error, 3 guest panic, 4 vCPU fault, 5 incoming/restore load failed, 6 cancelled.");
+        root.Options.Add(LogLevelOption);
+        root.Subcommands.Add(RunCommand.Build());
+        root.Subcommands.Add(Demo.Build());
+        root.Subcommands.Add(MigrateCommand.Build());
+        root.Subcommands.Add(SnapshotCommand.Build());
+        foreach (var command in ControlCommands.Build())
+            root.Subcommands.Add(command);
+        var help = new Command("help", "show this text, or a command's (ferry help migrate)");
+        var topic = new Argument<string[]>("COMMAND") { Arity = ArgumentArity.ZeroOrMore, HelpName = "[COMMAND]", Description = "the command to explain" };
+        help.Arguments.Add(topic);
+        help.SetAction(r => root.Parse([.. r.GetValue(topic) ?? [], "--help"]).Invoke());
+        root.Subcommands.Add(help);
+        return root;
+    }
+
+    /// <summary>Runs a command's action: every error it raises becomes one line on stderr and its exit code.</summary>
+    internal static void SetGuardedAction(this Command command, Func<ParseResult, ExitCode> action) => command.SetAction(parse =>
+    {
+        var path = CommandPath(parse.CommandResult);
+        try
+        {
+            return (int)action(parse);
         }
         catch (UsageException e)
         {
-            Console.Error.WriteLine($"ferry: {e.Message}");
-            return 2;
+            return Fail(path, e.Message, ExitCode.Usage);
         }
-        catch (Exception e) when (e is ConfigException or KvmUnavailableException or InvalidGuestImageException)
+        catch (ConfigException e)
         {
-            Console.Error.WriteLine($"ferry: {e.Message}");
-            return 1;
+            return Fail(path, e.Message, ExitCode.Usage);
         }
-    }
+        catch (CliFailureException e)
+        {
+            return Fail(path, e.Message, e.Code);
+        }
+        catch (QmpException e)
+        {
+            return Fail(path, $"{e.Class}: {e.Message}", ExitCode.Failure);
+        }
+        catch (Exception e) when (e is KvmUnavailableException or InvalidGuestImageException or IOException)
+        {
+            return Fail(path, e.Message, ExitCode.Failure);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            LogInternalError(Loggers.CreateLogger("ferry"), e);
+            return Fail(path, $"internal error ({e.GetType().Name}); run with --log-level debug for details", ExitCode.Failure);
+        }
+    });
 
-    internal static MachineConfig ParseMachineConfig(CliArguments a, string command, string defaultMemory, int defaultCpus)
+    /// <summary>Prints a one-line error, "ferry: COMMAND: MESSAGE", and returns the exit code.</summary>
+    internal static int Fail(string path, string message, ExitCode code)
     {
-        var memoryText = a.Get("memory") ?? defaultMemory;
-        var cpusText = a.Get("cpus");
-        var cpus = defaultCpus;
-        if (cpusText is not null && (!int.TryParse(cpusText, out cpus) || cpus < 1))
-            throw new UsageException($"ferry {command}: --cpus '{cpusText}' is not a positive whole number");
-        return new MachineConfig
-        {
-            MemoryBytes = MachineConfig.ParseSize(memoryText, "--memory"),
-            Cpus = cpus,
-            GuestImagePath = a.Get("guest") ?? GuestImageLocator.Locate(),
-            CommandLine = a.Get("cmdline") ?? "",
-        };
+        Console.Error.WriteLine(path.Length == 0 ? $"ferry: {message}" : $"ferry: {path}: {message}");
+        return (int)code;
     }
 
-    private static int Run(string[] args)
+    /// <summary>"snapshot save" for `ferry snapshot save ...`, "" for the root.</summary>
+    internal static string CommandPath(CommandResult result)
     {
-        var a = CliArguments.Parse(args, "run", ["memory", "cpus", "console", "qmp", "guest", "cmdline", "incoming", "restore"], ["lazy"]);
-        if (a.Positional.Count > 0)
-            throw new UsageException($"ferry run: unexpected argument '{a.Positional[0]}'");
-        var config = ParseMachineConfig(a, "run", "512M", 1);
-        var qmpSpec = a.Get("qmp");
-        Ferry.Migration.Transport.MigrationUri? incoming = null;
-        if (a.Get("incoming") is { } incomingText)
-        {
-            try
-            {
-                incoming = Ferry.Migration.Transport.MigrationUri.Parse(incomingText);
-            }
-            catch (FormatException e)
-            {
-                throw new UsageException($"ferry run: --incoming: {e.Message}");
-            }
-        }
-        if (a.Get("restore") is not null && incoming is not null)
-            throw new UsageException("ferry run: --restore and --incoming cannot be combined");
-        if (a.Has("lazy") && a.Get("restore") is null)
-            throw new UsageException("ferry run: --lazy only applies to --restore FILE");
-        if (qmpSpec is not null && (!qmpSpec.StartsWith("unix:", StringComparison.Ordinal) || qmpSpec.Length == 5))
-            throw new UsageException($"ferry run: --qmp '{qmpSpec}' is not unix:PATH");
-        using var console = ConsoleBackend.Create(a.Get("console") ?? "stdio");
-        using var machine = GuestMachine.Create(config, console);
-        QmpServer? qmp = null;
-        if (qmpSpec is not null)
-        {
-            qmp = new QmpServer(qmpSpec[5..]);
-            MachineCommands.Register(qmp, machine);
-            BalloonCommands.Register(qmp, machine);
-            MigrationCommands.Register(qmp, machine);
-            try
-            {
-                qmp.Start();
-            }
-            catch (IOException e)
-            {
-                throw new UsageException($"ferry run: --qmp {qmpSpec}: {e.Message}");
-            }
-        }
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; machine.Stop("interrupted (SIGINT)"); });
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; machine.Stop("terminated (SIGTERM)"); });
-        console.Start(machine.Serial);
-        var restore = a.Get("restore");
-        if (restore is not null)
-        {
-            machine.Start(paused: true);
-            try
-            {
-                var report = Ferry.Migration.Machines.MachineSnapshots.Restore(machine, restore, lazy: a.Has("lazy"));
-                var pages = report.Lazy
-                    ? $"{report.PagesMapped} pages mapped from the file (read when first touched)"
-                    : $"{report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read)";
-                Console.Error.WriteLine($"ferry: restored {restore}{(report.Lazy ? " lazily" : "")} in {report.Milliseconds:F0} ms: {pages}, {report.BalloonedPages} ballooned pages, {report.StateSections} state sections; guest running");
-            }
-            catch (Exception e) when (e is Ferry.Migration.Snapshot.SnapshotFormatException or InvalidDataException or IOException or UnauthorizedAccessException)
-            {
-                Console.Error.WriteLine($"ferry: --restore {restore}: {e.Message}");
-                qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
-                return IncomingMigration.FailedExitCode;
-            }
-        }
-        else if (incoming is null)
-        {
-            machine.Start();
-        }
-        else
-        {
-            var loaded = IncomingMigration.Run(machine, incoming);
-            if (loaded != 0)
-            {
-                qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
-                return loaded;
-            }
-        }
-        var exit = machine.Exited.GetAwaiter().GetResult();
-        qmp?.Emit("SHUTDOWN", new System.Text.Json.Nodes.JsonObject { ["guest"] = exit.Kind == MachineExitKind.PowerOff, ["reason"] = exit.Message });
-        qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        Console.Error.WriteLine($"ferry: {exit.Message}");
-        return exit.ExitCode;
+        var names = new List<string>();
+        for (SymbolResult? r = result; r is CommandResult c && c.Command is not RootCommand; r = r.Parent)
+            names.Insert(0, c.Command.Name);
+        return string.Join(' ', names);
     }
 
+    /// <summary>The first parse error in one line, with a suggestion for a misspelt command or option.</summary>
+    internal static string DescribeErrors(ParseResult parse)
+    {
+        var command = parse.CommandResult.Command;
+        if (parse.UnmatchedTokens.Count > 0)
+        {
+            var token = parse.UnmatchedTokens[0];
+            var help = command is RootCommand ? "ferry --help" : $"ferry {CommandPath(parse.CommandResult)} --help";
+            if (token.StartsWith('-'))
+                return $"unknown option '{token}'{Suggestion(token, OptionNames(command))} (see '{help}')";
+            if (command.Subcommands.Count > 0)
+                return $"unknown command '{token}'{Suggestion(token, command.Subcommands.Select(c => c.Name))} (see '{help}')";
+            return $"unexpected argument '{token}' (usage: {UsageLine(command, CommandPath(parse.CommandResult))})";
+        }
+        var error = parse.Errors[0];
+        // Our parsers' messages name the value; a missing or extra argument gets the usage line instead.
+        if (error.SymbolResult is OptionResult or ArgumentResult { Tokens.Count: > 0 })
+            return error.Message;
+        if (command.Subcommands.Count > 0 && command.Arguments.Count == 0)
+            return $"which one? usage: {string.Join(" | ", command.Subcommands.Select(c => UsageLine(c, $"{CommandPath(parse.CommandResult)} {c.Name}")))}";
+        return $"usage: {UsageLine(command, CommandPath(parse.CommandResult))}";
+    }
+
+    /// <summary>"ferry migrate unix:SOCK tcp:HOST:PORT [--max-bandwidth SIZE] ... [--quiet]".</summary>
+    internal static string UsageLine(Command command, string path)
+    {
+        var words = new List<string> { $"ferry {path}" };
+        foreach (var argument in command.Arguments)
+        {
+            var name = argument.HelpName ?? argument.Name;
+            words.Add(argument.Arity.MinimumNumberOfValues == 0 ? $"[{name}]" : name);
+        }
+        foreach (var option in command.Options)
+        {
+            if (option is HelpOption or VersionOption || option.Hidden)
+                continue;
+            words.Add(option.ValueType == typeof(bool) ? $"[{option.Name}]" : $"[{option.Name} {option.HelpName}]");
+        }
+        return string.Join(' ', words);
+    }
+
+    private static IEnumerable<string> OptionNames(Command command) =>
+        command.Options.Concat(LogLevelOption is { } l ? [l] : []).SelectMany(o => o.Aliases.Prepend(o.Name));
+
+    /// <summary>" (did you mean '--memory'?)" when one candidate is within two edits (or starts the same way).</summary>
+    internal static string Suggestion(string token, IEnumerable<string> candidates)
+    {
+        var best = candidates
+            .Select(c => (Name: c, Distance: EditDistance(token, c)))
+            .Where(c => c.Distance <= Math.Max(2, c.Name.Length / 4) || (token.Length >= 4 && c.Name.StartsWith(token, StringComparison.Ordinal)))
+            .OrderBy(c => c.Distance)
+            .FirstOrDefault();
+        return best.Name is null ? "" : $" (did you mean '{best.Name}'?)";
+    }
+
+    private static int EditDistance(string a, string b)
+    {
+        var previous = new int[b.Length + 1];
+        var current = new int[b.Length + 1];
+        for (var j = 0; j <= b.Length; j++)
+            previous[j] = j;
+        for (var i = 1; i <= a.Length; i++)
+        {
+            current[0] = i;
+            for (var j = 1; j <= b.Length; j++)
+                current[j] = Math.Min(Math.Min(current[j - 1] + 1, previous[j] + 1), previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+            (previous, current) = (current, previous);
+        }
+        return previous[b.Length];
+    }
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "internal error")]
+    private static partial void LogInternalError(ILogger logger, Exception exception);
 }

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Text.Json.Nodes;
 using Ferry.Control;
 using Ferry.Migration.Snapshot;
@@ -5,94 +6,76 @@ using Ferry.Migration.Snapshot;
 namespace Ferry.Cli;
 
 /// <summary>
-/// `ferry snapshot save unix:SOCK FILE [--paused]` (through QMP ferry-snapshot-save, with the migration progress bar
-/// and table) and `ferry snapshot inspect FILE [--json]` (reads and checks the file itself).
+/// `ferry snapshot save unix:SOCK FILE [--paused]` (through QMP ferry-snapshot-save, with the migration progress
+/// display and tables) and `ferry snapshot inspect FILE [--json]` (reads and checks the file itself).
 /// </summary>
 internal static class SnapshotCommand
 {
-    public const string Usage = "usage: ferry snapshot save unix:SOCK FILE [--paused] [--report FILE] [--quiet] | ferry snapshot inspect FILE [--json] [--verify]";
-
-    public static int Run(string[] args)
+    public static Command Build()
     {
-        if (args.Length == 0)
-            throw new UsageException($"ferry snapshot: {Usage}");
-        return args[0] switch
-        {
-            "save" => Save(args[1..]),
-            "inspect" => Inspect(args[1..]),
-            _ => throw new UsageException($"ferry snapshot: '{args[0]}' is not save or inspect ({Usage})"),
-        };
+        var command = new Command("snapshot", "save a running VM to a snapshot file, or inspect one");
+        command.Subcommands.Add(BuildSave());
+        command.Subcommands.Add(BuildInspect());
+        return command;
     }
 
-    private static int Save(string[] args)
+    private static Command BuildSave()
     {
-        var a = CliArguments.Parse(args, "snapshot save", ["report"], ["paused", "quiet"]);
-        if (a.Positional.Count != 2 || !a.Positional[0].StartsWith("unix:", StringComparison.Ordinal) || a.Positional[0].Length == 5)
-            throw new UsageException($"ferry snapshot save: {Usage}");
-        var path = Path.GetFullPath(a.Positional[1]);
-        QmpClient qmp;
-        try
+        var socket = CliOptions.Socket();
+        var file = new Argument<string>("FILE") { Description = "the snapshot file to write (checked before anything starts)" };
+        var paused = CliOptions.Flag("--paused", "stop the VM first, save in one pass, leave it stopped");
+        var report = CliOptions.Text("--report", "FILE", "write the final statistics as JSON");
+        var quiet = CliOptions.Flag("--quiet", "no progress display");
+        var command = new Command("save", "snapshot a running VM to a fixed-offset, sparse file; the VM runs on (Ctrl-C cancels)");
+        command.Arguments.Add(socket);
+        command.Arguments.Add(file);
+        command.Options.Add(paused);
+        command.Options.Add(report);
+        command.Options.Add(quiet);
+        command.SetGuardedAction(parse =>
         {
-            qmp = QmpClient.Connect(a.Positional[0][5..]);
-        }
-        catch (IOException e)
+            var path = OutputPath.Check(parse.GetValue(file)!, "snapshot file");
+            var reportPath = parse.GetValue(report) is { } r ? OutputPath.Check(r, "--report") : null;
+            using var qmp = QmpClient.Connect(parse.GetValue(socket)!);
+            qmp.Events.Clear();
+            qmp.Execute("ferry-snapshot-save", new JsonObject { ["file"] = path, ["paused"] = parse.GetValue(paused) });
+            var code = MigrateCommand.FollowJob(qmp, MigrationProgress.ModeFor(parse.GetValue(quiet)), reportPath, "snapshot save");
+            if (code == ExitCode.Ok)
+                Console.WriteLine($"snapshot written: {path}");
+            return code;
+        });
+        return command;
+    }
+
+    private static Command BuildInspect()
+    {
+        var file = new Argument<string>("FILE") { Description = "the snapshot file" };
+        var json = CliOptions.Flag("--json", "print JSON instead of text");
+        var verify = CliOptions.Flag("--verify", "check every page against its checksum (exit 1 when one is bad)");
+        var command = new Command("inspect", "show what a snapshot file holds: blocks, pages per class, file vs allocated size, state, checksums");
+        command.Arguments.Add(file);
+        command.Options.Add(json);
+        command.Options.Add(verify);
+        command.SetGuardedAction(parse =>
         {
-            Console.Error.WriteLine($"ferry: {e.Message}");
-            return 1;
-        }
-        using (qmp)
-        {
-            JsonObject? final;
+            SnapshotInspection inspection;
             try
             {
-                qmp.Events.Clear();
-                qmp.Execute("ferry-snapshot-save", new JsonObject { ["file"] = path, ["paused"] = a.Has("paused") });
-                final = MigrateCommand.Follow(qmp, a.Has("quiet") || Console.IsErrorRedirected);
+                using var snapshot = SnapshotFile.Open(parse.GetValue(file)!);
+                inspection = snapshot.Inspect(verifyPages: parse.GetValue(verify), threads: Ferry.Migration.Machines.MachineSnapshots.DefaultThreads);
             }
-            catch (QmpException e)
+            catch (Exception e) when (e is SnapshotFormatException or IOException or UnauthorizedAccessException)
             {
-                Console.Error.WriteLine($"ferry: snapshot save: {e.Class}: {e.Message}");
-                return 1;
+                throw new CliFailureException(e is UnauthorizedAccessException ? $"{parse.GetValue(file)}: permission denied" : e.Message);
             }
-            if (final is null)
-            {
-                Console.Error.WriteLine("ferry: snapshot save: the VM closed its QMP socket before the snapshot finished");
-                return 1;
-            }
-            MigrateCommand.PrintTable(final);
-            if (a.Get("report") is { } report)
-                File.WriteAllText(report, final.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
-            if (final["status"]?.GetValue<string>() != "completed")
-            {
-                Console.Error.WriteLine($"ferry: snapshot save failed: {final["error-desc"]}");
-                return 1;
-            }
-            Console.WriteLine($"snapshot written: {path}");
-            return 0;
-        }
+            Console.Write(parse.GetValue(json) ? Json(inspection) + "\n" : inspection.Format());
+            return inspection.ExitCode == 0 ? ExitCode.Ok : ExitCode.Failure;
+        });
+        return command;
     }
 
-    private static int Inspect(string[] args)
+    private static string Json(SnapshotInspection inspection)
     {
-        var a = CliArguments.Parse(args, "snapshot inspect", [], ["json", "verify"]);
-        if (a.Positional.Count != 1)
-            throw new UsageException($"ferry snapshot inspect: {Usage}");
-        SnapshotInspection inspection;
-        try
-        {
-            using var file = SnapshotFile.Open(a.Positional[0]);
-            inspection = file.Inspect(verifyPages: a.Has("verify"), threads: Ferry.Migration.Machines.MachineSnapshots.DefaultThreads);
-        }
-        catch (Exception e) when (e is SnapshotFormatException or IOException or UnauthorizedAccessException)
-        {
-            Console.Error.WriteLine($"ferry: snapshot inspect: {e.Message}");
-            return 1;
-        }
-        if (!a.Has("json"))
-        {
-            Console.Write(inspection.Format());
-            return inspection.ExitCode;
-        }
         var blocks = new JsonArray();
         foreach (var b in inspection.Blocks)
         {
@@ -105,7 +88,7 @@ internal static class SnapshotCommand
         var state = new JsonArray();
         foreach (var s in inspection.State)
             state.Add((JsonNode)new JsonObject { ["kind"] = s.Kind.ToString().ToLowerInvariant(), ["index"] = s.Index, ["name"] = s.Name, ["length"] = s.Length, ["crc"] = s.Crc });
-        Console.WriteLine(new JsonObject
+        return new JsonObject
         {
             ["path"] = inspection.Path,
             ["version"] = inspection.Version,
@@ -117,7 +100,6 @@ internal static class SnapshotCommand
             ["state"] = state,
             ["checksums"] = new JsonObject { ["verified"] = inspection.Checksums.Verified, ["failed"] = inspection.Checksums.Failed, ["status"] = inspection.Checksums.Status },
             ["page-checks"] = inspection.Pages?.ToJson(),
-        }.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
-        return inspection.ExitCode;
+        }.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true });
     }
 }

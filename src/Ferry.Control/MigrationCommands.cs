@@ -253,6 +253,8 @@ public static class MigrationJson
             result["cpu-throttle-percentage"] = s.ThrottlePercent;
         if (s.Error is not null)
             result["error-desc"] = s.Error;
+        if (s.ErrorKind is { } kind)
+            result["ferry-error-kind"] = MigrationQmpText.ErrorKind(kind);
         var ferry = new JsonObject
         {
             ["channels"] = s.Channels,

@@ -8,6 +8,20 @@ namespace Ferry.Control;
 /// </summary>
 public static class MigrationQmpText
 {
+    /// <summary>query-migrate's "ferry-error-kind": the kind of failure in kebab case ("cancelled", "channel-failed", ...).</summary>
+    public static string ErrorKind(MigrationErrorKind kind) => kind switch
+    {
+        MigrationErrorKind.Internal => "internal",
+        MigrationErrorKind.Cancelled => "cancelled",
+        MigrationErrorKind.ChannelFailed => "channel-failed",
+        MigrationErrorKind.DestinationRefused => "destination-refused",
+        MigrationErrorKind.DestinationFailed => "destination-failed",
+        MigrationErrorKind.Timeout => "timeout",
+        MigrationErrorKind.InvalidStream => "invalid-stream",
+        MigrationErrorKind.OutputFailed => "output-failed",
+        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
+    };
+
     /// <summary>"on", or "off: " and why ballooned pages are sent.</summary>
     public static string BalloonSkip(BalloonSkipReason reason) => reason switch
     {

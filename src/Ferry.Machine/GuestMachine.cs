@@ -4,6 +4,8 @@ using Ferry.Devices.Virtio;
 using Ferry.Devices.Virtio.Balloon;
 using Ferry.Interop.Kvm;
 using Ferry.Kvm;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Ferry.Machine;
 
@@ -16,7 +18,7 @@ public sealed record MachineExit(MachineExitKind Kind, int ExitCode, string Mess
 /// One running VM: KVM objects, guest RAM, devices and a thread per vCPU. Built from a <see cref="MachineConfig"/>
 /// with the guest image loaded and every vCPU at the guest's entry point, paused until <see cref="Start"/>.
 /// </summary>
-public sealed class GuestMachine : IDisposable, IVcpuExitHandler
+public sealed partial class GuestMachine : IDisposable, IVcpuExitHandler
 {
     private static readonly TimeSpan PauseTimeout = TimeSpan.FromSeconds(5);
 
@@ -32,9 +34,14 @@ public sealed class GuestMachine : IDisposable, IVcpuExitHandler
     private bool _started;
     private bool _paused;
 
-    private GuestMachine(MachineConfig config, KvmSystem kvm, VirtualMachine vm, GuestMemory memory, ISerialOutput console)
+    private readonly ILogger _log;
+
+    private GuestMachine(MachineConfig config, KvmSystem kvm, VirtualMachine vm, GuestMemory memory, ISerialOutput console, ILoggerFactory loggers)
     {
         Config = config;
+        Loggers = loggers;
+        _log = loggers.CreateLogger<GuestMachine>();
+        DeviceLog = new DeviceLog(loggers.CreateLogger<DeviceLog>());
         _kvm = kvm;
         Vm = vm;
         Memory = memory;
@@ -55,7 +62,10 @@ public sealed class GuestMachine : IDisposable, IVcpuExitHandler
     }
 
     /// <summary>Warnings about hostile or buggy driver behaviour, rate-limited and counted per fault.</summary>
-    public DeviceLog DeviceLog { get; } = new();
+    public DeviceLog DeviceLog { get; }
+
+    /// <summary>Where the machine and its devices log (a machine made from this one, e.g. a migration's destination, logs there too).</summary>
+    public ILoggerFactory Loggers { get; }
 
     /// <summary>The virtio-balloon device (null with the balloon off).</summary>
     public BalloonDevice? Balloon { get; }
@@ -99,7 +109,8 @@ public sealed class GuestMachine : IDisposable, IVcpuExitHandler
     }
 
     /// <summary>Builds the machine. Throws ConfigException, KvmUnavailableException or InvalidGuestImageException with a reason.</summary>
-    public static GuestMachine Create(MachineConfig config, ISerialOutput console)
+    /// <param name="loggers">Where the VMM's own messages go (none: nowhere).</param>
+    public static GuestMachine Create(MachineConfig config, ISerialOutput console, ILoggerFactory? loggers = null)
     {
         config.Validate(MachineConfig.HostMemoryBytes());
         var image = ElfImage.Load(config.GuestImagePath);
@@ -118,7 +129,7 @@ public sealed class GuestMachine : IDisposable, IVcpuExitHandler
             memory = new GuestMemory(GuestLayout.RamBlocks(config.MemoryBytes).Select(b => RamBlock.Create(b.Name, b.Address, b.Size, slot++, config.MemoryBackend)));
             foreach (var block in memory.Blocks)
                 vm.AddMemory(block);
-            var machine = new GuestMachine(config, kvm, vm, memory, console);
+            var machine = new GuestMachine(config, kvm, vm, memory, console, loggers ?? NullLoggerFactory.Instance);
             if (console is GuestConsole lines)
                 lines.AttachInput(bytes => machine.Serial.EnqueueInput(bytes));
             machine.Boot(image);
@@ -319,7 +330,7 @@ public sealed class GuestMachine : IDisposable, IVcpuExitHandler
         {
             // A vCPU thread is stuck (e.g. blocked writing console output): unmapping its kvm_run page or guest RAM
             // under it would turn a hang into memory corruption, so leak them instead.
-            Console.Error.WriteLine("ferry: warning: a vCPU or the throttle thread did not stop within 5 s; leaving the vCPUs and guest RAM in place");
+            LogStuckThreads(_log);
             _kvm.Dispose();
             return;
         }
@@ -329,4 +340,7 @@ public sealed class GuestMachine : IDisposable, IVcpuExitHandler
         Memory.Dispose();
         _kvm.Dispose();
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "a vCPU or the throttle thread did not stop within 5 s; leaving the vCPUs and guest RAM in place")]
+    private static partial void LogStuckThreads(ILogger logger);
 }

@@ -42,21 +42,29 @@ public sealed record MachineConfig
         _ => throw new ConfigException($"memory backend '{text}' is not one of: memfd, anon"),
     };
 
-    private static Ferry.Kvm.RamBackend DefaultMemoryBackend()
+    /// <summary>The backend when none is asked for: $FERRY_MEMORY_BACKEND, else memfd.</summary>
+    public static Ferry.Kvm.RamBackend DefaultMemoryBackend()
     {
         var fromEnvironment = Environment.GetEnvironmentVariable("FERRY_MEMORY_BACKEND");
         return string.IsNullOrWhiteSpace(fromEnvironment) ? Ferry.Kvm.RamBackend.Memfd : ParseMemoryBackend(fromEnvironment);
     }
 
-    /// <summary>Parses sizes like 512M, 8G, 1024K, 2097152 (bytes). Throws ConfigException naming the text.</summary>
+    /// <summary>
+    /// Parses sizes as QEMU's -m and HMP balloon do: 512M, 1.5G, 8GiB, 2048K, 1T; a bare number is MiB (512 = 512M);
+    /// a B suffix alone means bytes (33554432B). Throws ConfigException naming the text.
+    /// </summary>
     public static ulong ParseSize(string text, string what)
     {
         var t = text.Trim();
-        ulong unit = 1;
-        if (t.EndsWith('B') || t.EndsWith('b'))
+        var unit = GuestLayout.MiB;
+        var suffix = t.Length > 0 ? char.ToUpperInvariant(t[^1]) : ' ';
+        if (suffix == 'B')
+        {
             t = t[..^1];
-        if (t.EndsWith('i'))
-            t = t[..^1];
+            unit = 1;
+            if (t.EndsWith('i'))
+                t = t[..^1];
+        }
         if (t.Length > 0)
         {
             var u = char.ToUpperInvariant(t[^1]) switch { 'K' => GuestLayout.KiB, 'M' => GuestLayout.MiB, 'G' => GuestLayout.GiB, 'T' => 1024 * GuestLayout.GiB, _ => 0UL };
@@ -66,9 +74,12 @@ public sealed record MachineConfig
                 t = t[..^1];
             }
         }
-        if (!ulong.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out var number) || number == 0 || number > ulong.MaxValue / unit)
-            throw new ConfigException($"{what} '{text}' is not a size (examples: 512M, 8G)");
-        return number * unit;
+        if (!decimal.TryParse(t, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var number) || number <= 0 || number > ulong.MaxValue / unit)
+            throw new ConfigException($"{what} '{text}' is not a size (examples: 512M, 1.5G; a bare number is MiB)");
+        var bytes = number * unit;
+        if (bytes != decimal.Truncate(bytes))
+            throw new ConfigException($"{what} '{text}' is not a whole number of bytes");
+        return (ulong)bytes;
     }
 
     public static string FormatSize(ulong bytes) =>

@@ -170,27 +170,6 @@ public sealed class CliTests
     }
 }
 
-public sealed class CliArgumentsTests
-{
-    [Fact]
-    public void Options_flags_and_positionals_parse()
-    {
-        var a = CliArguments.Parse(["--memory", "1G", "--cpus=2", "file", "--paused"], "x", ["memory", "cpus"], ["paused"]);
-        Assert.Equal("1G", a.Get("memory"));
-        Assert.Equal(2, a.GetInt("cpus", 1));
-        Assert.True(a.Has("paused"));
-        Assert.Equal(["file"], a.Positional);
-    }
-
-    [Fact]
-    public void Missing_values_and_unknown_options_are_errors_naming_the_word()
-    {
-        Assert.Contains("--memory needs a value", Assert.Throws<UsageException>(() => CliArguments.Parse(["--memory"], "run", ["memory"], [])).Message, StringComparison.Ordinal);
-        Assert.Contains("'--frob'", Assert.Throws<UsageException>(() => CliArguments.Parse(["--frob"], "run", ["memory"], [])).Message, StringComparison.Ordinal);
-        Assert.Contains("takes no value", Assert.Throws<UsageException>(() => CliArguments.Parse(["--paused=1"], "run", [], ["paused"])).Message, StringComparison.Ordinal);
-    }
-}
-
 public sealed class CliControlTests
 {
     [KvmFact]

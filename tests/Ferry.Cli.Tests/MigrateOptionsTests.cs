@@ -16,7 +16,7 @@ public sealed class MigrateOptionsTests
     [Theory]
     [InlineData("--downtime-limit", "0", 2, "--downtime-limit '0' is not a positive number of milliseconds")]
     [InlineData("--channels", "-3", 2, "--channels '-3' is not a positive whole number")]
-    [InlineData("--max-bandwidth", "fast", 1, "--max-bandwidth 'fast' is not a size")]
+    [InlineData("--max-bandwidth", "fast", 2, "--max-bandwidth 'fast' is not a size")]
     [InlineData("--hint-budget", "5", 2, "unknown option '--hint-budget'")]
     public void Bad_values_are_one_line_errors_naming_them(string option, string value, int exitCode, string message)
     {

@@ -11,7 +11,10 @@ public sealed class ConfigAndImageTests
     [InlineData("8G", 8UL << 30)]
     [InlineData("8GiB", 8UL << 30)]
     [InlineData("2048K", 2UL << 20)]
-    [InlineData("33554432", 32UL << 20)]
+    [InlineData("33554432B", 32UL << 20)]
+    [InlineData("32", 32UL << 20)]
+    [InlineData("1.5G", 1536UL << 20)]
+    [InlineData("0.5M", 512UL << 10)]
     public void Sizes_parse(string text, ulong bytes) => Assert.Equal(bytes, MachineConfig.ParseSize(text, "--memory"));
 
     [Theory]
@@ -19,6 +22,8 @@ public sealed class ConfigAndImageTests
     [InlineData("lots")]
     [InlineData("-5M")]
     [InlineData("0")]
+    [InlineData("0.1K")]
+    [InlineData("1e3M")]
     [InlineData("99999999999999999999G")]
     public void Bad_sizes_are_rejected_naming_the_text(string text)
     {

@@ -18,7 +18,7 @@ public static class LoopbackMigration
     public static (GuestMachine Destination, MigrationStats Stats, IncomingReport Report) Run(
         GuestMachine source, ISerialOutput destinationConsole, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
     {
-        var destination = GuestMachine.Create(source.Config, destinationConsole);
+        var destination = GuestMachine.Create(source.Config, destinationConsole, source.Loggers);
         try
         {
             destination.Start(paused: true);

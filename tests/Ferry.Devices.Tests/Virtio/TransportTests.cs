@@ -205,6 +205,30 @@ public sealed class TransportTests
         Assert.Equal(1000, log.Count("kind"));
         Assert.InRange(lines.Count, 5, 10); // at most 5 per second; the loop may straddle a second boundary
     }
+
+    [Fact]
+    public void Through_a_logger_the_rate_limit_is_a_filter_and_warnings_keep_their_wording()
+    {
+        var logger = new CapturingLogger();
+        var log = new DeviceLog(logger, maxPerSecondPerKind: 5);
+        for (var i = 0; i < 1000; i++)
+            log.Warn("virtio-balloon", "bad-chain", "descriptor 7 points outside RAM");
+        Assert.Equal(1000, log.Count("bad-chain"));
+        Assert.InRange(logger.Lines.Count, 5, 10);
+        Assert.All(logger.Lines, l => Assert.Equal((Microsoft.Extensions.Logging.LogLevel.Warning, "virtio-balloon: bad-chain: descriptor 7 points outside RAM"), l));
+    }
+
+    private sealed class CapturingLogger : Microsoft.Extensions.Logging.ILogger
+    {
+        public List<(Microsoft.Extensions.Logging.LogLevel, string)> Lines { get; } = [];
+
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
+
+        public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            Lines.Add((logLevel, formatter(state, exception)));
+    }
 }
 
 /// <summary>Faults found in review: each used to throw into the vCPU thread or to leave the device inconsistent.</summary>
