@@ -25,6 +25,8 @@ public sealed class MigrateProgressTests : IAsyncLifetime
     public MigrateProgressTests()
     {
         _server = new QmpServer(_socket);
+        _server.DeclareEvent("MIGRATION");
+        _server.DeclareEvent("MIGRATION_PASS");
         // What `ferry migrate` sends: any parameter or capability (optional members), the URI; replies are empty.
         var parameters = new QmpObjectType("fake-parameters", [.. MigrationParameterTable.All.Select(p => new QmpMember(p.Name, QmpType.Any, Optional: true))]);
         _server.Register("migrate-set-parameters", parameters, QmpObjectType.Empty, _ => null);
