@@ -1,8 +1,8 @@
 namespace Ferry.Fuzz;
 
 /// <summary>
-/// <c>Ferry.Fuzz TARGET</c>: run one harness under afl-fuzz (SharpFuzz's out-of-process loop; bench/fuzz.sh sets it
-/// up). <c>Ferry.Fuzz replay TARGET PATH...</c>: run files (or every file of directories) through a harness in
+/// <c>Ferry.Fuzz TARGET</c>: run one harness under afl-fuzz (SharpFuzz's in-process persistent loop: an escaping
+/// exception is reported as a crash; bench/fuzz.sh sets it up). <c>Ferry.Fuzz replay TARGET PATH...</c>: run files (or every file of directories) through a harness in
 /// process and report the ones that fail. <c>Ferry.Fuzz seeds DIR</c>: write the seed corpora.
 /// </summary>
 public static class Program
@@ -18,7 +18,7 @@ public static class Program
             return Replay(replayed, paths);
         if (args is [var target] && Targets.All.TryGetValue(target, out var harness))
         {
-            SharpFuzz.Fuzzer.OutOfProcess.Run(stream =>
+            SharpFuzz.Fuzzer.Run(stream =>
             {
                 using var buffer = new MemoryStream();
                 stream.CopyTo(buffer);

@@ -30,9 +30,13 @@ public static class VirtioTarget
         var availIndex = new ushort[Queues];
         var program = new FuzzInput(input);
         Span<byte> scratch = stackalloc byte[8];
+        var trace = Environment.GetEnvironmentVariable("FERRY_FUZZ_TRACE") is not null ? System.Diagnostics.Stopwatch.StartNew() : null;
         for (var step = 0; step < 1024 && !program.AtEnd; step++)
         {
-            switch (program.U8() % 12)
+            var op = program.U8() % 12;
+            if (trace is not null)
+                Console.Error.WriteLine($"{trace.Elapsed.TotalMilliseconds:F1} ms: step {step}, op {op}; {balloon.Counters}; {balloon.HintStatus}; faults {string.Join(", ", log.Counts.Select(kv => $"{kv.Key}={kv.Value}"))}");
+            switch (op)
             {
                 case 0: // 32-bit register or config write
                     BinaryPrimitives.WriteUInt32LittleEndian(scratch, program.U32());
