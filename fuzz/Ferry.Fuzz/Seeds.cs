@@ -85,45 +85,21 @@ public static class Seeds
         var file = new byte[1024];
         const int table = 128, bitmaps = 384, state = 448;
         var s = file.AsSpan();
-        SnapshotFormat.Magic.CopyTo(s);
-        BinaryPrimitives.WriteUInt32LittleEndian(s[8..], SnapshotFormat.Version);
-        BinaryPrimitives.WriteUInt32LittleEndian(s[12..], SnapshotFormat.HeaderSize);
-        BinaryPrimitives.WriteUInt32LittleEndian(s[16..], Page.Size);
-        BinaryPrimitives.WriteUInt32LittleEndian(s[20..], (uint)blocks.Length);
-        BinaryPrimitives.WriteUInt64LittleEndian(s[24..], table);
-        BinaryPrimitives.WriteUInt64LittleEndian(s[32..], (ulong)blocks.Length * SnapshotFormat.BlockEntrySize);
         for (var b = 0; b < blocks.Length; b++)
         {
-            var e = s.Slice(table + b * SnapshotFormat.BlockEntrySize, SnapshotFormat.BlockEntrySize);
-            var name = Encoding.UTF8.GetBytes(blocks[b].Name);
-            BinaryPrimitives.WriteUInt16LittleEndian(e, (ushort)name.Length);
-            name.CopyTo(e[4..]);
-            BinaryPrimitives.WriteUInt64LittleEndian(e[72..], blocks[b].Pages * (ulong)Page.Size);
-            BinaryPrimitives.WriteUInt64LittleEndian(e[80..], (ulong)(bitmaps + b * 32));
-            BinaryPrimitives.WriteUInt64LittleEndian(e[88..], (ulong)(bitmaps + b * 32 + 16));
-            BinaryPrimitives.WriteUInt64LittleEndian(e[96..], 8);
-            BinaryPrimitives.WriteUInt64LittleEndian(e[104..], blocks[b].PagesOffset);
+            new BlockEntry(blocks[b].Name, blocks[b].Pages * (ulong)Page.Size, (ulong)(bitmaps + b * 32), (ulong)(bitmaps + b * 32 + 16), 8, blocks[b].PagesOffset, 0, 0)
+                .Encode(s.Slice(table + b * SnapshotFormat.BlockEntrySize, SnapshotFormat.BlockEntrySize));
             s[bitmaps + b * 32] = blocks[b].Present;
             s[bitmaps + b * 32 + 16] = blocks[b].Ballooned;
         }
-        var sections = new (StateKind Kind, string Name, byte[] Blob)[] { (StateKind.Vcpu, "vcpu0", [1, 2, 3, 4, 5, 6, 7, 8]), (StateKind.Device, "virtio-balloon", [9, 9]) };
-        var position = state;
-        foreach (var (kind, name, blob) in sections)
-        {
-            var n = Encoding.UTF8.GetBytes(name);
-            BinaryPrimitives.WriteUInt16LittleEndian(s[position..], (ushort)kind);
-            BinaryPrimitives.WriteUInt16LittleEndian(s[(position + 4)..], (ushort)n.Length);
-            BinaryPrimitives.WriteUInt32LittleEndian(s[(position + 8)..], (uint)blob.Length);
-            n.CopyTo(s[(position + 16)..]);
-            blob.CopyTo(s[(position + 16 + n.Length)..]);
-            position += 16 + n.Length + blob.Length;
-        }
-        BinaryPrimitives.WriteUInt64LittleEndian(s[40..], state);
-        BinaryPrimitives.WriteUInt64LittleEndian(s[48..], (ulong)(position - state));
-        BinaryPrimitives.WriteUInt32LittleEndian(s[56..], (uint)sections.Length);
-        BinaryPrimitives.WriteUInt64LittleEndian(s[64..], (2UL << 20) + 8 * (ulong)Page.Size);
+        StateSection[] sections = [new(StateKind.Vcpu, 0, "vcpu0", [1, 2, 3, 4, 5, 6, 7, 8]), new(StateKind.Device, 0, "virtio-balloon", [9, 9])];
+        var area = SnapshotWriter.EncodeState(sections);
+        area.CopyTo(s[state..]);
+        var position = state + area.Length;
+        new SnapshotHeader((uint)blocks.Length, table, (ulong)blocks.Length * SnapshotFormat.BlockEntrySize, state, (ulong)(position - state),
+            (uint)sections.Length, (2UL << 20) + 8 * (ulong)Page.Size).Encode(s);
         var result = file[..position];
-        SnapshotTarget.Repair(result);
+        SnapshotTarget.Repair(result); // bitmap checksums, the completion mark
         return result;
     }
 
