@@ -186,7 +186,7 @@ public sealed class QmpServer : IAsyncDisposable
             JsonObject request;
             try
             {
-                request = JsonNode.Parse(line) as JsonObject ?? throw new QmpException(QmpException.GenericError, "QMP input must be a JSON object");
+                request = JsonNode.Parse(line, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject ?? throw new QmpException(QmpException.GenericError, "QMP input must be a JSON object");
             }
             catch (JsonException e)
             {

@@ -62,4 +62,13 @@ public sealed class CorpusReplayTests
         var snapshot = Seeds.All().First(s => s.Target == "snapshot").Bytes;
         SnapshotTarget.Run(snapshot);
     }
+
+    [Fact]
+    public void Qmp_regression_duplicate_argument_keys_get_a_JSON_error_not_an_ArgumentException()
+    {
+        // Found by the qmp harness: {"max-bandwidth":1,"max-bandwidth":2} parsed, and the handler's first look at
+        // its arguments threw ArgumentException ("An item with the same key has already been added"), which the
+        // dispatcher passed on as a GenericError carrying a .NET message. The parser now refuses duplicate keys.
+        QmpTarget.Run(File.ReadAllBytes(Path.Combine(CorpusDirectory, "qmp", "regress-duplicate-argument-keys")));
+    }
 }
