@@ -145,6 +145,8 @@ internal sealed class WakingVirtioTransport(IVirtioTransport inner, Action wake)
 
     public bool DriverOk => inner.DriverOk;
 
+    public uint Status => inner.Status;
+
     public DeviceLog Log => inner.Log;
 
     public SplitQueue Queue(int index) => inner.Queue(index);

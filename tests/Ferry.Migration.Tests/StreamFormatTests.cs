@@ -140,6 +140,7 @@ public sealed class StreamFormatTests
     [InlineData("too-many-pages", "outside 1..256")]
     [InlineData("short-data", "data bytes for 2 pages")]
     [InlineData("bitmap-past-block", "claims pages past its block")]
+    [InlineData("bitmap-first-wraps", "first page 4503599627370496 is past the end of block 'ram-low'")]
     [InlineData("unknown-type", "unknown type 99")]
     [InlineData("sequence", "expected 0")]
     [InlineData("end-totals", "END counts")]
@@ -154,6 +155,8 @@ public sealed class StreamFormatTests
             "too-many-pages" => WithRecord(RecordType.Pages, RangePayload(0, 257, 0, 257 * 4096)),
             "short-data" => WithRecord(RecordType.Pages, RangePayload(0, 2, 0, 4096)),
             "bitmap-past-block" => WithRecord(RecordType.BalloonBitmap, [.. RangePayload(1, 8, (16UL << 20) / 4096), .. new byte[] { 1, 0, 0, 0, 0, 0, 0, 0 }]),
+            // Fuzzing review: first * 4096 wrapped to 0, so page 2^52 was applied to page 0.
+            "bitmap-first-wraps" => WithRecord(RecordType.BalloonBitmap, [.. RangePayload(0, 8, 1UL << 52), .. new byte[] { 1, 0, 0, 0, 0, 0, 0, 0 }]),
             "unknown-type" => WithRecord((RecordType)99, []),
             "sequence" => WithRecord(RecordType.PassEnd, new byte[8], sequence: 5),
             _ => WithRecord(RecordType.End, [1, 0, 0, 0, 0, 0, 0, 0, .. new byte[16]]),

@@ -41,6 +41,9 @@ public interface IVirtioTransport
 
     bool DriverOk { get; }
 
+    /// <summary>The device status register (DRIVER_OK stays set while DEVICE_NEEDS_RESET is).</summary>
+    uint Status { get; }
+
     SplitQueue Queue(int index);
 
     /// <summary>Buffers were returned on a queue (sets InterruptStatus bit 0).</summary>

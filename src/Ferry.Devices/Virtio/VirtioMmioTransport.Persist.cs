@@ -40,7 +40,9 @@ public sealed partial class VirtioMmioTransport
             var generation = r.U32();
             var driverFeatures = r.U64();
             var negotiated = r.U64();
-            if ((negotiated & ~_device.DeviceFeatures) != 0 || (driverFeatures & ~_device.DeviceFeatures) != 0)
+            // Only the negotiated set must be offered: the driver-features register holds whatever the guest wrote
+            // (FEATURES_OK refuses unoffered bits), and a guest's running state must always restore.
+            if ((negotiated & ~_device.DeviceFeatures) != 0)
                 throw new InvalidDataException($"virtio-mmio state: features 0x{negotiated:X} are not all offered by this device");
             var deviceSel = r.U32();
             var driverSel = r.U32();

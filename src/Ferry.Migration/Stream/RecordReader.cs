@@ -167,6 +167,8 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
                     throw new StreamFormatException($"{where}: bitmap of {bytes} bytes (a multiple of 8 up to {StreamLimits.MaxBitmapBytes}, all present)");
                 if (first % 64 != 0)
                     throw new StreamFormatException($"{where}: first page {first} is not a multiple of 64");
+                if (first > localBlocks[block].Size >> Page.Shift) // else first * 4096 may wrap into the block
+                    throw new StreamFormatException($"{where}: first page {first} is past the end of block '{localBlocks[block].Name}'");
                 var bitmap = p[16..];
                 var lastSet = LastSetBit(bitmap);
                 if (lastSet >= 0)

@@ -297,6 +297,47 @@ public sealed class BalloonDeviceTests
         d.SetReg(0x70, 0);
         Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
     }
+
+    [Fact]
+    public void Fuzz_regression_state_with_a_held_stats_buffer_restores_while_the_device_needs_a_reset()
+    {
+        // Found by the virtio fuzz harness (its seed fuzz/corpus/virtio/seed-chains-and-host): the balloon
+        // rebuilt its queue roles only when DriverOk, which is false once DEVICE_NEEDS_RESET is set, so the held
+        // stats buffer of such a device could be saved but never restored.
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        d.Post(Stats, (PutStats(d, FakeDriver.BufferBase, (4, 100)), 10, false));
+        d.Kick(Stats);
+        d.PublishHead(Deflate, 200); // a head past the queue: the device needs a reset
+        d.Kick(Deflate);
+        Assert.NotEqual(0u, d.Transport.Status & VirtioBits.StatusNeedsReset);
+        var transport = d.Transport.SaveState();
+        var balloon = d.Balloon.SaveState();
+
+        using var e = new FakeDriver();
+        e.Transport.RestoreState(transport);
+        e.Balloon.RestoreState(balloon);
+        Assert.Equal(balloon, e.Balloon.SaveState());
+        Assert.Equal(transport, e.Transport.SaveState());
+    }
+
+    [Fact]
+    public void Fuzz_regression_chains_repeating_the_same_PFNs_inflate_each_page_once()
+    {
+        // Found by the virtio fuzz harness as a hang (fuzz/corpus/virtio/regress-repeated-pfns-slow-inflate):
+        // every descriptor of the queue pointed at one 64 KiB PFN buffer, and each PFN was punched out of the
+        // memfd again (millions of fallocate calls in one notify, under the device lock). Pages already in the
+        // balloon are now only counted.
+        using var d = new FakeDriver();
+        d.Negotiate(StandardOnly, 6);
+        var pfns = Enumerable.Range(0, 8192).Select(i => (uint)(2 * i)).ToArray();
+        var buffer = d.PutPfns(pfns);
+        for (var i = 0; i < FakeDriver.QueueSize; i++)
+            d.Post(Inflate, (buffer, (uint)pfns.Length * 4, false));
+        d.Kick(Inflate);
+        Assert.Equal(FakeDriver.QueueSize, d.TakeUsed(Inflate).Count);
+        Assert.Equal(8192UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
+    }
 }
 
 public sealed class BalloonActivationTests

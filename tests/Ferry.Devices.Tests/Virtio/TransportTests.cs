@@ -284,4 +284,22 @@ public sealed class ReviewedFaultTests
     {
         public void Write(ReadOnlySpan<byte> data) { }
     }
+    [Fact]
+    public void Fuzz_regression_state_restores_after_the_driver_wrote_features_the_device_does_not_offer()
+    {
+        // Found by the virtio fuzz harness (fuzz/corpus/virtio/regress-unoffered-driver-features): a driver may
+        // write any bits to DriverFeatures (FEATURES_OK then refuses them); the saved register must still restore.
+        using var d = new FakeDriver();
+        d.SetReg(0x70, 1);
+        d.SetReg(0x70, 3);
+        d.SetReg(0x24, 0);
+        d.SetReg(0x20, 0xFFFF_FFFF);
+        var saved = d.Transport.SaveState();
+
+        using var e = new FakeDriver();
+        e.Transport.RestoreState(saved);
+        Assert.Equal(saved, e.Transport.SaveState());
+        e.SetReg(0x70, 11);
+        Assert.Equal(0u, e.Reg(0x70) & VirtioBits.StatusFeaturesOk);
+    }
 }

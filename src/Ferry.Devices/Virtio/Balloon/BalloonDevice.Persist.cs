@@ -51,7 +51,8 @@ public sealed partial class BalloonDevice
             _droppedPfns = r.U64();
             _bitmapMessages = r.U64();
             var (fixedNumbering, compacted) = RoleMappings();
-            _roleByQueue = _transport.DriverOk ? (UsesFixedQueueNumbers ? fixedNumbering : compacted) : [];
+            // The roles were set when the driver set DRIVER_OK and stay while the device needs a reset (it may hold buffers then).
+            _roleByQueue = (_transport.Status & VirtioBits.StatusDriverOk) != 0 ? (UsesFixedQueueNumbers ? fixedNumbering : compacted) : [];
             _statsQueue = QueueOf(Role.Stats);
             _freeBitmapQueue = QueueOf(Role.FreeBitmap);
             _heldStats = ReadChain(ref r, _statsQueue);

@@ -330,7 +330,12 @@ public sealed partial class BalloonDevice : IVirtioDevice
             var bitmap = _balloonBitmaps[IndexOf(block)];
             if (inflate)
             {
-                block.Discard(offset, length);
+                // Only pages not already in the balloon: chains that repeat the same PFNs (every descriptor of a
+                // queue may point at one 64 KiB buffer) cost a bitmap test each, not a hole punch each.
+                var position = offset >> Page.Shift;
+                var end = (offset + length) >> Page.Shift;
+                while (bitmap.NextGap(ref position, end, out var start, out var count))
+                    block.Discard(start << Page.Shift, count << Page.Shift);
                 bitmap.AddRange(offset >> Page.Shift, length >> Page.Shift);
                 _inflated += length >> Page.Shift;
             }
