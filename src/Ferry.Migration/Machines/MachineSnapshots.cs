@@ -56,8 +56,17 @@ public static class MachineSnapshots
     /// <summary>Saves the machine into <paramref name="path"/> and leaves it running if it was running.</summary>
     public static MigrationStats Save(GuestMachine machine, string path, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
     {
-        // The engine resumes a guest that was running as soon as its state is in the file (SnapshotOutput.SourceRunsOn).
         using var save = CreateSave(machine, parameters, capabilities);
+        return Save(save, path);
+    }
+
+    /// <summary>
+    /// Runs a save engine (of any source) into PATH.partial and commits it: renamed over PATH when complete, removed
+    /// when it failed, so an older snapshot at PATH is never touched by a failure (a full disk included).
+    /// </summary>
+    public static MigrationStats Save(PrecopyMigration save, string path)
+    {
+        // The engine resumes a guest that was running as soon as its state is in the file (SnapshotOutput.SourceRunsOn).
         MigrationStats stats;
         using (var output = Output(path))
         {
