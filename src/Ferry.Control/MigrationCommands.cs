@@ -244,6 +244,9 @@ public static class MigrationJson
                 ["dirty-sync-count"] = s.DirtySyncCount,
                 ["dirty-pages-rate"] = (long)s.DirtyPagesRate,
                 ["mbps"] = Math.Round(s.Mbps, 3),
+                ["pages-per-second"] = (long)s.PagesPerSecond,
+                ["precopy-bytes"] = s.PrecopyBytes,
+                ["downtime-bytes"] = s.DowntimeBytes,
                 ["page-size"] = (int)Page.Size,
             },
         };

@@ -27,6 +27,24 @@ public sealed class MigrationProgressTests
     }
 
     [Fact]
+    public void Bytes_split_into_precopy_and_downtime_and_pages_per_second_is_the_last_pass_rate()
+    {
+        using var vm = new SyntheticVm(64 * MiB);
+        vm.Fill(0, 0, 1000, 1);
+        using var target = new SyntheticTarget(vm.Blocks);
+
+        var (stats, _) = PrecopyEngineTests.Migrate(vm, target);
+
+        var live = stats.Passes.Take(stats.Passes.Count - 1).Sum(p => p.Bytes);
+        Assert.Equal(live, stats.PrecopyBytes);
+        Assert.Equal(stats.TransferredBytes, stats.PrecopyBytes + stats.DowntimeBytes);
+        Assert.True(stats.PrecopyBytes >= 1000L * Page.Size, $"{stats.PrecopyBytes} precopy bytes for 1000 pages");
+        Assert.True(stats.DowntimeBytes > 0, "the state travels in the downtime");
+        var last = stats.Passes[^1];
+        Assert.Equal((last.NormalPages + last.ZeroPages) / (last.DurationMs / 1000), stats.PagesPerSecond, 6);
+    }
+
+    [Fact]
     public void Remaining_counts_down_during_the_first_pass()
     {
         using var vm = new SyntheticVm(64 * MiB);

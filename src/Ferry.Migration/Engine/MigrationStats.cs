@@ -83,4 +83,25 @@ public sealed record MigrationStats
     /// <summary>Why the last pass did not switch over, while the migration keeps iterating.</summary>
     public NotConverging? NotConverging { get; init; }
     public IReadOnlyList<PassReport> Passes { get; init; } = [];
+
+    /// <summary>Bytes sent while the guest ran (QEMU's precopy-bytes): all of them until the switch-over.</summary>
+    public long PrecopyBytes => Downtime is null || Passes.Count == 0 ? TransferredBytes : Passes.Take(Passes.Count - 1).Sum(p => p.Bytes);
+
+    /// <summary>Bytes sent while the guest was paused (QEMU's downtime-bytes): the last pass and the state.</summary>
+    public long DowntimeBytes => TransferredBytes - PrecopyBytes;
+
+    /// <summary>
+    /// Pages (with data or zero) handled per second in the last pass, or in the running first pass before any pass
+    /// ended (QEMU's pages-per-second).
+    /// </summary>
+    public double PagesPerSecond
+    {
+        get
+        {
+            if (Passes.Count > 0 && Passes[^1].DurationMs > 0)
+                return (Passes[^1].NormalPages + Passes[^1].ZeroPages) / (Passes[^1].DurationMs / 1000);
+            var sendingMs = TotalTimeMs - SetupTimeMs;
+            return sendingMs > 0 ? (NormalPages + ZeroPages) / (sendingMs / 1000) : 0;
+        }
+    }
 }
