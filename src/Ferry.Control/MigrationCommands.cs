@@ -207,6 +207,15 @@ public sealed class MigrationCommands
 /// <summary>Migration statistics in query-migrate's shape (QEMU's field names), with Ferry's extras under "ferry".</summary>
 public static class MigrationJson
 {
+    /// <summary>Phases in order, each in milliseconds to the microsecond (setup and downtime use the same shape).</summary>
+    private static JsonObject Phases(params (string Name, double Ms)[] phases)
+    {
+        var json = new JsonObject();
+        foreach (var (name, ms) in phases)
+            json[name] = Math.Round(ms, 3);
+        return json;
+    }
+
     /// <summary>
     /// The final report: the MIGRATION event's ferry-info, which `--report` writes as JSON and as HTML. ToQmp with
     /// every pass, plus where it ran from and to and under what limits: ferry.source (the source's QMP socket,
@@ -276,27 +285,13 @@ public static class MigrationJson
             ferry["not-converging"] = MigrationQmpText.NotConverging(s.NotConverging);
         if (s.Setup is { } setup)
         {
-            ferry["setup-phases-ms"] = new JsonObject
-            {
-                ["open"] = Math.Round(setup.OpenMs, 3),
-                ["prepare-state"] = Math.Round(setup.PrepareStateMs, 3),
-                ["dirty-logging"] = Math.Round(setup.DirtyLoggingMs, 3),
-                ["extents"] = Math.Round(setup.ExtentsMs, 3),
-                ["balloon"] = Math.Round(setup.BalloonMs, 3),
-                ["hint-wait"] = Math.Round(setup.HintWaitMs, 3),
-            };
+            ferry["setup-phases-ms"] = Phases(("open", setup.OpenMs), ("prepare-state", setup.PrepareStateMs), ("dirty-logging", setup.DirtyLoggingMs),
+                ("extents", setup.ExtentsMs), ("balloon", setup.BalloonMs), ("hint-wait", setup.HintWaitMs));
         }
         if (s.Downtime is { } phases)
         {
-            ferry["downtime-phases-ms"] = new JsonObject
-            {
-                ["pause"] = Math.Round(phases.PauseMs, 3),
-                ["dirty-sync"] = Math.Round(phases.SyncMs, 3),
-                ["final-pass"] = Math.Round(phases.FinalPassMs, 3),
-                ["save-state"] = Math.Round(phases.SaveStateMs, 3),
-                ["complete"] = Math.Round(phases.CompleteMs, 3),
-                ["resume"] = Math.Round(phases.ResumeMs, 3),
-            };
+            ferry["downtime-phases-ms"] = Phases(("pause", phases.PauseMs), ("dirty-sync", phases.SyncMs), ("final-pass", phases.FinalPassMs),
+                ("save-state", phases.SaveStateMs), ("complete", phases.CompleteMs), ("resume", phases.ResumeMs));
         }
         if (passes)
         {
