@@ -41,23 +41,4 @@ public sealed class AnonymousMemoryEngineTests
         Assert.InRange(target.Blocks[0].AllocatedBytes() + target.Blocks[1].AllocatedBytes(), 310UL * Page.Size, 3UL * (ulong)Page.ChunkSize);
         PrecopyEngineTests.AssertSameMemory(vm, target);
     }
-
-    [Fact]
-    public void A_guest_writing_anonymous_memory_throughout_arrives_as_it_was_when_paused()
-    {
-        using var vm = new SyntheticVm(RamBackend.Anonymous, 64 * MiB);
-        vm.Fill(0, 0, 8192, 1);
-        vm.WorkingSet = (1000, 2000);
-        vm.PagesPerSecond = 50_000;
-        vm.Start();
-        Thread.Sleep(50);
-        using var target = new SyntheticTarget(vm.Blocks);
-
-        var (stats, _) = PrecopyEngineTests.Migrate(vm, target, new MigrationParameters { MultifdChannels = 4, MaxBandwidth = (long)(256 * MiB) });
-
-        Assert.Equal(MigrationStatus.Completed, stats.Status);
-        Assert.True(stats.Passes.Count >= 2);
-        Assert.Equal(vm.Generation, BitConverter.ToInt64(target.State![0].Blob));
-        PrecopyEngineTests.AssertSameMemory(vm, target);
-    }
 }

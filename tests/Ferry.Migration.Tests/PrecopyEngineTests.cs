@@ -75,10 +75,12 @@ public sealed class PrecopyEngineTests
         AssertSameMemory(vm, target);
     }
 
-    [Fact]
-    public void A_guest_writing_throughout_arrives_as_it_was_when_paused()
+    [Theory]
+    [InlineData(RamBackend.Memfd)]
+    [InlineData(RamBackend.Anonymous)]
+    public void A_guest_writing_throughout_arrives_as_it_was_when_paused(RamBackend backend)
     {
-        using var vm = new SyntheticVm(64 * MiB);
+        using var vm = new SyntheticVm(backend, 64 * MiB);
         vm.Fill(0, 0, 8192, 1);
         vm.WorkingSet = (1000, 2000);
         vm.PagesPerSecond = 50_000;
