@@ -68,7 +68,7 @@ public sealed class FailFastTests
         var cutter = new ResumedCutter(silent);
         var channels = new InMemoryChannels(cutter.Wrap);
 
-        var outcome = Run(vm, target, channels, new MigrationParameters { MultifdChannels = 2, SwitchoverTimeoutMs = 3000, ChannelTimeoutMs = 1000 });
+        var outcome = Run(vm, target, channels, new MigrationParameters { MultifdChannels = 2, SwitchoverTimeoutMs = 6000, ChannelTimeoutMs = 3000 });
         using var migration = outcome.Migration;
 
         Assert.True(cutter.Cut);
