@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using Ferry.Devices.Legacy;
+using Ferry.Interop;
 
 namespace Ferry.Cli;
 
@@ -13,10 +14,10 @@ internal abstract class ConsoleBackend : ISerialOutput, IDisposable
 
     public virtual void Dispose() { }
 
-    public static ConsoleBackend Create(string spec) => spec switch
+    public static ConsoleBackend Create(string spec, UnixFileMode socketMode = UnixListener.PrivateMode) => spec switch
     {
         "stdio" => new StdioConsole(),
-        _ when spec.StartsWith("unix:", StringComparison.Ordinal) && spec.Length > 5 => new UnixSocketConsole(spec[5..]),
+        _ when spec.StartsWith("unix:", StringComparison.Ordinal) && spec.Length > 5 => new UnixSocketConsole(spec[5..], socketMode),
         _ => throw new UsageException($"--console '{spec}' is not stdio or unix:PATH"),
     };
 }
@@ -60,22 +61,17 @@ internal sealed class UnixSocketConsole : ConsoleBackend
     private readonly Lock _lock = new();
     private Socket? _client;
 
-    public UnixSocketConsole(string path)
+    public UnixSocketConsole(string path, UnixFileMode mode)
     {
         _path = path;
-        if (File.Exists(path))
-            File.Delete(path);
-        _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
-            _listener.Bind(new UnixDomainSocketEndPoint(path));
+            _listener = UnixListener.Listen(path, mode, backlog: 1);
         }
-        catch (SocketException e)
+        catch (IOException e)
         {
-            _listener.Dispose();
-            throw new UsageException($"--console unix:{path}: cannot listen there ({e.Message})");
+            throw new UsageException($"--console unix:{path}: {e.Message}");
         }
-        _listener.Listen(1);
     }
 
     public override void Write(ReadOnlySpan<byte> data)

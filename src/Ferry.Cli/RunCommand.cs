@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
 using Ferry.Control;
+using Ferry.Interop;
 using Ferry.Machine;
 using Ferry.Kvm;
 using Ferry.Migration.Transport;
@@ -51,10 +52,11 @@ internal static partial class RunCommand
         var qmp = CliOptions.Text("--qmp", "unix:PATH", "serve the QMP control socket there");
         var incoming = CliOptions.Text("--incoming", "tcp:HOST:PORT", "do not boot: wait for a migration there, load it, run the guest (same --memory and --cpus as the source)");
         var restore = CliOptions.Text("--restore", "FILE", "do not boot: load a snapshot (same --memory and --cpus), run the guest");
+        var socketMode = CliOptions.Text("--socket-mode", "OCTAL", "file mode of the --qmp and --console sockets (default 0600: the owner only; e.g. 0660 lets the group in)");
         var lazy = CliOptions.Flag("--lazy", "with --restore: map the file copy-on-write and run at once; pages are read when first touched");
         var command = new Command("run", "boot a guest; exits 0 when it powers off (or on QMP quit), 3 when it panics, 4 on a vCPU fault");
         machine.AddTo(command);
-        foreach (var option in new Option[] { console, qmp, incoming, restore, lazy })
+        foreach (var option in new Option[] { console, qmp, socketMode, incoming, restore, lazy })
             command.Options.Add(option);
         command.SetGuardedAction(parse =>
         {
@@ -78,22 +80,25 @@ internal static partial class RunCommand
             var qmpSpec = parse.GetValue(qmp);
             if (qmpSpec is not null && (!qmpSpec.StartsWith("unix:", StringComparison.Ordinal) || qmpSpec.Length == 5))
                 throw new UsageException($"--qmp '{qmpSpec}' is not unix:PATH");
+            var mode = UnixListener.PrivateMode;
+            if (parse.GetValue(socketMode) is { } modeText && !UnixListener.TryParseMode(modeText, out mode))
+                throw new UsageException($"--socket-mode '{modeText}' is not an octal file mode such as 0600 or 0660");
             var config = machine.Parse(parse);
             config.Validate(MachineConfig.HostMemoryBytes());
-            return Run(config, parse.GetValue(console) ?? "stdio", qmpSpec, uri, restoreFile, parse.GetValue(lazy));
+            return Run(config, parse.GetValue(console) ?? "stdio", qmpSpec, mode, uri, restoreFile, parse.GetValue(lazy));
         });
         return command;
     }
 
-    private static ExitCode Run(MachineConfig config, string consoleSpec, string? qmpSpec, MigrationUri? incoming, string? restore, bool lazy)
+    private static ExitCode Run(MachineConfig config, string consoleSpec, string? qmpSpec, UnixFileMode socketMode, MigrationUri? incoming, string? restore, bool lazy)
     {
         var log = Program.Loggers.CreateLogger("ferry");
-        using var console = ConsoleBackend.Create(consoleSpec);
+        using var console = ConsoleBackend.Create(consoleSpec, socketMode);
         using var machine = GuestMachine.Create(config, console, Program.Loggers);
         QmpServer? qmp = null;
         if (qmpSpec is not null)
         {
-            qmp = new QmpServer(qmpSpec[5..]);
+            qmp = new QmpServer(qmpSpec[5..]) { SocketMode = socketMode };
             MachineCommands.Register(qmp, machine);
             BalloonCommands.Register(qmp, machine);
             MigrationCommands.Register(qmp, machine);

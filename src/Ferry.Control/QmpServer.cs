@@ -2,6 +2,7 @@ using System.Net.Sockets;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization.Metadata;
+using Ferry.Interop;
 
 namespace Ferry.Control;
 
@@ -46,6 +47,9 @@ public sealed class QmpServer : IAsyncDisposable
     }
 
     public string SocketPath { get; }
+
+    /// <summary>The socket file's mode: the owner only unless the user widens it (whoever connects controls the VM).</summary>
+    public UnixFileMode SocketMode { get; init; } = UnixListener.PrivateMode;
 
     /// <summary>Raised when the server is disposed (command sets release their timers).</summary>
     public event Action? Disposing;
@@ -111,19 +115,7 @@ public sealed class QmpServer : IAsyncDisposable
 
     public void Start()
     {
-        if (File.Exists(SocketPath))
-            File.Delete(SocketPath);
-        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            listener.Bind(new UnixDomainSocketEndPoint(SocketPath));
-        }
-        catch (SocketException e)
-        {
-            listener.Dispose();
-            throw new IOException($"cannot listen on the QMP socket {SocketPath}: {e.Message}", e);
-        }
-        listener.Listen(8);
+        var listener = UnixListener.Listen(SocketPath, SocketMode, backlog: 8);
         _listener = listener;
         _acceptLoop = Task.Run(AcceptLoopAsync);
     }
@@ -360,6 +352,8 @@ public sealed class QmpServer : IAsyncDisposable
         // Handlers in flight finish before the caller tears the machine down under them.
         await Task.WhenAll(serving).WaitAsync(TimeSpan.FromSeconds(15)).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         _stopping.Dispose();
+        if (_listener is null)
+            return; // never listened: the path, if any, belongs to someone else
         try
         {
             File.Delete(SocketPath);

@@ -13,6 +13,8 @@ public static unsafe partial class Libc
     public const int O_TRUNC = 0x200;
     public const int O_CLOEXEC = 0x80000;
     public const int O_DIRECTORY = 0x10000;
+    public const int O_NONBLOCK = 0x800;
+    public const int O_NOFOLLOW = 0x20000;
 
     public const int PROT_NONE = 0;
     public const int PROT_READ = 1;

@@ -385,6 +385,27 @@ public sealed class CliMigrationTests
         Assert.Equal(2, code);
         Assert.Contains("--lazy only applies to --restore FILE", stderr, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void A_bad_socket_mode_or_a_socket_path_that_is_not_a_socket_is_refused_naming_it()
+    {
+        var (code, _, stderr) = CliTests.Ferry("", null, "run", "--socket-mode", "0800");
+        Assert.Equal(2, code);
+        Assert.Contains("--socket-mode '0800' is not an octal file mode", stderr, StringComparison.Ordinal);
+        var file = Path.Combine(Path.GetTempPath(), $"ferry-not-a-socket-{Guid.NewGuid():N}");
+        File.WriteAllText(file, "keep me");
+        try
+        {
+            (code, _, stderr) = CliTests.Ferry("", null, "run", "--console", $"unix:{file}");
+            Assert.Equal(2, code);
+            Assert.Contains($"--console unix:{file}: cannot listen on {file}: it exists and is not a socket", stderr, StringComparison.Ordinal);
+            Assert.Equal("keep me", File.ReadAllText(file));
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
 }
 
 public sealed class CliSnapshotTests : IDisposable

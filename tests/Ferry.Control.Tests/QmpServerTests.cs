@@ -26,6 +26,23 @@ public sealed class QmpServerTests : IAsyncLifetime, IDisposable
     public void Dispose() => _server.DisposeAsync().AsTask().GetAwaiter().GetResult();
 
     [Fact]
+    public void The_socket_is_private_to_its_owner()
+    {
+        // Whoever can connect controls the VM: the default mode lets only the owner in.
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(_path));
+    }
+
+    [Fact]
+    public async Task A_second_server_on_the_same_path_is_refused_and_the_first_keeps_serving()
+    {
+        var second = new QmpServer(_path);
+        var e = Assert.Throws<IOException>(second.Start);
+        Assert.Contains("another process is listening", e.Message, StringComparison.Ordinal);
+        using var client = new RawQmpClient(_path);
+        Assert.NotNull((await client.ReadAsync())["QMP"]);
+    }
+
+    [Fact]
     public async Task Greeting_then_negotiation_then_commands()
     {
         using var client = new RawQmpClient(_path);
