@@ -39,7 +39,7 @@ public sealed class MigrationSettingsCommandsTests : IAsyncLifetime, IDisposable
     {
         var result = (JsonObject)_client.Execute("query-migrate-parameters")!;
         Assert.Equal(
-            ["max-bandwidth", "downtime-limit", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "ferry-hint-budget-ms", "ferry-switchover-timeout-ms", "ferry-channel-timeout-ms"],
+            ["max-bandwidth", "downtime-limit", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "ferry-hint-budget-ms", "ferry-switchover-timeout-ms", "ferry-channel-timeout-ms", "ferry-postcopy-after-passes"],
             result.Select(kv => kv.Key));
         foreach (var parameter in MigrationParameterTable.All)
             Assert.Equal(parameter.Default, result[parameter.Name]!.GetValue<long>());
@@ -101,7 +101,7 @@ public sealed class MigrationSettingsCommandsTests : IAsyncLifetime, IDisposable
     public void Every_capability_round_trips_through_set_and_query()
     {
         var query = (JsonArray)_client.Execute("query-migrate-capabilities")!;
-        Assert.Equal(["multifd", "auto-converge", "ferry-free-page-hint", "ferry-balloon-skip"], query.Select(c => c!["capability"]!.GetValue<string>()));
+        Assert.Equal(["multifd", "auto-converge", "ferry-free-page-hint", "ferry-balloon-skip", "postcopy-ram"], query.Select(c => c!["capability"]!.GetValue<string>()));
         Assert.Equal(MigrationCapabilityTable.All.Select(c => c.Default), query.Select(c => c!["state"]!.GetValue<bool>()));
 
         var flipped = new JsonArray();
@@ -118,8 +118,8 @@ public sealed class MigrationSettingsCommandsTests : IAsyncLifetime, IDisposable
     {
         JsonObject One(JsonObject item) => new() { ["capabilities"] = new JsonArray(item) };
         // QEMU's texts (qobject-input-visitor), naming the member by its path.
-        Assert.Equal("Parameter 'capabilities[0].capability' does not accept value 'postcopy-ram'",
-            Refused("migrate-set-capabilities", One(new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true })).Message);
+        Assert.Equal("Parameter 'capabilities[0].capability' does not accept value 'x-colo'",
+            Refused("migrate-set-capabilities", One(new JsonObject { ["capability"] = "x-colo", ["state"] = true })).Message);
         Assert.Equal("Invalid parameter type for 'capabilities[0].state', expected: boolean",
             Refused("migrate-set-capabilities", One(new JsonObject { ["capability"] = "multifd", ["state"] = "on" })).Message);
         Assert.Equal("Invalid parameter type for 'capabilities[0].capability', expected: string",

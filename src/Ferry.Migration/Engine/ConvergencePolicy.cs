@@ -13,6 +13,12 @@ public enum ConvergenceAction
 
     /// <summary>Another live pass, with the vCPUs throttled to <see cref="ConvergenceDecision.ThrottlePercent"/>.</summary>
     Throttle,
+
+    /// <summary>
+    /// Switch to postcopy (capability postcopy-ram): migrate-start-postcopy asked for it, or ferry-postcopy-after-passes
+    /// passes in a row ended over the limit. The guest then runs on the destination, which pulls what is still owed.
+    /// </summary>
+    StartPostcopy,
 }
 
 /// <summary>Why a pass did not switch over.</summary>
@@ -61,10 +67,14 @@ public readonly record struct PassMeasurement(
     long DirtyPages,
     double PreviousBandwidth,
     long BandwidthLimit,
-    bool GuestPaused);
+    bool GuestPaused,
+    bool PostcopyRequested = false);
 
-/// <summary>The policy's state carried from pass to pass: the current throttle and the over-threshold streak.</summary>
-public readonly record struct ConvergenceState(int ThrottlePercent, int DirtyHighCount);
+/// <summary>
+/// The policy's state carried from pass to pass: the current throttle, the over-threshold streak, and how many passes
+/// in a row ended with the expected downtime over the limit (for ferry-postcopy-after-passes).
+/// </summary>
+public readonly record struct ConvergenceState(int ThrottlePercent, int DirtyHighCount, int OverLimitStreak = 0);
 
 /// <summary>The verdict on one pass, with the estimates it was made from.</summary>
 public readonly record struct ConvergenceDecision(
@@ -103,7 +113,8 @@ public static class ConvergencePolicy
         return bandwidth;
     }
 
-    public static ConvergenceDecision Decide(in PassMeasurement pass, ConvergenceState state, MigrationParameters parameters, bool autoConverge)
+    /// <param name="postcopyRam">The postcopy-ram capability is on: a migration that does not converge may switch to postcopy.</param>
+    public static ConvergenceDecision Decide(in PassMeasurement pass, ConvergenceState state, MigrationParameters parameters, bool autoConverge, bool postcopyRam = false)
     {
         var seconds = Math.Max(pass.DurationMs / 1000, 1e-6);
         var bandwidth = Bandwidth(pass.Bytes, seconds, pass.PreviousBandwidth, pass.BandwidthLimit);
@@ -139,6 +150,15 @@ public static class ConvergencePolicy
         var why = new NotConverging(
             pass.Pass, withinLimit ? NotConvergingReason.FirstPassDirtySet : NotConvergingReason.OverDowntimeLimit,
             expectedMs, parameters.DowntimeLimitMs, pass.DirtyPages, dirtyRate, bandwidth, step, throttle);
-        return new ConvergenceDecision(action, new ConvergenceState(throttle, dirtyHigh), bandwidth, expectedMs, dirtyRate, remaining, why);
+
+        // Postcopy, when allowed: asked for, or precopy stayed over the limit for the set number of passes. A pass within
+        // the limit (pass 1's extra pass) breaks the streak; a migration that converges never switches (as QEMU).
+        var overLimit = postcopyRam && !withinLimit ? state.OverLimitStreak + 1 : 0;
+        if (postcopyRam && (pass.PostcopyRequested || (parameters.PostcopyAfterPasses > 0 && overLimit >= parameters.PostcopyAfterPasses)))
+        {
+            return new ConvergenceDecision(ConvergenceAction.StartPostcopy, state with { OverLimitStreak = overLimit }, bandwidth, expectedMs, dirtyRate, remaining,
+                why with { AutoConverge = autoConverge ? AutoConvergeStep.Watching : AutoConvergeStep.Off, ThrottlePercent = state.ThrottlePercent });
+        }
+        return new ConvergenceDecision(action, new ConvergenceState(throttle, dirtyHigh, overLimit), bandwidth, expectedMs, dirtyRate, remaining, why);
     }
 }

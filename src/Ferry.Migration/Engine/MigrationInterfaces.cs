@@ -93,4 +93,7 @@ public interface IMigrationTarget
     /// does ahead what the first restore would otherwise do inside the downtime.
     /// </summary>
     void PrepareRestore() { }
+
+    /// <summary>The memory seam for postcopy (null: this destination cannot run a guest before all its memory is here, and declines postcopy).</summary>
+    IPostcopyMemory? Postcopy => null;
 }

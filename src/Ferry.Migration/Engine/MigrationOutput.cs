@@ -84,7 +84,7 @@ public interface IMigrationOutput : IDisposable
 /// keepalive capability) a destination silent for the channel time-out aborts every channel at once, so no sender
 /// or wait is left blocked; the engine then reports the destination's reason when it sent one.
 /// </summary>
-public sealed class ChannelOutput(IChannelConnector connector, MigrationParameters parameters, MigrationCapabilities capabilities) : IMigrationOutput
+public sealed partial class ChannelOutput(IChannelConnector connector, MigrationParameters parameters, MigrationCapabilities capabilities) : IMigrationOutput
 {
     private const int ChannelBufferBytes = 1 << 20;
     private readonly int _channelCount = parameters.ChannelsFor(capabilities);
@@ -103,7 +103,7 @@ public sealed class ChannelOutput(IChannelConnector connector, MigrationParamete
 
     public string Description => connector.Description;
 
-    public bool HandedOver => _handedOver;
+    public bool HandedOver => _handedOver || _postcopySwitched;
 
     public Exception? ReturnPathFailure
     {
@@ -119,8 +119,8 @@ public sealed class ChannelOutput(IChannelConnector connector, MigrationParamete
         if (blocks.Count is 0 or > StreamHeader.MaxBlocks)
             throw new MigrationException(MigrationErrorKind.OutputFailed, $"{blocks.Count} RAM blocks (1..{StreamHeader.MaxBlocks} can migrate)");
         _channels = new Channel[_channelCount];
-        var sessionId = (ulong)Random.Shared.NextInt64();
-        const StreamCapabilities offered = StreamCapabilities.All;
+        var sessionId = _sessionId = ResumeSession ?? (ulong)Random.Shared.NextInt64();
+        var offered = OfferedCapabilities();
         var header = new StreamHeader((ulong)offered, _channelCount, [.. blocks.Select(b => new BlockDescriptor(b.Name, b.Size))], sessionId);
         for (var i = 0; i < _channelCount; i++)
         {
@@ -139,6 +139,7 @@ public sealed class ChannelOutput(IChannelConnector connector, MigrationParamete
                 var accepted = (StreamCapabilities)reply.Capabilities;
                 if ((accepted & ~offered) != 0)
                     throw new MigrationException(MigrationErrorKind.DestinationRefused, $"the destination accepted capabilities 0x{reply.Capabilities:X} that were not offered");
+                CheckPostcopyAccepted(accepted);
                 if (accepted.HasFlag(StreamCapabilities.KeepAlive))
                     _heartbeat = new Timer(_ => Heartbeat(), null, _timeout / 4, _timeout / 4);
             }
@@ -410,10 +411,15 @@ public sealed class ChannelOutput(IChannelConnector connector, MigrationParamete
             }
         }
 
+        /// <summary>Abort resets the connection instead of closing it (postcopy: see <see cref="ChannelLiveness.Reset"/>).</summary>
+        public bool ResetOnAbort { get; set; }
+
         public void Abort()
         {
             try
             {
+                if (ResetOnAbort)
+                    ChannelLiveness.Reset(Stream);
                 Stream.Dispose();
             }
             catch (IOException)

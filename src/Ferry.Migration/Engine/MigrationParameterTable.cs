@@ -102,8 +102,13 @@ public static class MigrationParameterTable
         "how long either side waits on a silent peer (no data, no keepalive) before failing the migration; also the TCP keepalive and user time-out of every channel",
         p => p.ChannelTimeoutMs, (p, v) => p with { ChannelTimeoutMs = checked((int)v) });
 
+    public static readonly MigrationParameter PostcopyAfterPasses = new(
+        "ferry-postcopy-after-passes", ParameterUnit.Count, 0, 1000, 0,
+        "with capability postcopy-ram: switch to postcopy once this many passes in a row ended with the expected downtime over downtime-limit; 0 = only on migrate-start-postcopy",
+        p => p.PostcopyAfterPasses, (p, v) => p with { PostcopyAfterPasses = checked((int)v) }, cliOption: "postcopy-after-passes");
+
     public static IReadOnlyList<MigrationParameter> All { get; } =
-        [MaxBandwidth, DowntimeLimit, MultifdChannels, CpuThrottleInitial, CpuThrottleIncrement, MaxCpuThrottle, ThrottleTriggerThreshold, HintBudget, SwitchoverTimeout, ChannelTimeout];
+        [MaxBandwidth, DowntimeLimit, MultifdChannels, CpuThrottleInitial, CpuThrottleIncrement, MaxCpuThrottle, ThrottleTriggerThreshold, HintBudget, SwitchoverTimeout, ChannelTimeout, PostcopyAfterPasses];
 
     public static MigrationParameter? Find(string name) => All.FirstOrDefault(p => p.Name == name);
 
@@ -145,7 +150,11 @@ public static class MigrationCapabilityTable
         "ferry-balloon-skip", true, "skip ballooned pages when the guest negotiated MUST_TELL_HOST",
         c => c.BalloonSkip, (c, v) => c with { BalloonSkip = v }, cliFlag: "no-balloon-skip");
 
-    public static IReadOnlyList<MigrationCapability> All { get; } = [Multifd, AutoConverge, FreePageHint, BalloonSkip];
+    public static readonly MigrationCapability PostcopyRam = new(
+        "postcopy-ram", false, "allow switching to postcopy: the guest runs on the destination, which pulls the pages still owed (migrate-start-postcopy, ferry-postcopy-after-passes)",
+        c => c.PostcopyRam, (c, v) => c with { PostcopyRam = v }, cliFlag: "postcopy");
+
+    public static IReadOnlyList<MigrationCapability> All { get; } = [Multifd, AutoConverge, FreePageHint, BalloonSkip, PostcopyRam];
 
     public static MigrationCapability? Find(string name) => All.FirstOrDefault(c => c.Name == name);
 

@@ -18,7 +18,8 @@ public sealed record IncomingReport(
     double LoadAfterLastByteMs,
     double StateRestoreMs = 0,
     double ResumeMs = 0,
-    bool SourceToldResumed = true);
+    bool SourceToldResumed = true,
+    PostcopyStats? Postcopy = null);
 
 /// <summary>
 /// The destination side: accepts channel 0, checks the header against its own RAM blocks and answers with the
@@ -30,17 +31,18 @@ public sealed record IncomingReport(
 /// resumed. FAILED is never sent once the guest was resumed. With the keepalive capability, a KEEPALIVE goes back
 /// every quarter of the channel time-out, and a source silent for the whole time-out fails the load.
 /// </summary>
-public static class MigrationReceiver
+public static partial class MigrationReceiver
 {
     private static readonly TimeSpan ChannelJoinTimeout = TimeSpan.FromSeconds(10);
 
     /// <summary>Waits (until <paramref name="cancel"/>) for a source, then loads its stream into <paramref name="target"/>.</summary>
     /// <param name="channelTimeout">How long a silent source is waited for once it connected (default: ferry-channel-timeout-ms's default).</param>
-    public static IncomingReport Receive(IMigrationTarget target, IChannelListener listener, CancellationToken cancel, TimeSpan? channelTimeout = null)
+    /// <param name="postcopy">The operator's handle on a postcopy phase (status, migrate-recover); without one a paused postcopy can only be given up through <paramref name="cancel"/>.</param>
+    public static IncomingReport Receive(IMigrationTarget target, IChannelListener listener, CancellationToken cancel, TimeSpan? channelTimeout = null, PostcopyIncoming? postcopy = null)
     {
         var timeout = channelTimeout ?? TimeSpan.FromMilliseconds(MigrationParameterTable.ChannelTimeout.Default);
         var first = listener.AcceptAsync(cancel).GetAwaiter().GetResult();
-        var session = new IncomingSession(first, timeout);
+        var session = new IncomingSession(first, timeout) { Postcopy = postcopy ?? new PostcopyIncoming() };
         try
         {
             return session.Load(target, listener, cancel);
@@ -52,7 +54,7 @@ public static class MigrationReceiver
     }
 
     /// <summary>One incoming migration: its streams, the return path and the first failure.</summary>
-    private sealed class IncomingSession(System.IO.Stream control, TimeSpan timeout) : IDisposable
+    private sealed partial class IncomingSession(System.IO.Stream control, TimeSpan timeout) : IDisposable
     {
         private readonly Stopwatch _clock = Stopwatch.StartNew();
         private readonly List<System.IO.Stream> _streams = [control];
@@ -74,7 +76,8 @@ public static class MigrationReceiver
                 var local = target.Blocks.Select(b => new BlockDescriptor(b.Name, b.Size)).ToArray();
                 var reader0 = new RecordReader(new BufferedStream(control, 1 << 20), local);
                 var header = WithDeadline(control, () => reader0.ReadHeader(), "the stream header");
-                var accepted = (StreamCapabilities)header.Capabilities & StreamCapabilities.All;
+                var accepted = (StreamCapabilities)header.Capabilities & StreamCapabilities.All & PostcopySwitch.Acceptable(target);
+                var postcopy = new PostcopySwitch(accepted, header.Channels, target.Blocks);
                 ReturnPath.WriteAccept(control, (ulong)accepted);
                 _readers = new RecordReader?[header.Channels];
                 _readers[0] = reader0;
@@ -129,7 +132,7 @@ public static class MigrationReceiver
                     {
                         try
                         {
-                            passes[channel] = LoadChannel(_readers[channel]!, channel, target, sections, PassEnded);
+                            passes[channel] = LoadChannel(_readers[channel]!, channel, target, sections, PassEnded, postcopy);
                             lastByte[channel] = Stopwatch.GetTimestamp();
                         }
                         catch (Exception e)
@@ -146,6 +149,8 @@ public static class MigrationReceiver
                 if (_firstError is { } error)
                     throw error;
                 prepared.GetAwaiter().GetResult();
+                if (postcopy.Switched)
+                    return RunPostcopy(target, header, postcopy, sections, passes.Max(), listener, cancel);
                 var restoreStart = Stopwatch.GetTimestamp();
                 target.RestoreState(sections);
                 var restored = Stopwatch.GetTimestamp();
@@ -194,6 +199,7 @@ public static class MigrationReceiver
 
         private static (MigrationErrorKind Kind, string Message) Describe(Exception e) => e switch
         {
+            MigrationException m => (m.Kind, m.Message),
             StreamFormatException or InvalidDataException => (MigrationErrorKind.InvalidStream, $"bad migration stream: {e.Message}"),
             TimeoutException => (MigrationErrorKind.Timeout, e.Message.StartsWith("no ", StringComparison.Ordinal) ? e.Message : $"a migration channel did not join within {ChannelJoinTimeout.TotalSeconds} s"),
             IOException or ObjectDisposedException => (MigrationErrorKind.ChannelFailed, $"migration connection lost: {e.Message}"),
@@ -271,7 +277,7 @@ public static class MigrationReceiver
     }
 
     /// <summary>Loads one channel until its END. Returns the number of passes it saw.</summary>
-    private static int LoadChannel(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections, Action<uint> passEnded)
+    private static int LoadChannel(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections, Action<uint> passEnded, PostcopySwitch postcopy)
     {
         var passes = 0;
         while (true)
@@ -297,6 +303,11 @@ public static class MigrationReceiver
                     break;
                 case RecordType.BalloonBitmap:
                     target.ApplyBalloonBitmap(record.Block, record.PageOffset / Page.Size, record.Data.Span);
+                    break;
+                case RecordType.OwedPages:
+                case RecordType.PostcopyStart:
+                    if (postcopy.Take(record, channel))
+                        return passes; // this channel's precopy ends here; the postcopy phase reads on
                     break;
                 default:
                     RamLoader.Apply(record, target.Blocks);

@@ -32,6 +32,9 @@ public sealed record MigrationParameters
     /// <summary>ferry-channel-timeout-ms: a peer silent this long (no data, no keepalive) fails the migration.</summary>
     public int ChannelTimeoutMs { get; init; } = (int)MigrationParameterTable.ChannelTimeout.Default;
 
+    /// <summary>ferry-postcopy-after-passes: with postcopy-ram, switch to postcopy after this many passes in a row over downtime-limit (0 = only on migrate-start-postcopy).</summary>
+    public int PostcopyAfterPasses { get; init; } = (int)MigrationParameterTable.PostcopyAfterPasses.Default;
+
     /// <summary>How many channels a migration opens: multifd-channels with the multifd capability, else one.</summary>
     public int ChannelsFor(MigrationCapabilities capabilities) => capabilities.Multifd ? MultifdChannels : 1;
 
@@ -60,6 +63,9 @@ public sealed record MigrationCapabilities
 
     /// <summary>ferry-balloon-skip: skip pages in the balloon when the guest negotiated MUST_TELL_HOST.</summary>
     public bool BalloonSkip { get; init; } = MigrationCapabilityTable.BalloonSkip.Default;
+
+    /// <summary>postcopy-ram: the migration may switch to postcopy (migrate-start-postcopy, or ferry-postcopy-after-passes).</summary>
+    public bool PostcopyRam { get; init; } = MigrationCapabilityTable.PostcopyRam.Default;
 }
 
 public enum MigrationStatus
@@ -72,6 +78,12 @@ public enum MigrationStatus
     Failed,
     Cancelling,
     Cancelled,
+
+    /// <summary>The guest runs on the destination, which pulls the pages it is still owed (QEMU's postcopy-active).</summary>
+    PostcopyActive,
+
+    /// <summary>Postcopy lost its connection: both sides wait for a recovery, nothing is lost (QEMU's postcopy-paused).</summary>
+    PostcopyPaused,
 }
 
 public static class MigrationStatusNames
@@ -89,6 +101,8 @@ public static class MigrationStatusNames
         MigrationStatus.Completed => "completed",
         MigrationStatus.Failed => "failed",
         MigrationStatus.Cancelling => "cancelling",
+        MigrationStatus.PostcopyActive => "postcopy-active",
+        MigrationStatus.PostcopyPaused => "postcopy-paused",
         _ => "cancelled",
     };
 }

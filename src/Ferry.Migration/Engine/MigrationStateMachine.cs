@@ -2,7 +2,8 @@ namespace Ferry.Migration.Engine;
 
 /// <summary>
 /// A migration's status and the rules for changing it: None → Setup → Active → Device → Completed, or Failed or
-/// Cancelled from anywhere before the end. A cancel is accepted until the switch-over begins (Device) and marks
+/// Cancelled from anywhere before the end; with postcopy Active → PostcopyActive ⇄ PostcopyPaused → Completed or
+/// Failed (a cancel is refused once postcopy began: the guest's memory is split between the hosts). A cancel is accepted until the switch-over begins (Device) and marks
 /// Cancelling at once; from Cancelling only Cancelled or Failed follow, so the engine moving on cannot undo it (it
 /// would then report the cancel's broken channels as a failure). Thread-safe; <see cref="Changed"/> is raised
 /// outside the lock.
@@ -42,7 +43,8 @@ internal sealed class MigrationStateMachine
     {
         lock (_gate)
         {
-            if (_status is MigrationStatus.Device or MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelled)
+            if (_status is MigrationStatus.Device or MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelled
+                or MigrationStatus.PostcopyActive or MigrationStatus.PostcopyPaused)
                 return false;
             _status = MigrationStatus.Cancelling;
         }

@@ -82,6 +82,9 @@ public sealed record MigrationStats
 
     /// <summary>Why the last pass did not switch over, while the migration keeps iterating.</summary>
     public NotConverging? NotConverging { get; init; }
+
+    /// <summary>The postcopy phase's figures, once the migration switched to postcopy (null: it did not).</summary>
+    public PostcopyStats? Postcopy { get; init; }
     public IReadOnlyList<PassReport> Passes { get; init; } = [];
 
     /// <summary>Bytes sent while the guest ran (QEMU's precopy-bytes): all of them until the switch-over.</summary>

@@ -20,11 +20,15 @@ public readonly record struct ChunkCounts(long DataPages, long ZeroPages);
 public sealed class PageScanner(BandwidthLimiter limiter)
 {
     /// <summary>Sends the pages of chunk <paramref name="chunk"/> of <paramref name="block"/> that are in <paramref name="pages"/>, and clears them there.</summary>
-    public ChunkCounts ScanChunk(PageSet pages, RamBlock block, ushort index, long chunk, IPageSink sink, CancellationToken cancel)
+    /// <param name="maxRunPages">
+    /// The longest data run per record. Postcopy's background stream uses short runs: a page taken out of the set
+    /// waits for its run's turn at the limiter, and a vCPU that faults on it waits with it.
+    /// </param>
+    public ChunkCounts ScanChunk(PageSet pages, RamBlock block, ushort index, long chunk, IPageSink sink, CancellationToken cancel, int maxRunPages = StreamLimits.MaxPagesPerRecord)
     {
         var firstWord = (int)(chunk * Page.ChunkWords);
         var endWord = Math.Min(firstWord + Page.ChunkWords, pages.Words.Length);
-        var runs = new RunWriter(limiter, block, index, sink, cancel);
+        var runs = new RunWriter(limiter, block, index, sink, cancel) { MaxRunPages = (ulong)maxRunPages };
         for (var w = firstWord; w < endWord; w++)
         {
             var bits = pages.TakeWord(w);
@@ -32,21 +36,47 @@ public sealed class PageScanner(BandwidthLimiter limiter)
             {
                 var page = (ulong)w * 64 + (ulong)BitOperations.TrailingZeroCount(bits);
                 bits &= bits - 1;
-                if (ZeroPage.IsZero(block.Mapping.GetSpan(page * Page.Size, Page.Size)))
-                    runs.AddZero(page);
-                else
-                    runs.AddData(page);
+                runs.Add(page);
             }
         }
-        runs.FlushData();
-        runs.FlushZero();
-        return new ChunkCounts(runs.DataPages, runs.ZeroPages);
+        return runs.Finish();
+    }
+
+    /// <summary>
+    /// Sends pages [<paramref name="first"/>, +<paramref name="count"/>) of <paramref name="block"/>, which the caller
+    /// has already taken out of its set (postcopy's answer to a request): zero runs and data runs as for a chunk.
+    /// </summary>
+    public ChunkCounts ScanRun(RamBlock block, ushort index, ulong first, ulong count, IPageSink sink, CancellationToken cancel)
+    {
+        var runs = new RunWriter(limiter, block, index, sink, cancel);
+        for (var page = first; page < first + count; page++)
+            runs.Add(page);
+        return runs.Finish();
     }
 
     /// <summary>The open data run and zero run of one chunk's scan; a page of the other kind or a gap closes a run.</summary>
     private struct RunWriter(BandwidthLimiter limiter, RamBlock block, ushort index, IPageSink sink, CancellationToken cancel)
     {
         private ulong _dataStart, _dataLength, _zeroStart, _zeroLength;
+
+        public ulong MaxRunPages { get; init; } = StreamLimits.MaxPagesPerRecord;
+
+        /// <summary>A page of the scan, in ascending order: a zero page or a data page.</summary>
+        public void Add(ulong page)
+        {
+            if (ZeroPage.IsZero(block.Mapping.GetSpan(page * Page.Size, Page.Size)))
+                AddZero(page);
+            else
+                AddData(page);
+        }
+
+        /// <summary>Writes the open runs; what the scan sent.</summary>
+        public ChunkCounts Finish()
+        {
+            FlushData();
+            FlushZero();
+            return new ChunkCounts(DataPages, ZeroPages);
+        }
 
         public long DataPages { get; private set; }
         public long ZeroPages { get; private set; }
@@ -71,7 +101,7 @@ public sealed class PageScanner(BandwidthLimiter limiter)
             if (_dataLength == 0)
                 _dataStart = page;
             _dataLength++;
-            if (_dataLength == StreamLimits.MaxPagesPerRecord)
+            if (_dataLength == MaxRunPages)
                 FlushData();
         }
 

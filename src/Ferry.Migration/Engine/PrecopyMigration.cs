@@ -18,7 +18,7 @@ namespace Ferry.Migration.Engine;
 /// destination's own FAILED resumes the source; any other failure leaves it paused and says so
 /// (<see cref="MigrationStats.DestinationMayBeRunning"/>), since the destination may be running the guest.
 /// </summary>
-public sealed class PrecopyMigration : IDisposable
+public sealed partial class PrecopyMigration : IDisposable
 {
     private readonly IMigrationSource _source;
     private readonly MigrationParameters _parameters;
@@ -65,7 +65,11 @@ public sealed class PrecopyMigration : IDisposable
     public void Cancel()
     {
         if (!_state.TryCancel())
+        {
+            // After the switch to postcopy a cancel can only give up a paused migration (the guest stays paused).
+            _postcopy?.Abandon();
             return;
+        }
         _cancel.Cancel();
         // Writers blocked on a full socket only notice when their stream goes away.
         _output?.Abort(keepControl: false);
@@ -75,7 +79,7 @@ public sealed class PrecopyMigration : IDisposable
 
     public MigrationStats Snapshot()
     {
-        var stats = _counters.ToStats(_state.Status, _clock.Elapsed, _sinks, (long)_source.Blocks.Aggregate(0UL, (s, b) => s + b.Size));
+        var stats = WithPostcopy(_counters.ToStats(_state.Status, _clock.Elapsed, _sinks, (long)_source.Blocks.Aggregate(0UL, (s, b) => s + b.Size)));
         if (stats.Status != MigrationStatus.Active)
             return stats;
         // While a pass runs, what is left is what the pass has not taken yet (pass 1: the data extents not yet
@@ -137,8 +141,8 @@ public sealed class PrecopyMigration : IDisposable
                 _hints?.Stop();
                 var dirtyPages = SyncAndMask();
                 var decision = ConvergencePolicy.Decide(
-                    new PassMeasurement(pass, report.Bytes, report.DurationMs, dirtyPages, _counters.LastBandwidth ?? 0, _limiter.BytesPerSecond, _source.IsPaused),
-                    convergence, _parameters, _capabilities.AutoConverge);
+                    new PassMeasurement(pass, report.Bytes, report.DurationMs, dirtyPages, _counters.LastBandwidth ?? 0, _limiter.BytesPerSecond, _source.IsPaused, _postcopyRequested),
+                    convergence, _parameters, _capabilities.AutoConverge, _capabilities.PostcopyRam);
                 report = report with
                 {
                     DirtyPagesAfter = dirtyPages,
@@ -152,6 +156,8 @@ public sealed class PrecopyMigration : IDisposable
                 _cancel.Token.ThrowIfCancellationRequested();
                 if (decision.Action == ConvergenceAction.SwitchOver)
                     break;
+                if (decision.Action == ConvergenceAction.StartPostcopy)
+                    return RunPostcopy(ref paused);
                 convergence = decision.Next;
                 if (decision.Action == ConvergenceAction.Throttle)
                 {
@@ -203,7 +209,7 @@ public sealed class PrecopyMigration : IDisposable
             var (kind, message) = cancelled ? (MigrationErrorKind.Cancelled, "migration cancelled") : Describe(e, remote, _output?.ReturnPathFailure);
             // Past the point of no return the destination may run the guest; only its own FAILED (sent only before
             // it resumes anything) proves it does not. Two running copies are worse than a paused one.
-            var stranded = paused && _output?.HandedOver == true && remote is null;
+            var stranded = paused && _output?.HandedOver == true && (remote is null || _postcopy?.RunningAt is not null);
             if (stranded)
             {
                 message = $"{message}; the whole state was sent and the destination did not confirm the guest runs there: it may be running it, so this guest stays paused (postmigrate). Check the destination, then stop this VM, or resume it with 'cont' only if the destination does not run the guest";
@@ -344,6 +350,8 @@ public sealed class PrecopyMigration : IDisposable
             for (var chunk = firstChunk; chunk < chunks; chunk += channels)
             {
                 token.ThrowIfCancellationRequested();
+                if (PassCutShort)
+                    return;
                 _balloon!.SendDelta(sink, b, chunk);
                 var sent = _scanner.ScanChunk(_pending[b], block, (ushort)b, chunk, sink, token);
                 _counters.AddSent(sent.DataPages, sent.ZeroPages);

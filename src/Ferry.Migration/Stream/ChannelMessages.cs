@@ -12,18 +12,39 @@ public static class ChannelHello
     public const int Size = 24;
     public static ReadOnlySpan<byte> Magic => "FERRYCHN"u8;
 
-    public static byte[] Encode(ulong sessionId, int channel)
+    public static byte[] Encode(ulong sessionId, int channel) => Encode(sessionId, (uint)channel);
+
+    public static byte[] Encode(ulong sessionId, uint channel)
     {
         var bytes = new byte[Size];
         Magic.CopyTo(bytes);
         BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(8), sessionId);
-        BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(16), (uint)channel);
+        BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(16), channel);
         BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(20), Crc32C.Compute(bytes.AsSpan(0, 20)));
         return bytes;
     }
 
+    /// <summary>The index a postcopy urgent channel's hello names (docs/migration-stream.md, Postcopy).</summary>
+    public const uint UrgentChannel = uint.MaxValue;
+
     /// <summary>Reads and checks a hello; returns the channel index it names.</summary>
     public static int Read(System.IO.Stream input, ulong sessionId, int channels)
+    {
+        var channel = ReadIndex(input, sessionId);
+        if (channel == 0 || channel >= channels)
+            throw new StreamFormatException($"channel hello names channel {channel}, outside 1..{channels - 1}");
+        return (int)channel;
+    }
+
+    /// <summary>Reads and checks the hello of a postcopy urgent channel.</summary>
+    public static void ReadUrgent(System.IO.Stream input, ulong sessionId)
+    {
+        var channel = ReadIndex(input, sessionId);
+        if (channel != UrgentChannel)
+            throw new StreamFormatException($"the urgent channel's hello names channel {channel}");
+    }
+
+    private static uint ReadIndex(System.IO.Stream input, ulong sessionId)
     {
         var bytes = new byte[Size];
         try
@@ -41,10 +62,7 @@ public static class ChannelHello
         var session = BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(8));
         if (session != sessionId)
             throw new StreamFormatException($"a channel of migration session {session:X16} joined session {sessionId:X16}");
-        var channel = BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(16));
-        if (channel == 0 || channel >= channels)
-            throw new StreamFormatException($"channel hello names channel {channel}, outside 1..{channels - 1}");
-        return (int)channel;
+        return BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(16));
     }
 }
 
@@ -60,10 +78,28 @@ public enum ReplyType : ushort
     PassLoaded = 4,
     /// <summary>Nothing to report, the destination is alive (capability keepalive): payload empty.</summary>
     KeepAlive = 5,
+
+    /// <summary>Postcopy (16..31, on the urgent channel): the guest faulted on owed pages; send them now.</summary>
+    PageRequest = 16,
+
+    /// <summary>Postcopy: the state is restored and the guest runs on the destination.</summary>
+    PostcopyRunning = 17,
+
+    /// <summary>Postcopy recovery: part of the bitmap of pages the destination still needs.</summary>
+    NeededPages = 18,
+
+    /// <summary>Postcopy recovery: the needed bitmap is complete (payload: how many pages it holds).</summary>
+    NeededEnd = 19,
+
+    /// <summary>Postcopy: every owed page is in place; payload: the destination's figures.</summary>
+    PostcopyDone = 20,
 }
 
-/// <summary>A reply; <paramref name="Capabilities"/> holds ACCEPT's bits or PASS_LOADED's pass number.</summary>
-public readonly record struct Reply(ReplyType Type, ulong Capabilities, string Message);
+/// <summary>
+/// A reply; <paramref name="Capabilities"/> holds ACCEPT's bits or PASS_LOADED's pass number; <paramref name="Payload"/>
+/// the raw payload of the postcopy messages (decoded and checked by PostcopyMessages).
+/// </summary>
+public readonly record struct Reply(ReplyType Type, ulong Capabilities, string Message, byte[]? Payload = null);
 
 /// <summary>
 /// The destination's messages back to the source, on channel 0: u16 type, u16 0, u32 payload length, u32 CRC32C of
@@ -97,7 +133,7 @@ public static class ReturnPath
         Write(output, ReplyType.Failed, bytes.AsSpan(0, Math.Min(bytes.Length, MaxMessageBytes)));
     }
 
-    private static void Write(System.IO.Stream output, ReplyType type, ReadOnlySpan<byte> payload)
+    internal static void Write(System.IO.Stream output, ReplyType type, ReadOnlySpan<byte> payload)
     {
         var frame = new byte[12 + payload.Length];
         BinaryPrimitives.WriteUInt16LittleEndian(frame, (ushort)type);
@@ -131,6 +167,7 @@ public static class ReturnPath
                 ReplyType.Accept => new Reply(type, BinaryPrimitives.ReadUInt64LittleEndian(payload), ""),
                 ReplyType.PassLoaded => new Reply(type, BinaryPrimitives.ReadUInt32LittleEndian(payload), ""),
                 ReplyType.Failed => new Reply(type, 0, Encoding.UTF8.GetString(payload)),
+                >= ReplyType.PageRequest => new Reply(type, 0, "", payload),
                 _ => new Reply(type, 0, ""),
             };
         }

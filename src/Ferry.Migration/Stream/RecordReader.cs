@@ -14,7 +14,7 @@ public readonly record struct Record(
 /// hostile: a record that is malformed, corrupted, out of range or out of sequence raises
 /// <see cref="StreamFormatException"/> naming the fault; nothing is returned that has not been checked.
 /// </summary>
-public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDescriptor> localBlocks)
+public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDescriptor> localBlocks)
 {
     private byte[] _buffer = new byte[64 * 1024];
     private int[] _blockMap = [];
@@ -158,6 +158,7 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
                 return new Record(type, block, offset, count, ReadOnlyMemory<byte>.Empty);
             }
             case RecordType.BalloonBitmap:
+            case RecordType.OwedPages:
             {
                 RequireLength(p, 16, -1, where);
                 var block = Block(BinaryPrimitives.ReadUInt16LittleEndian(p), where);
@@ -173,8 +174,11 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
                 var lastSet = LastSetBit(bitmap);
                 if (lastSet >= 0)
                     CheckRange(block, first * Page.Size, (ulong)lastSet + 1, where + " (the bitmap claims pages past its block)");
-                foreach (var b in bitmap)
-                    _ballooned += (ulong)System.Numerics.BitOperations.PopCount(b);
+                if (type == RecordType.BalloonBitmap)
+                {
+                    foreach (var b in bitmap)
+                        _ballooned += (ulong)System.Numerics.BitOperations.PopCount(b);
+                }
                 return new Record(type, block, first * Page.Size, bytes * 8UL, _buffer.AsMemory(16, (int)bytes));
             }
             case RecordType.State:
@@ -191,6 +195,8 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
                 var name = Encoding.UTF8.GetString(p.Slice(12, nameLength));
                 return new Record(type, -1, 0, 0, _buffer.AsMemory(12 + nameLength, (int)blobLength), kind, index, name);
             }
+            case RecordType.PostcopyStart:
+                return DecodePostcopyStart(p, where);
             case RecordType.KeepAlive:
                 RequireLength(p, 0, 0, where);
                 return new Record(type, -1, 0, 0, ReadOnlyMemory<byte>.Empty);
@@ -251,7 +257,7 @@ public sealed class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDesc
         }
         catch (EndOfStreamException)
         {
-            throw new StreamFormatException($"stream truncated inside {what}");
+            throw new StreamFormatException($"stream truncated inside {what}") { EndOfStream = true };
         }
     }
 }

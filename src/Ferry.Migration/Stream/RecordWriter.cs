@@ -8,7 +8,7 @@ namespace Ferry.Migration.Stream;
 public readonly record struct StreamTotals(ulong Pages, ulong ZeroPages, ulong BalloonedPages);
 
 /// <summary>Writes one channel of a migration stream (docs/migration-stream.md). Not thread-safe: one writer per channel.</summary>
-public sealed class RecordWriter(System.IO.Stream output)
+public sealed partial class RecordWriter(System.IO.Stream output)
 {
     private readonly byte[] _frame = new byte[StreamLimits.FrameHeaderSize + 32];
 
@@ -58,13 +58,19 @@ public sealed class RecordWriter(System.IO.Stream output)
 
     public void WriteBalloonBitmap(ushort block, ulong firstPage, ReadOnlySpan<byte> bitmap)
     {
+        WriteBitmap(RecordType.BalloonBitmap, block, firstPage, bitmap);
+        foreach (var b in bitmap)
+            _ballooned += (ulong)System.Numerics.BitOperations.PopCount(b);
+    }
+
+    /// <summary>A page bitmap record (BALLOON_BITMAP, OWED_PAGES): block, byte count, first page, bits.</summary>
+    private void WriteBitmap(RecordType type, ushort block, ulong firstPage, ReadOnlySpan<byte> bitmap)
+    {
         Span<byte> fixedPart = stackalloc byte[16];
         BinaryPrimitives.WriteUInt16LittleEndian(fixedPart, block);
         BinaryPrimitives.WriteUInt32LittleEndian(fixedPart[4..], (uint)bitmap.Length);
         BinaryPrimitives.WriteUInt64LittleEndian(fixedPart[8..], firstPage);
-        Write(RecordType.BalloonBitmap, fixedPart, bitmap);
-        foreach (var b in bitmap)
-            _ballooned += (ulong)System.Numerics.BitOperations.PopCount(b);
+        Write(type, fixedPart, bitmap);
     }
 
     public void WriteState(StateKind kind, ushort index, string name, ReadOnlySpan<byte> blob)

@@ -16,6 +16,12 @@ public enum RecordType : ushort
 
     /// <summary>Nothing to load: the source is alive while a channel has nothing to send (capability keepalive).</summary>
     KeepAlive = 7,
+
+    /// <summary>Postcopy (16..31, capability postcopy): at the switch, the pages of a block the destination is still owed.</summary>
+    OwedPages = 16,
+
+    /// <summary>Postcopy: the switch itself; precopy ends on this channel and the owed pages follow.</summary>
+    PostcopyStart = 17,
 }
 
 /// <summary>
@@ -45,8 +51,20 @@ public enum StreamCapabilities : ulong
     /// </summary>
     KeepAlive = 1 << 4,
 
+    /// <summary>
+    /// Bit 16: the source may switch to postcopy (OWED_PAGES and POSTCOPY_START records, the urgent channel). Offered
+    /// only with the postcopy-ram capability; accepted only by a destination whose memory can be demand-paged.
+    /// </summary>
+    Postcopy = 1 << 16,
+
+    /// <summary>
+    /// Bit 17: this connection resumes a paused postcopy migration (the header names its session id). Never part of
+    /// <see cref="All"/>: only a destination in postcopy-paused accepts it.
+    /// </summary>
+    PostcopyResume = 1 << 17,
+
     /// <summary>Every bit this version writes and understands.</summary>
-    All = ZeroRuns | BalloonBitmap | Multichannel | PassAcks | KeepAlive,
+    All = ZeroRuns | BalloonBitmap | Multichannel | PassAcks | KeepAlive | Postcopy,
 }
 
 /// <summary>A RAM block as the stream names it: never a guest-physical address.</summary>
@@ -70,6 +88,9 @@ public sealed class StreamFormatException : Exception
     public StreamFormatException(string message) : base(message) { }
 
     public StreamFormatException(string message, Exception inner) : base(message, inner) { }
+
+    /// <summary>The stream simply ended (the peer closed it), rather than carrying something wrong.</summary>
+    public bool EndOfStream { get; init; }
 }
 
 /// <summary>Sizes and limits shared by the writer and the reader.</summary>

@@ -65,6 +65,32 @@ public static class ChannelLiveness
             // Already closed or broken: nothing blocked on it any more.
         }
     }
+
+    /// <summary>
+    /// Closes <paramref name="stream"/> abortively: the peer sees a reset, never an orderly end of stream. Postcopy
+    /// tells a source that exited (its kernel closed the connections) from a broken link (which can be recovered) by
+    /// that difference, so a live side that gives a connection up resets it.
+    /// </summary>
+    public static void Reset(System.IO.Stream stream)
+    {
+        try
+        {
+            switch (stream)
+            {
+                case NetworkStream network:
+                    network.Socket.LingerState = new LingerOption(true, 0);
+                    break;
+                case DuplexPipeStream pipe:
+                    pipe.Break();
+                    break;
+            }
+            stream.Dispose();
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException)
+        {
+            // Already closed or broken.
+        }
+    }
 }
 
 public sealed class TcpChannelConnector(MigrationUri uri) : IChannelConnector

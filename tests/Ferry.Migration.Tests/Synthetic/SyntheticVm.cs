@@ -332,6 +332,12 @@ public sealed class SyntheticTarget : IMigrationTarget, IDisposable
 
     public bool Resumed { get; private set; }
 
+    /// <summary>The postcopy memory seam (null: this target declines postcopy).</summary>
+    public IPostcopyMemory? Postcopy { get; set; }
+
+    /// <summary>Raised when the loaded guest is started (a postcopy test starts its reading threads then).</summary>
+    public event Action? GuestResumed;
+
     public void ApplyBalloonBitmap(int block, ulong firstPage, ReadOnlySpan<byte> bitmap)
     {
         var covered = Math.Min((ulong)bitmap.Length * 8, _blocks[block].PageCount - firstPage);
@@ -350,7 +356,11 @@ public sealed class SyntheticTarget : IMigrationTarget, IDisposable
         State = sections;
     }
 
-    public void ResumeGuest() => Resumed = true;
+    public void ResumeGuest()
+    {
+        Resumed = true;
+        GuestResumed?.Invoke();
+    }
 
     public void Dispose()
     {
