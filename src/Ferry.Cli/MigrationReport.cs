@@ -10,7 +10,7 @@ namespace Ferry.Cli;
 /// What `migrate` and `snapshot save` print when the job ends (Spectre.Console tables: the totals, then one row per
 /// pass, numbered as the progress display numbered them) and the --report file.
 /// </summary>
-internal static class MigrationReport
+internal static partial class MigrationReport
 {
     /// <summary>
     /// Writes the final figures (the one place --report is written): a page with the timeline when the path ends in
@@ -86,6 +86,7 @@ internal static class MigrationReport
             Row("ballooned but sent", Pages(L(f["ballooned-sent"])));
         if (s["cpu-throttle-percentage"] is { } throttle)
             Row("cpu throttle", $"{throttle}%");
+        PostcopyRows(s, Row);
         if (s["error-desc"] is { } error)
             Row("error", $"{error}{(s["ferry-error-kind"] is { } kind ? $" ({kind})" : "")}");
         return rows;

@@ -53,6 +53,7 @@ public sealed class MigrationCommands
             return null;
         });
         server.Register("ferry-snapshot-save", QmpArgumentsContext.Default.SnapshotSaveArguments, QmpObjectType.Empty, commands.SnapshotSave);
+        PostcopyCommands.Register(server, commands.Current);
         commands._settings.Register(server);
         return commands;
     }
@@ -69,11 +70,11 @@ public sealed class MigrationCommands
 
     private JsonNode? Migrate(MigrateArguments args)
     {
-        // QEMU's block migration and postcopy resume do not exist in Ferry; refused rather than ignored.
+        // QEMU's block migration does not exist in Ferry; refused rather than ignored.
         if (args.Blk == true || args.Inc == true)
             throw new QmpException(QmpException.GenericError, "Parameter 'blk'/'inc': block migration is not supported by Ferry");
         if (args.Resume == true)
-            throw new QmpException(QmpException.GenericError, "Parameter 'resume': postcopy recovery is not supported by Ferry");
+            return PostcopyCommands.Resume(Current(), args.Uri);
         MigrationUri uri;
         try
         {
@@ -283,6 +284,8 @@ public static class MigrationJson
             ferry["destination-may-be-running"] = true;
         if (s.NotConverging is not null)
             ferry["not-converging"] = MigrationQmpText.NotConverging(s.NotConverging);
+        if (s.Postcopy is { } postcopy)
+            PostcopyCommands.AddStats(result, ferry, postcopy);
         if (s.Setup is { } setup)
         {
             ferry["setup-phases-ms"] = Phases(("open", setup.OpenMs), ("prepare-state", setup.PrepareStateMs), ("dirty-logging", setup.DirtyLoggingMs),
