@@ -219,7 +219,10 @@ public static partial class MigrationReceiver
             {
                 var urgentReader = new RecordReader(urgentInput, _local);
                 urgentReader.AdoptHeader(_header);
-                var link = new Link(control, returnGate, readers, [.. streams], urgent, urgentReader);
+                var link = new Link(control, returnGate, readers, [.. streams], urgent, urgentReader)
+                {
+                    KeepAlive = ((StreamCapabilities)_header.Capabilities).HasFlag(StreamCapabilities.KeepAlive),
+                };
                 lock (_gate)
                 {
                     _links.Add(link);
@@ -445,7 +448,7 @@ public static partial class MigrationReceiver
             /// <summary>Every quarter time-out: KEEPALIVE on channel 0's return path; a source silent for the whole time-out breaks the connection.</summary>
             private void Heartbeat(Link link)
             {
-                if (link.Failure is not null || link.Completed)
+                if (link.Failure is not null || link.Completed || !link.KeepAlive)
                     return;
                 var bytes = link.Readers.Sum(r => r.BytesRead) + link.UrgentReader.BytesRead;
                 var now = Stopwatch.GetTimestamp();
@@ -590,7 +593,10 @@ public static partial class MigrationReceiver
                     }, "recovery urgent channel hello");
                     var urgentReader = new RecordReader(urgentInput, _local);
                     urgentReader.AdoptHeader(header);
-                    var link = new Link(control, new object(), [.. readers.Select(r => r!)], [.. streams], urgent, urgentReader);
+                    var link = new Link(control, new object(), [.. readers.Select(r => r!)], [.. streams], urgent, urgentReader)
+                    {
+                        KeepAlive = offered.HasFlag(StreamCapabilities.KeepAlive),
+                    };
                     // What the source must send again: every page still missing, including what was in flight.
                     lock (link.UrgentGate)
                     {
@@ -679,6 +685,9 @@ public static partial class MigrationReceiver
                 public int Ended { get; set; }
                 public long LastBytes { get; set; } = -1;
                 public long LastProgress { get; set; }
+
+                /// <summary>Capability keepalive was negotiated on this connection: both sides say they are alive, so silence is a failure.</summary>
+                public bool KeepAlive { get; init; }
 
                 public void Dispose()
                 {

@@ -130,6 +130,8 @@ internal sealed class PostcopySource
     private static string Reason(Link link)
     {
         var failure = link.Failure ?? new IOException("the connection ended");
+        // The return path's reader notices its end on its own thread: give it the moment it needs (at most 1 s).
+        _ = link.Output.RemoteFailure();
         if (failure is not (StreamFormatException or TimeoutException or MigrationException) && link.Output.ReturnPathFailure is { } returnPath)
             failure = returnPath;
         return PrecopyMigration.Describe(failure, null).Item2;
