@@ -19,6 +19,7 @@ public static class MigrationQmpText
         MigrationErrorKind.Timeout => "timeout",
         MigrationErrorKind.InvalidStream => "invalid-stream",
         MigrationErrorKind.OutputFailed => "output-failed",
+        MigrationErrorKind.TlsRefused => "tls-refused",
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
     };
 

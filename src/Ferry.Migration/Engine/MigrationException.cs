@@ -30,6 +30,9 @@ public enum MigrationErrorKind
 
     /// <summary>The output could not be opened: a snapshot file that cannot be created, a VM the stream cannot carry.</summary>
     OutputFailed,
+
+    /// <summary>TLS refused the peer (untrusted or expired certificate, a subject outside tls-authz, a peer without TLS) or could not be set up.</summary>
+    TlsRefused,
 }
 
 /// <summary>

@@ -39,7 +39,16 @@ public static class MigrationReceiver
     public static IncomingReport Receive(IMigrationTarget target, IChannelListener listener, CancellationToken cancel, TimeSpan? channelTimeout = null)
     {
         var timeout = channelTimeout ?? TimeSpan.FromMilliseconds(MigrationParameterTable.ChannelTimeout.Default);
-        var first = listener.AcceptAsync(cancel).GetAwaiter().GetResult();
+        System.IO.Stream first;
+        try
+        {
+            first = listener.AcceptAsync(cancel).GetAwaiter().GetResult();
+        }
+        catch (MigrationTlsException e)
+        {
+            // Refused before a record was read: the reason is TLS's, told to the source already where it could be.
+            throw new MigrationException(MigrationErrorKind.TlsRefused, e.Message, e);
+        }
         var session = new IncomingSession(first, timeout);
         try
         {
@@ -195,6 +204,7 @@ public static class MigrationReceiver
         private static (MigrationErrorKind Kind, string Message) Describe(Exception e) => e switch
         {
             StreamFormatException or InvalidDataException => (MigrationErrorKind.InvalidStream, $"bad migration stream: {e.Message}"),
+            MigrationTlsException => (MigrationErrorKind.TlsRefused, e.Message),
             TimeoutException => (MigrationErrorKind.Timeout, e.Message.StartsWith("no ", StringComparison.Ordinal) ? e.Message : $"a migration channel did not join within {ChannelJoinTimeout.TotalSeconds} s"),
             IOException or ObjectDisposedException => (MigrationErrorKind.ChannelFailed, $"migration connection lost: {e.Message}"),
             OperationCanceledException => (MigrationErrorKind.Cancelled, "migration load cancelled"),

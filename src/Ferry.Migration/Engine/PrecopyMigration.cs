@@ -237,6 +237,7 @@ public sealed class PrecopyMigration : IDisposable
         {
             MigrationException m => (m.Kind, m.Message),
             StreamFormatException => (MigrationErrorKind.InvalidStream, e.Message),
+            MigrationTlsException => (MigrationErrorKind.TlsRefused, e.Message),
             TimeoutException => (MigrationErrorKind.Timeout, $"timed out: {e.Message}"),
             ObjectDisposedException => (MigrationErrorKind.ChannelFailed, "a migration channel was closed under a sender"),
             IOException => (MigrationErrorKind.ChannelFailed, $"a migration channel broke: {e.Message}"),

@@ -32,7 +32,7 @@ public static class ChannelLiveness
     /// <summary>Applies the channel time-out to a channel's stream; streams that are not TCP are left alone.</summary>
     public static void Apply(System.IO.Stream stream, TimeSpan timeout)
     {
-        if (stream is not NetworkStream network)
+        if (Transport(stream) is not NetworkStream network)
             return;
         var socket = network.Socket;
         var ms = (int)Math.Clamp(timeout.TotalMilliseconds, 1000, int.MaxValue);
@@ -46,6 +46,9 @@ public static class ChannelLiveness
         network.WriteTimeout = ms;
     }
 
+    /// <summary>The stream a channel's bytes travel on: under TLS, the socket's stream beneath the encryption.</summary>
+    private static System.IO.Stream Transport(System.IO.Stream stream) => stream is TlsChannel tls ? tls.Transport : stream;
+
     /// <summary>
     /// Wakes every thread blocked on <paramref name="stream"/> without losing what was written to it: a TCP
     /// channel is shut down (FIN, so the peer still reads what was sent before), any other stream is disposed.
@@ -55,7 +58,7 @@ public static class ChannelLiveness
     {
         try
         {
-            if (stream is NetworkStream network)
+            if (Transport(stream) is NetworkStream network)
                 network.Socket.Shutdown(SocketShutdown.Both);
             else
                 stream.Dispose();
