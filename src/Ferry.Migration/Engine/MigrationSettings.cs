@@ -32,6 +32,18 @@ public sealed record MigrationParameters
     /// <summary>ferry-channel-timeout-ms: a peer silent this long (no data, no keepalive) fails the migration.</summary>
     public int ChannelTimeoutMs { get; init; } = (int)MigrationParameterTable.ChannelTimeout.Default;
 
+    /// <summary>tls-creds: the credentials directory; empty = plain channels.</summary>
+    public string TlsCreds { get; init; } = "";
+
+    /// <summary>tls-hostname: the destination's name in its certificate; empty = the URI's host.</summary>
+    public string TlsHostname { get; init; } = "";
+
+    /// <summary>tls-authz: allowed client subjects separated by ';'; empty = any the CA signed.</summary>
+    public string TlsAuthz { get; init; } = "";
+
+    /// <summary>tls-authz as a list of subjects.</summary>
+    public IReadOnlyList<string> AllowedClientSubjects => TlsAuthz.Split(';', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+
     /// <summary>How many channels a migration opens: multifd-channels with the multifd capability, else one.</summary>
     public int ChannelsFor(MigrationCapabilities capabilities) => capabilities.Multifd ? MultifdChannels : 1;
 
@@ -39,6 +51,11 @@ public sealed record MigrationParameters
     public void Validate()
     {
         foreach (var parameter in MigrationParameterTable.All)
+        {
+            if (parameter.Check(parameter.Get(this)) is { } error)
+                throw new ArgumentException(error);
+        }
+        foreach (var parameter in MigrationParameterTable.Texts)
         {
             if (parameter.Check(parameter.Get(this)) is { } error)
                 throw new ArgumentException(error);

@@ -85,6 +85,12 @@ public sealed class MigrationTls : IDisposable
         return new MigrationTls(endpoint, ca, own, hostname, subjects);
     }
 
+    /// <summary>The TLS a side uses under <paramref name="parameters"/>: null when tls-creds is empty (plain channels).</summary>
+    public static MigrationTls? For(Engine.MigrationParameters parameters, TlsEndpoint endpoint) =>
+        parameters.TlsCreds.Length == 0
+            ? null
+            : Load(parameters.TlsCreds, endpoint, parameters.TlsHostname.Length > 0 ? parameters.TlsHostname : null, parameters.AllowedClientSubjects);
+
     /// <summary>
     /// Authenticates <paramref name="transport"/> and returns the encrypted channel. <paramref name="uriHost"/>: the
     /// host the source connected to (the destination's expected name when tls-hostname is not set). Throws
