@@ -30,6 +30,9 @@ public enum MigrationErrorKind
 
     /// <summary>The output could not be opened: a snapshot file that cannot be created, a VM the stream cannot carry.</summary>
     OutputFailed,
+
+    /// <summary>A verified migration's destination found memory that differs from the source's (ferry-verify); the guest was not resumed there.</summary>
+    VerifyFailed,
 }
 
 /// <summary>

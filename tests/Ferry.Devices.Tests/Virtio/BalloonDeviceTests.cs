@@ -251,6 +251,23 @@ public sealed class BalloonDeviceTests
     }
 
     [Fact]
+    public void Every_range_discarded_on_the_guest_s_word_is_announced_once()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(except: BalloonDevice.FERRY_F_PAGE_BITMAP), 6); // PFN arrays
+        var discarded = new List<(string Block, ulong Offset, ulong Length)>();
+        d.Balloon.PagesDiscarded += (block, offset, length) => discarded.Add((block.Name, offset, length));
+        d.Post(Inflate, (d.PutPfns(4096, 4097, 4099), 12, false));
+        d.Kick(Inflate);
+        d.Post(Inflate, (d.PutPfns(4097, 4100), 8, false)); // 4097 is in the balloon already: not discarded again
+        d.Kick(Inflate);
+        d.Post(Reporting, (8 << 20, 2 << 20, true));
+        d.Kick(Reporting);
+        var block = d.Memory.Blocks[0].Name;
+        Assert.Equal([(block, 4096UL << 12, 8192UL), (block, 4099UL << 12, 4096UL), (block, 4100UL << 12, 4096UL), (block, 8UL << 20, 2UL << 20)], discarded);
+    }
+
+    [Fact]
     public async Task The_free_page_bitmap_is_requested_and_collected_by_request_id()
     {
         using var d = new FakeDriver();

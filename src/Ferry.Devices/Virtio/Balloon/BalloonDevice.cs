@@ -76,6 +76,13 @@ public sealed partial class BalloonDevice : IVirtioDevice
     /// <summary>Raised (on a vCPU thread, under the device lock) when the driver reports a new `actual`.</summary>
     public event Action<uint>? ActualChanged;
 
+    /// <summary>
+    /// Raised (on a vCPU thread, under the device lock) for every range the device discarded on the guest's word
+    /// (block, offset, length): inflated pages and reported free pages, which read as zero now. A verified migration
+    /// leaves them out of its comparison until the guest writes them again.
+    /// </summary>
+    public event Action<RamBlock, ulong, ulong>? PagesDiscarded;
+
     /// <summary>The per-block balloon bitmap (device state): pages the guest gave to the host.</summary>
     public PageSet BalloonBitmap(RamBlock block) => _balloonBitmaps[IndexOf(block)];
 
@@ -335,7 +342,10 @@ public sealed partial class BalloonDevice : IVirtioDevice
                 var position = offset >> Page.Shift;
                 var end = (offset + length) >> Page.Shift;
                 while (bitmap.NextGap(ref position, end, out var start, out var count))
+                {
                     block.Discard(start << Page.Shift, count << Page.Shift);
+                    PagesDiscarded?.Invoke(block, start << Page.Shift, count << Page.Shift);
+                }
                 bitmap.AddRange(offset >> Page.Shift, length >> Page.Shift);
                 _inflated += length >> Page.Shift;
             }
@@ -371,6 +381,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
                 // Pages the balloon already holds stay as they are; everything else becomes a hole.
                 block.Discard(offset, length);
                 _discardedReported += length >> Page.Shift;
+                PagesDiscarded?.Invoke(block, offset, length);
             });
         }
         queue.PushUsed(chain.Head, 0);
