@@ -274,6 +274,7 @@ public sealed class PrecopyMigration : IDisposable
             foreach (var (offset, length) in blocks[b].DataExtents())
                 _pending[b].AddRange(offset / Page.Size, Page.PagesFor(offset + length) - offset / Page.Size);
         }
+        _digests?.AddHeld(_pending);
         var extents = _clock.Elapsed;
         // Pages never touched and not in the balloon: counted once, never read.
         _balloon.Refresh(balloon);
@@ -293,6 +294,7 @@ public sealed class PrecopyMigration : IDisposable
             _source.SyncDirtyLog(b, _pending[b]);
         // Every pass takes all of its pages, so right after a sync the sets hold exactly what was written since.
         _free?.Written(_pending);
+        _digests?.AddHeld(_pending);
         _balloon!.Refresh(_source.Balloon);
         _balloon.Mask(_pending, _counters, countSkipped: true);
         _counters.AddSync();

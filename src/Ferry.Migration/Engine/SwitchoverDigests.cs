@@ -5,38 +5,44 @@ using Ferry.Migration.Stream;
 namespace Ferry.Migration.Engine;
 
 /// <summary>
-/// The source's half of a verified migration (capability ferry-verify; docs/migration.md, Verified migration). Inside
-/// the downtime, after the last pass: <see cref="Prepare"/> takes what the source holds (its data extents) and what is
-/// left out of the comparison (pages the guest declared free and has not written since, <see cref="GuestFreePages"/>,
-/// and the balloon's pages), then each channel's sender sends one DIGEST record per chunk it carries that holds data
-/// or leaves pages out (<see cref="SendChannel"/>), right behind that chunk's last records. A chunk without a record
-/// holds nothing here; the destination checks that it holds nothing there either.
+/// The source's half of a verified migration (capability ferry-verify; docs/migration.md, Verified migration). While
+/// the migration runs it follows which pages may hold data (<see cref="AddHeld"/>: pass 1's data extents, then every
+/// dirty-log sync), so no extent walk lands in the downtime; a page discarded since reads as zero, which is what a
+/// hole contributes, so the superset only costs a read. Inside the downtime, after the last pass:
+/// <see cref="Prepare"/> takes what is left out of the comparison (pages the guest declared free and has not written
+/// since, <see cref="GuestFreePages"/>, and the balloon's pages), then each channel's sender sends one DIGEST record
+/// per chunk it carries that holds data or leaves pages out (<see cref="SendChannel"/>), right behind that chunk's
+/// last records. A chunk without a record holds nothing here; the destination checks that it holds nothing there
+/// either.
 /// </summary>
 internal sealed class SwitchoverDigests(IReadOnlyList<RamBlock> blocks)
 {
-    private PageSet[] _held = [];
+    private readonly PageSet[] _held = [.. blocks.Select(b => new PageSet(b.PageCount))];
     private PageSet[] _excluded = [];
     private long _chunks;
 
     /// <summary>Chunks a digest was sent for.</summary>
     public long Chunks => Interlocked.Read(ref _chunks);
 
+    /// <summary>Pages that may hold data: pass 1's data extents, then the pages of every sync (written since the one before).</summary>
+    public void AddHeld(PageSet[] pages)
+    {
+        for (var b = 0; b < _held.Length; b++)
+            _held[b].UnionWith(pages[b].Words);
+    }
+
     /// <summary>The guest is paused and the last pass sent: what the source holds now is what the destination must hold.</summary>
     public void Prepare(GuestFreePages free, BalloonMask balloon)
     {
-        _held = new PageSet[blocks.Count];
         _excluded = new PageSet[blocks.Count];
         for (var b = 0; b < blocks.Count; b++)
         {
-            var held = new PageSet(blocks[b].PageCount);
-            foreach (var (offset, length) in blocks[b].DataExtents())
-                held.AddRange(offset / Page.Size, Page.PagesFor(offset + length) - offset / Page.Size);
             var excluded = new PageSet(blocks[b].PageCount);
             excluded.CopyFrom(free[b]);
             // Ballooned pages belong to the host until the guest deflates them, trusted balloon or not: the source
             // discarded them, and the destination holds whatever was sent before or nothing.
             excluded.UnionWith(balloon.Current(b).Words);
-            (_held[b], _excluded[b]) = (held, excluded);
+            _excluded[b] = excluded;
         }
     }
 
