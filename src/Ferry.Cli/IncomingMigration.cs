@@ -39,6 +39,8 @@ internal static partial class IncomingMigration
                 var report = MigrationReceiver.Receive(new MachineMigrationTarget(machine), listener, cancel.Token);
                 LogLoaded(log, report.Channels, report.TotalMs, report.DataPages, report.ZeroPages, report.BalloonedPages,
                     report.Bytes / (1024.0 * 1024), report.StateRestoreMs, report.ResumeMs);
+                if (report.VerifiedChunks > 0)
+                    LogVerified(log, report.VerifiedChunks, report.VerifyMs);
                 if (!report.SourceToldResumed)
                     LogSourceNotTold(log);
                 return ExitCode.Ok;
@@ -56,6 +58,9 @@ internal static partial class IncomingMigration
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "the source could not be told the guest runs here; it stays paused (postmigrate) until its operator stops or resumes it")]
     private static partial void LogSourceNotTold(ILogger logger);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "memory verified: {Chunks} chunks of 2 MiB equal the source's ({Ms:F1} ms of comparing, summed over the channels)")]
+    private static partial void LogVerified(ILogger logger, long chunks, double ms);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "waiting for a migration on {Uri}")]
     private static partial void LogWaiting(ILogger logger, string uri);

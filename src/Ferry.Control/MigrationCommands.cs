@@ -281,6 +281,8 @@ public static class MigrationJson
         };
         if (s.DestinationMayBeRunning)
             ferry["destination-may-be-running"] = true;
+        if (s.VerifiedChunks > 0)
+            ferry["verified-chunks"] = s.VerifiedChunks;
         if (s.NotConverging is not null)
             ferry["not-converging"] = MigrationQmpText.NotConverging(s.NotConverging);
         if (s.Setup is { } setup)
@@ -291,7 +293,7 @@ public static class MigrationJson
         if (s.Downtime is { } phases)
         {
             ferry["downtime-phases-ms"] = Phases(("pause", phases.PauseMs), ("dirty-sync", phases.SyncMs), ("final-pass", phases.FinalPassMs),
-                ("save-state", phases.SaveStateMs), ("complete", phases.CompleteMs), ("resume", phases.ResumeMs));
+                ("verify", phases.VerifyMs), ("save-state", phases.SaveStateMs), ("complete", phases.CompleteMs), ("resume", phases.ResumeMs));
         }
         if (passes)
         {

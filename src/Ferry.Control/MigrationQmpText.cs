@@ -20,6 +20,7 @@ public static class MigrationQmpText
         MigrationErrorKind.InvalidStream => "invalid-stream",
         MigrationErrorKind.OutputFailed => "output-failed",
         MigrationErrorKind.TlsRefused => "tls-refused",
+        MigrationErrorKind.VerifyFailed => "verify-failed",
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
     };
 

@@ -303,15 +303,18 @@ public sealed class CliMigrationTests
                 await ConsoleCommand(sourceQmp + ".console", "fill 64");
                 await ConsoleCommand(sourceQmp + ".console", "dirty 20 8");
                 var report = Path.Combine(Path.GetTempPath(), $"ferry-report-{Guid.NewGuid():N}.json");
-                var (code, stdout, stderr) = CliTests.Ferry("", null, "migrate", $"unix:{sourceQmp}", $"tcp:127.0.0.1:{port}", "--channels", "2", "--report", report, "--quiet");
+                var (code, stdout, stderr) = CliTests.Ferry("", null, "migrate", $"unix:{sourceQmp}", $"tcp:127.0.0.1:{port}", "--channels", "2", "--verify", "--report", report, "--quiet");
                 Assert.True(code == 0, $"migrate failed: {stderr}\n{stdout}");
                 Assert.Contains("status               completed", stdout, StringComparison.Ordinal);
+                Assert.Contains("verified", stdout, StringComparison.Ordinal);
                 Assert.Contains("skipped: untouched", stdout, StringComparison.Ordinal);
                 var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(report))!;
                 File.Delete(report);
                 Assert.Equal("completed", json["status"]!.GetValue<string>());
                 Assert.True(json["ferry"]!["passes"]!.AsArray().Count >= 2);
                 Assert.Equal(2, json["ferry"]!["channels"]!.GetValue<int>());
+                Assert.True(json["ferry"]!["verified-chunks"]!.GetValue<long>() > 0);
+                Assert.True(json["ferry"]!["downtime-phases-ms"]!["verify"]!.GetValue<double>() > 0);
                 Assert.True(source.WaitForExit(30_000), "the source did not exit after the migration");
                 Assert.Equal(0, source.ExitCode);
 
@@ -322,6 +325,7 @@ public sealed class CliMigrationTests
                 CliTests.Ferry("", null, "quit", $"unix:{destinationQmp}");
                 Assert.True(destination.WaitForExit(30_000));
                 AssertStderrSoon(destinationErr, "migration loaded from 2 channel(s)");
+                AssertStderrSoon(destinationErr, "memory verified:");
             }
             finally
             {

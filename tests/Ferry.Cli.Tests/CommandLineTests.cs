@@ -114,7 +114,7 @@ public sealed class CommandLineTests : IDisposable
     {
         var root = Program.BuildCommand();
         var migrate = root.Subcommands.Single(c => c.Name == "migrate");
-        Assert.Equal("ferry migrate unix:SOCK tcp:HOST:PORT [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--report FILE] [--quiet]",
+        Assert.Equal("ferry migrate unix:SOCK tcp:HOST:PORT [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--verify] [--report FILE] [--quiet]",
             Program.UsageLine(migrate, "migrate"));
     }
 

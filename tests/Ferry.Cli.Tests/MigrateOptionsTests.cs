@@ -10,7 +10,7 @@ public sealed class MigrateOptionsTests
     {
         var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock");
         Assert.Equal(2, code);
-        Assert.Contains("usage: ferry migrate unix:SOCK tcp:HOST:PORT [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--report FILE] [--quiet]", stderr, StringComparison.Ordinal);
+        Assert.Contains("usage: ferry migrate unix:SOCK tcp:HOST:PORT [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--verify] [--report FILE] [--quiet]", stderr, StringComparison.Ordinal);
     }
 
     [Theory]
@@ -29,7 +29,7 @@ public sealed class MigrateOptionsTests
     [Fact]
     public void Good_options_get_as_far_as_connecting()
     {
-        var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock", "tcp:h:1", "--max-bandwidth", "1G", "--downtime-limit", "50", "--channels", "2", "--auto-converge", "--no-hint", "--no-balloon-skip");
+        var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock", "tcp:h:1", "--max-bandwidth", "1G", "--downtime-limit", "50", "--channels", "2", "--auto-converge", "--no-hint", "--no-balloon-skip", "--verify");
         Assert.Equal(1, code);
         Assert.Contains("cannot connect to the QMP socket /nonexistent.sock", stderr, StringComparison.Ordinal);
     }

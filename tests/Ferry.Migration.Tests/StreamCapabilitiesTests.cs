@@ -14,7 +14,8 @@ public sealed class StreamCapabilitiesTests
         Assert.Equal(1UL << 2, (ulong)StreamCapabilities.Multichannel);
         Assert.Equal(1UL << 3, (ulong)StreamCapabilities.PassAcks);
         Assert.Equal(1UL << 4, (ulong)StreamCapabilities.KeepAlive);
-        Assert.Equal(0b11111UL, (ulong)StreamCapabilities.All);
+        Assert.Equal(1UL << 5, (ulong)StreamCapabilities.Verify);
+        Assert.Equal(0b111111UL, (ulong)StreamCapabilities.All);
     }
 
     [Fact]

@@ -33,6 +33,9 @@ public enum MigrationErrorKind
 
     /// <summary>TLS refused the peer (untrusted or expired certificate, a subject outside tls-authz, a peer without TLS) or could not be set up.</summary>
     TlsRefused,
+
+    /// <summary>A verified migration's destination found memory that differs from the source's (ferry-verify); the guest was not resumed there.</summary>
+    VerifyFailed,
 }
 
 /// <summary>

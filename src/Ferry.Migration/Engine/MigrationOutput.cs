@@ -20,6 +20,10 @@ public interface IPageSink
 
     /// <summary>Ends this sink's part of a pass (and pushes out what is buffered).</summary>
     void EndPass(uint pass);
+
+    /// <summary>A chunk's digest for the other side to compare (only outputs whose <see cref="IMigrationOutput.Verifies"/> is true).</summary>
+    void WriteDigest(ushort block, uint chunk, uint digest, ReadOnlySpan<byte> excluded) =>
+        throw new NotSupportedException($"{GetType().Name} does not carry memory digests");
 }
 
 /// <summary>
@@ -67,6 +71,12 @@ public interface IMigrationOutput : IDisposable
     /// </summary>
     bool HandedOver => false;
 
+    /// <summary>
+    /// After <see cref="Open"/>: the other side compares memory digests after the last pass (capability
+    /// ferry-verify, accepted by the destination). False for a snapshot file, whose every page has its own CRC.
+    /// </summary>
+    bool Verifies => false;
+
     /// <summary>Why the channel the other side answers on ended, other than its FAILED (null: it did not, or there is none).</summary>
     Exception? ReturnPathFailure => null;
 
@@ -100,8 +110,11 @@ public sealed class ChannelOutput(IChannelConnector connector, MigrationParamete
     private Timer? _heartbeat;
     private long _lastControlBytes = -1;
     private volatile bool _handedOver;
+    private bool _verifies;
 
     public string Description => connector.Description;
+
+    public bool Verifies => _verifies;
 
     public bool HandedOver => _handedOver;
 
@@ -120,7 +133,8 @@ public sealed class ChannelOutput(IChannelConnector connector, MigrationParamete
             throw new MigrationException(MigrationErrorKind.OutputFailed, $"{blocks.Count} RAM blocks (1..{StreamHeader.MaxBlocks} can migrate)");
         _channels = new Channel[_channelCount];
         var sessionId = (ulong)Random.Shared.NextInt64();
-        const StreamCapabilities offered = StreamCapabilities.All;
+        // Verification costs downtime: it is offered only when asked for.
+        var offered = capabilities.Verify ? StreamCapabilities.All : StreamCapabilities.All & ~StreamCapabilities.Verify;
         var header = new StreamHeader((ulong)offered, _channelCount, [.. blocks.Select(b => new BlockDescriptor(b.Name, b.Size))], sessionId);
         for (var i = 0; i < _channelCount; i++)
         {
@@ -139,6 +153,9 @@ public sealed class ChannelOutput(IChannelConnector connector, MigrationParamete
                 var accepted = (StreamCapabilities)reply.Capabilities;
                 if ((accepted & ~offered) != 0)
                     throw new MigrationException(MigrationErrorKind.DestinationRefused, $"the destination accepted capabilities 0x{reply.Capabilities:X} that were not offered");
+                if (capabilities.Verify && !accepted.HasFlag(StreamCapabilities.Verify))
+                    throw new MigrationException(MigrationErrorKind.DestinationRefused, "the destination does not verify migrated memory (capability ferry-verify); migrate without it or update the destination");
+                _verifies = accepted.HasFlag(StreamCapabilities.Verify);
                 if (accepted.HasFlag(StreamCapabilities.KeepAlive))
                     _heartbeat = new Timer(_ => Heartbeat(), null, _timeout / 4, _timeout / 4);
             }
@@ -408,6 +425,12 @@ public sealed class ChannelOutput(IChannelConnector connector, MigrationParamete
                 Writer.WritePassEnd(pass);
                 Writer.Flush();
             }
+        }
+
+        public void WriteDigest(ushort block, uint chunk, uint digest, ReadOnlySpan<byte> excluded)
+        {
+            lock (Gate)
+                Writer.WriteDigest(block, chunk, digest, excluded);
         }
 
         public void Abort()

@@ -195,7 +195,11 @@ public static class MigrationCapabilityTable
         "ferry-balloon-skip", true, "skip ballooned pages when the guest negotiated MUST_TELL_HOST",
         c => c.BalloonSkip, (c, v) => c with { BalloonSkip = v }, cliFlag: "no-balloon-skip");
 
-    public static IReadOnlyList<MigrationCapability> All { get; } = [Multifd, AutoConverge, FreePageHint, BalloonSkip];
+    public static readonly MigrationCapability Verify = new(
+        "ferry-verify", false, "at the switch-over the destination compares a digest of every 2 MiB chunk of memory with the source's before it resumes the guest; a mismatch fails the migration and the source runs on",
+        c => c.Verify, (c, v) => c with { Verify = v }, cliFlag: "verify");
+
+    public static IReadOnlyList<MigrationCapability> All { get; } = [Multifd, AutoConverge, FreePageHint, BalloonSkip, Verify];
 
     public static MigrationCapability? Find(string name) => All.FirstOrDefault(c => c.Name == name);
 

@@ -6,7 +6,11 @@ using Ferry.Migration.Transport;
 
 namespace Ferry.Migration.Engine;
 
-/// <summary>What a destination loaded. <paramref name="SourceToldResumed"/> false: the guest runs here but RESUMED could not be sent (the source stays paused).</summary>
+/// <summary>
+/// What a destination loaded. <paramref name="SourceToldResumed"/> false: the guest runs here but RESUMED could not be
+/// sent (the source stays paused). <paramref name="VerifiedChunks"/> and <paramref name="VerifyMs"/>: a verified
+/// migration's chunks compared, and the loaders' time comparing them (summed over the channels).
+/// </summary>
 public sealed record IncomingReport(
     int Channels,
     ulong DataPages,
@@ -18,7 +22,9 @@ public sealed record IncomingReport(
     double LoadAfterLastByteMs,
     double StateRestoreMs = 0,
     double ResumeMs = 0,
-    bool SourceToldResumed = true);
+    bool SourceToldResumed = true,
+    long VerifiedChunks = 0,
+    double VerifyMs = 0);
 
 /// <summary>
 /// The destination side: accepts channel 0, checks the header against its own RAM blocks and answers with the
@@ -87,6 +93,8 @@ public static class MigrationReceiver
                 ReturnPath.WriteAccept(control, (ulong)accepted);
                 _readers = new RecordReader?[header.Channels];
                 _readers[0] = reader0;
+                // Verification follows what is loaded from the first record on (before any downtime).
+                var digests = accepted.HasFlag(StreamCapabilities.Verify) ? new DestinationDigests(target.Blocks, header) : null;
                 if (accepted.HasFlag(StreamCapabilities.KeepAlive))
                 {
                     _lastProgress = Stopwatch.GetTimestamp();
@@ -138,7 +146,7 @@ public static class MigrationReceiver
                     {
                         try
                         {
-                            passes[channel] = LoadChannel(_readers[channel]!, channel, target, sections, PassEnded);
+                            passes[channel] = LoadChannel(_readers[channel]!, channel, target, sections, PassEnded, digests);
                             lastByte[channel] = Stopwatch.GetTimestamp();
                         }
                         catch (Exception e)
@@ -169,7 +177,7 @@ public static class MigrationReceiver
                     header.Channels, totals.Data, totals.Zero, totals.Ballooned, _readers.Sum(r => r!.BytesRead), passes.Max(),
                     _clock.Elapsed.TotalMilliseconds, Stopwatch.GetElapsedTime(lastByte.Max(), Stopwatch.GetTimestamp()).TotalMilliseconds,
                     Stopwatch.GetElapsedTime(restoreStart, restored).TotalMilliseconds, Stopwatch.GetElapsedTime(restored, resumed).TotalMilliseconds,
-                    SourceToldResumed: confirmed);
+                    SourceToldResumed: confirmed, VerifiedChunks: digests?.Chunks ?? 0, VerifyMs: digests?.Milliseconds ?? 0);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -203,6 +211,7 @@ public static class MigrationReceiver
 
         private static (MigrationErrorKind Kind, string Message) Describe(Exception e) => e switch
         {
+            MigrationException m => (m.Kind, m.Message),
             StreamFormatException or InvalidDataException => (MigrationErrorKind.InvalidStream, $"bad migration stream: {e.Message}"),
             MigrationTlsException => (MigrationErrorKind.TlsRefused, e.Message),
             TimeoutException => (MigrationErrorKind.Timeout, e.Message.StartsWith("no ", StringComparison.Ordinal) ? e.Message : $"a migration channel did not join within {ChannelJoinTimeout.TotalSeconds} s"),
@@ -280,17 +289,31 @@ public static class MigrationReceiver
         }
     }
 
-    /// <summary>Loads one channel until its END. Returns the number of passes it saw.</summary>
-    private static int LoadChannel(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections, Action<uint> passEnded)
+    /// <summary>
+    /// Loads one channel until its END. Returns the number of passes it saw. With <paramref name="digests"/> (a verified
+    /// migration) every RAM record is followed, DIGEST records are compared and END checks the chunks without one;
+    /// once a channel's digests began, no RAM record may follow (they describe its final contents).
+    /// </summary>
+    private static int LoadChannel(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections, Action<uint> passEnded, DestinationDigests? digests)
     {
         var passes = 0;
+        var digested = false;
         while (true)
         {
             var record = reader.ReadRecord();
+            if (digested && record.Type is RecordType.Pages or RecordType.ZeroRun or RecordType.BalloonBitmap or RecordType.PassEnd)
+                throw new StreamFormatException($"channel {channel}: a {record.Type} record after the channel's digests (they describe the final memory)");
             switch (record.Type)
             {
                 case RecordType.End:
+                    digests?.CheckRest(channel);
                     return passes;
+                case RecordType.Digest:
+                    if (digests is null)
+                        throw new StreamFormatException($"channel {channel}: a DIGEST record, but verification (capability verify) was not negotiated");
+                    digested = true;
+                    digests.Check(record, channel);
+                    break;
                 case RecordType.KeepAlive:
                     break;
                 case RecordType.PassEnd:
@@ -307,9 +330,11 @@ public static class MigrationReceiver
                     break;
                 case RecordType.BalloonBitmap:
                     target.ApplyBalloonBitmap(record.Block, record.PageOffset / Page.Size, record.Data.Span);
+                    digests?.Loaded(record);
                     break;
                 default:
                     RamLoader.Apply(record, target.Blocks);
+                    digests?.Loaded(record);
                     break;
             }
         }

@@ -77,6 +77,9 @@ public sealed record MigrationCapabilities
 
     /// <summary>ferry-balloon-skip: skip pages in the balloon when the guest negotiated MUST_TELL_HOST.</summary>
     public bool BalloonSkip { get; init; } = MigrationCapabilityTable.BalloonSkip.Default;
+
+    /// <summary>ferry-verify: at the switch-over the destination compares a digest of every chunk with the source's before it resumes the guest.</summary>
+    public bool Verify { get; init; } = MigrationCapabilityTable.Verify.Default;
 }
 
 public enum MigrationStatus
