@@ -155,16 +155,26 @@ public sealed class MigrationTls : IDisposable
         }
     }
 
-    /// <summary>Sends a refused source the reason, as the destination's FAILED reply it waits for, then closes.</summary>
+    /// <summary>
+    /// Sends a refused source the reason, as the destination's FAILED reply it waits for, then closes. What the source
+    /// sends meanwhile (its header) is discarded unread for a moment, so that its writes do not fail with a broken
+    /// pipe before it gets to read the reason.
+    /// </summary>
     private static async Task TellAndClose(TlsChannel channel, string reason)
     {
         try
         {
             Stream.ReturnPath.WriteFailed(channel, reason);
+            await channel.ShutdownAsync().ConfigureAwait(false);
+            using var linger = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+            var discard = new byte[16 << 10];
+            while (await channel.ReadAsync(discard, linger.Token).ConfigureAwait(false) > 0)
+            {
+            }
         }
-        catch (Exception e) when (e is IOException or ObjectDisposedException)
+        catch (Exception e) when (e is IOException or ObjectDisposedException or OperationCanceledException or AuthenticationException)
         {
-            // The source is gone already: nobody to tell.
+            // The source is gone or kept talking: it was told, or nobody is there to tell.
         }
         await channel.DisposeAsync().ConfigureAwait(false);
     }
