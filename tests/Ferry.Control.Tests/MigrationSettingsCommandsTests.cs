@@ -118,7 +118,7 @@ public sealed class MigrationSettingsCommandsTests : IAsyncLifetime, IDisposable
     public void Every_capability_round_trips_through_set_and_query()
     {
         var query = (JsonArray)_client.Execute("query-migrate-capabilities")!;
-        Assert.Equal(["multifd", "auto-converge", "ferry-free-page-hint", "ferry-balloon-skip", "ferry-verify"], query.Select(c => c!["capability"]!.GetValue<string>()));
+        Assert.Equal(["multifd", "auto-converge", "ferry-free-page-hint", "ferry-balloon-skip", "ferry-verify", "events", "mapped-ram"], query.Select(c => c!["capability"]!.GetValue<string>()));
         Assert.Equal(MigrationCapabilityTable.All.Select(c => c.Default), query.Select(c => c!["state"]!.GetValue<bool>()));
 
         var flipped = new JsonArray();

@@ -199,7 +199,15 @@ public static class MigrationCapabilityTable
         "ferry-verify", false, "at the switch-over the destination compares a digest of every 2 MiB chunk of memory with the source's before it resumes the guest; a mismatch fails the migration and the source runs on",
         c => c.Verify, (c, v) => c with { Verify = v }, cliFlag: "verify");
 
-    public static IReadOnlyList<MigrationCapability> All { get; } = [Multifd, AutoConverge, FreePageHint, BalloonSkip, Verify];
+    public static readonly MigrationCapability Events = new(
+        "events", false, "emit MIGRATION and MIGRATION_PASS events (ferry migrate turns it on)",
+        c => c.Events, (c, v) => c with { Events = v });
+
+    public static readonly MigrationCapability MappedRam = new(
+        "mapped-ram", false, "write (migrate) or read (migrate-incoming) a file: URI as the fixed-offset snapshot file",
+        c => c.MappedRam, (c, v) => c with { MappedRam = v }, cliFlag: "mapped-ram");
+
+    public static IReadOnlyList<MigrationCapability> All { get; } = [Multifd, AutoConverge, FreePageHint, BalloonSkip, Verify, Events, MappedRam];
 
     public static MigrationCapability? Find(string name) => All.FirstOrDefault(c => c.Name == name);
 

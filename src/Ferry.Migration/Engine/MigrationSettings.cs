@@ -80,6 +80,12 @@ public sealed record MigrationCapabilities
 
     /// <summary>ferry-verify: at the switch-over the destination compares a digest of every chunk with the source's before it resumes the guest.</summary>
     public bool Verify { get; init; } = MigrationCapabilityTable.Verify.Default;
+
+    /// <summary>events: QMP's MIGRATION and MIGRATION_PASS events are emitted (read by the control layer, not the engine).</summary>
+    public bool Events { get; init; } = MigrationCapabilityTable.Events.Default;
+
+    /// <summary>mapped-ram: a file: URI holds the fixed-offset snapshot file (read by the control layer, not the engine).</summary>
+    public bool MappedRam { get; init; } = MigrationCapabilityTable.MappedRam.Default;
 }
 
 public enum MigrationStatus
