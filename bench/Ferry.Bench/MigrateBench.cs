@@ -372,7 +372,7 @@ internal static class MigrateBench
             }
             incoming = await receive;
         }
-        source.Stop("migrated");
+        source.Stop(ShutdownCause.HostQmpQuit, "migrated");
 
         if (profile == "dirty")
             await Guest.Cmd(destConsole, "stop");
