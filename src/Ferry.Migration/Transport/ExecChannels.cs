@@ -8,17 +8,10 @@ namespace Ferry.Migration.Transport;
 /// the stream goes to its stdin and the destination's replies come from its stdout. One command is one channel:
 /// a second connect is refused (QEMU refuses multifd over exec: the same way, before starting).
 /// </summary>
-public sealed class ExecChannelConnector : IChannelConnector
+public sealed class ExecChannelConnector(MigrationUri uri) : IChannelConnector
 {
-    private readonly MigrationUri _uri;
+    private readonly MigrationUri _uri = uri.Expect(MigrationUriKind.Exec);
     private int _connected;
-
-    public ExecChannelConnector(MigrationUri uri)
-    {
-        if (uri.Kind != MigrationUriKind.Exec)
-            throw new ArgumentException($"{uri} is not an exec: URI", nameof(uri));
-        _uri = uri;
-    }
 
     public string Description => _uri.ToString();
 
@@ -42,9 +35,7 @@ public sealed class ExecChannelListener : IChannelListener
 
     public ExecChannelListener(MigrationUri uri)
     {
-        if (uri.Kind != MigrationUriKind.Exec)
-            throw new ArgumentException($"{uri} is not an exec: URI", nameof(uri));
-        _uri = uri;
+        _uri = uri.Expect(MigrationUriKind.Exec);
         _stream = ExecChannelStream.Start(uri);
     }
 

@@ -64,6 +64,10 @@ public sealed record MigrationUri
     /// </summary>
     public bool CarriesManyChannels => Kind is MigrationUriKind.Tcp or MigrationUriKind.Unix;
 
+    /// <summary>This URI when it is of <paramref name="kind"/>; a transport's constructor checks what it was given with it.</summary>
+    internal MigrationUri Expect(MigrationUriKind kind) =>
+        Kind == kind ? this : throw new ArgumentException($"{this} is not a {kind.ToString().ToLowerInvariant()}: URI");
+
     public static MigrationUri Tcp(string host, int port) => new(MigrationUriKind.Tcp, host: host, port: port);
 
     public static MigrationUri Unix(string path) => new(MigrationUriKind.Unix, path: path);

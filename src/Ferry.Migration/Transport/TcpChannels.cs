@@ -79,32 +79,21 @@ public static class ChannelLiveness
     }
 }
 
-public sealed class TcpChannelConnector : IChannelConnector
+/// <summary>Connecting a channel's socket, for every socket transport: the socket is the stream's or disposed, and a failure names the URI.</summary>
+internal static class ChannelSockets
 {
-    private readonly MigrationUri _uri;
-
-    public TcpChannelConnector(MigrationUri uri)
+    public static async Task<System.IO.Stream> ConnectAsync(Socket socket, Action<Socket> tune, EndPoint endpoint, MigrationUri uri, CancellationToken cancel)
     {
-        if (uri.Kind != MigrationUriKind.Tcp)
-            throw new ArgumentException($"{uri} is not a tcp: URI", nameof(uri));
-        _uri = uri;
-    }
-
-    public string Description => _uri.ToString();
-
-    public async Task<System.IO.Stream> ConnectAsync(CancellationToken cancel)
-    {
-        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            TcpTuning.Apply(socket);
-            await socket.ConnectAsync(_uri.Host, _uri.Port, cancel).ConfigureAwait(false);
+            tune(socket);
+            await socket.ConnectAsync(endpoint, cancel).ConfigureAwait(false);
             return new NetworkStream(socket, ownsSocket: true);
         }
         catch (SocketException e)
         {
             socket.Dispose();
-            throw new IOException($"cannot connect to {_uri}: {e.Message}", e);
+            throw new IOException($"cannot connect to {uri}: {e.Message}", e);
         }
         catch
         {
@@ -114,15 +103,32 @@ public sealed class TcpChannelConnector : IChannelConnector
     }
 }
 
+public sealed class TcpChannelConnector(MigrationUri uri) : IChannelConnector
+{
+    private readonly MigrationUri _uri = uri.Expect(MigrationUriKind.Tcp);
+
+    public string Description => _uri.ToString();
+
+    public Task<System.IO.Stream> ConnectAsync(CancellationToken cancel) =>
+        ChannelSockets.ConnectAsync(new Socket(SocketType.Stream, ProtocolType.Tcp), TcpTuning.Apply, new DnsEndPoint(_uri.Host, _uri.Port), _uri, cancel);
+}
+
 public sealed class TcpChannelListener : IChannelListener
 {
     private readonly Socket _socket;
 
     public TcpChannelListener(MigrationUri uri)
     {
-        if (uri.Kind != MigrationUriKind.Tcp)
-            throw new ArgumentException($"{uri} is not a tcp: URI", nameof(uri));
-        var addresses = IPAddress.TryParse(uri.Host, out var address) ? [address] : Dns.GetHostAddresses(uri.Host);
+        uri.Expect(MigrationUriKind.Tcp);
+        IPAddress[] addresses;
+        try
+        {
+            addresses = IPAddress.TryParse(uri.Host, out var address) ? [address] : Dns.GetHostAddresses(uri.Host);
+        }
+        catch (SocketException e)
+        {
+            throw new IOException($"cannot listen on {uri}: {e.Message}", e);
+        }
         if (addresses.Length == 0)
             throw new IOException($"{uri}: host '{uri.Host}' has no address");
         _socket = new Socket(addresses[0].AddressFamily, SocketType.Stream, ProtocolType.Tcp);

@@ -7,39 +7,15 @@ namespace Ferry.Migration.Transport;
 /// already at PATH before binding (QEMU does the same: a stale socket from an earlier run) and the socket file it
 /// made when it is disposed.
 /// </summary>
-public sealed class UnixChannelConnector : IChannelConnector
+public sealed class UnixChannelConnector(MigrationUri uri) : IChannelConnector
 {
-    private readonly MigrationUri _uri;
-
-    public UnixChannelConnector(MigrationUri uri)
-    {
-        if (uri.Kind != MigrationUriKind.Unix)
-            throw new ArgumentException($"{uri} is not a unix: URI", nameof(uri));
-        _uri = uri;
-    }
+    private readonly MigrationUri _uri = uri.Expect(MigrationUriKind.Unix);
 
     public string Description => _uri.ToString();
 
-    public async Task<System.IO.Stream> ConnectAsync(CancellationToken cancel)
-    {
-        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            socket.SendBufferSize = TcpTuning.SocketBufferBytes;
-            await socket.ConnectAsync(new UnixDomainSocketEndPoint(_uri.Path), cancel).ConfigureAwait(false);
-            return new NetworkStream(socket, ownsSocket: true);
-        }
-        catch (SocketException e)
-        {
-            socket.Dispose();
-            throw new IOException($"cannot connect to {_uri}: {e.Message}", e);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-    }
+    public Task<System.IO.Stream> ConnectAsync(CancellationToken cancel) =>
+        ChannelSockets.ConnectAsync(new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified),
+            socket => socket.SendBufferSize = TcpTuning.SocketBufferBytes, new UnixDomainSocketEndPoint(_uri.Path), _uri, cancel);
 }
 
 public sealed class UnixChannelListener : IChannelListener
@@ -50,9 +26,7 @@ public sealed class UnixChannelListener : IChannelListener
 
     public UnixChannelListener(MigrationUri uri)
     {
-        if (uri.Kind != MigrationUriKind.Unix)
-            throw new ArgumentException($"{uri} is not a unix: URI", nameof(uri));
-        _uri = uri;
+        _uri = uri.Expect(MigrationUriKind.Unix);
         if (Directory.Exists(uri.Path))
             throw new IOException($"cannot listen on {uri}: '{uri.Path}' is a directory");
         _socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
