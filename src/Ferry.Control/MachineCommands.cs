@@ -97,14 +97,20 @@ public static class MachineCommands
             var status = machine.Status;
             return new JsonObject { ["status"] = status.ToQmp(), ["running"] = status == MachineStatus.Running, ["singlestep"] = false };
         });
+        // A destination waiting for a migration has no guest to run yet: QEMU's cont only asks for the guest to run
+        // once it arrived, which Ferry always does, and its stop asks for it not to, which Ferry cannot.
         server.Register("stop", QmpObjectType.Empty, () =>
         {
+            if (machine.Status == MachineStatus.InMigrate)
+                throw new QmpException(QmpException.GenericError, "Guest is waiting for an incoming migration; it runs once the migration completed, stop it then");
             QmpException.Relay(() => machine.PauseGuest());
             server.Emit("STOP");
             return null;
         });
         server.Register("cont", QmpObjectType.Empty, () =>
         {
+            if (machine.Status == MachineStatus.InMigrate)
+                return null;
             QmpException.Relay(() => machine.ResumeGuest());
             server.Emit("RESUME");
             return null;

@@ -38,6 +38,10 @@ public sealed class MigrationFlowTests : IDisposable
 
         Assert.Equal("inmigrate", destination.Status);
         Assert.Empty((JsonObject)destination.Client.Execute("query-migrate")!);
+        // No guest to run yet: cont waits for it (QEMU's autostart), stop cannot be honoured.
+        destination.Client.Execute("cont");
+        Assert.Equal("inmigrate", destination.Status);
+        Assert.StartsWith("Guest is waiting for an incoming migration", destination.Refusal("stop", []), StringComparison.Ordinal);
         // QEMU's flow: parameters and capabilities set on the destination before migrate-incoming.
         destination.SetCapability("events", true);
         destination.Client.Execute("migrate-set-parameters", new JsonObject { ["ferry-channel-timeout-ms"] = 5000 });
