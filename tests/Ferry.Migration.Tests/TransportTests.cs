@@ -132,15 +132,25 @@ public sealed class TransportTests : IDisposable
     }
 
     [Fact]
-    public void A_unix_listener_replaces_a_stale_socket_file_and_refuses_a_directory()
+    public void A_unix_listener_replaces_a_stale_socket_but_not_a_file_a_directory_or_a_live_socket()
     {
         var path = Path.Combine(_dir, "stale.sock");
-        File.WriteAllText(path, "left over");
+        using (var gone = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified))
+            gone.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(path)); // closed without unlinking: a stale socket file
         using (MigrationTransports.Listen(MigrationUri.Unix(path)))
-            Assert.True(File.Exists(path));
-        Assert.False(File.Exists(path));
-        var error = Assert.Throws<IOException>(() => MigrationTransports.Listen(MigrationUri.Unix(_dir)));
-        Assert.Equal($"cannot listen on unix:{_dir}: '{_dir}' is a directory", error.Message);
+        {
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(path));
+            var busy = Assert.Throws<IOException>(() => MigrationTransports.Listen(MigrationUri.Unix(path)));
+            Assert.Equal($"cannot listen on {path}: another process is listening on it", busy.Message);
+        }
+        Assert.False(File.Exists(path), "the listener left its socket file behind");
+
+        var file = Path.Combine(_dir, "notes.txt");
+        File.WriteAllText(file, "keep me");
+        Assert.Equal($"cannot listen on {file}: it exists and is not a socket (not replacing it)",
+            Assert.Throws<IOException>(() => MigrationTransports.Listen(MigrationUri.Unix(file))).Message);
+        Assert.Equal("keep me", File.ReadAllText(file));
+        Assert.StartsWith($"cannot listen on {_dir}: ", Assert.Throws<IOException>(() => MigrationTransports.Listen(MigrationUri.Unix(_dir))).Message, StringComparison.Ordinal);
     }
 
     [Fact]

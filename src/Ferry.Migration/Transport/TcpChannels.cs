@@ -67,7 +67,7 @@ public static class ChannelLiveness
         {
             if (Transport(stream) is NetworkStream network)
                 network.Socket.Shutdown(SocketShutdown.Both);
-            else if (stream is IShutdownStream shutdown)
+            else if (Transport(stream) is IShutdownStream shutdown)
                 shutdown.Shutdown();
             else
                 stream.Dispose();

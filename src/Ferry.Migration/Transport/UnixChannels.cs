@@ -1,11 +1,11 @@
 using System.Net.Sockets;
+using Ferry.Interop;
 
 namespace Ferry.Migration.Transport;
 
 /// <summary>
-/// `unix:PATH` channels: one Unix stream socket connection per channel, as with TCP. The listener removes a file
-/// already at PATH before binding (QEMU does the same: a stale socket from an earlier run) and the socket file it
-/// made when it is disposed.
+/// `unix:PATH` channels: one Unix stream socket connection per channel, as with TCP. The listener replaces only a
+/// stale socket file at PATH (QEMU removes whatever is there) and removes the socket file it made when disposed.
 /// </summary>
 public sealed class UnixChannelConnector(MigrationUri uri) : IChannelConnector
 {
@@ -24,26 +24,15 @@ public sealed class UnixChannelListener : IChannelListener
     private readonly MigrationUri _uri;
     private int _disposed;
 
+    /// <summary>
+    /// Listens on the URI's path through <see cref="UnixListener"/>: the socket is private to its owner (whoever
+    /// connects can hand this VM a guest), a socket file left by a process that is gone is replaced, and a path
+    /// that something still listens on or that is not a socket is refused untouched.
+    /// </summary>
     public UnixChannelListener(MigrationUri uri)
     {
         _uri = uri.Expect(MigrationUriKind.Unix);
-        if (Directory.Exists(uri.Path))
-            throw new IOException($"cannot listen on {uri}: '{uri.Path}' is a directory");
-        _socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            if (File.Exists(uri.Path))
-                File.Delete(uri.Path);
-            _socket.ReceiveBufferSize = TcpTuning.SocketBufferBytes; // inherited by accepted sockets: set before listen
-            _socket.Bind(new UnixDomainSocketEndPoint(uri.Path));
-            _socket.Listen(64);
-        }
-        catch (Exception e) when (e is SocketException or IOException or UnauthorizedAccessException)
-        {
-            _socket.Dispose();
-            var why = e is UnauthorizedAccessException ? "permission denied" : e.Message;
-            throw new IOException($"cannot listen on {uri}: {why}", e);
-        }
+        _socket = UnixListener.Listen(uri.Path, UnixListener.PrivateMode, backlog: 64);
     }
 
     public string Description => _uri.ToString();
@@ -66,7 +55,7 @@ public sealed class UnixChannelListener : IChannelListener
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            // Someone else's file by now, or not ours to remove: leave it.
+            // Not ours to remove any more: leave it.
         }
     }
 }
