@@ -18,7 +18,10 @@ using Ferry.Migration.Transport;
 /// </summary>
 internal static class MigrateBench
 {
-    public static readonly string[] AllProfiles = ["idle-fresh", "fill-free-hint", "fill-free-nohint", "balloon10", "dirty"];
+    public static readonly string[] DefaultProfiles = ["idle-fresh", "fill-free-hint", "fill-free-nohint", "balloon10", "dirty"];
+
+    /// <summary>Also fill-keep: 60% of usable memory filled and kept, every page of it moved (and with --verify, hashed on both sides).</summary>
+    public static readonly string[] AllProfiles = [.. DefaultProfiles, "fill-keep"];
 
     private const double MiB = 1 << 20;
     private const double GiB = 1 << 30;
@@ -41,10 +44,10 @@ internal static class MigrateBench
     internal sealed record Report(
         string Command, DateTime StartedUtc, string Host, int Cores, ulong HostRamBytes, string Kernel, string Cpu,
         string? QemuVersion, int Channels, double LoopbackGiBps, long LoopbackBytes, double LoopbackSeconds,
-        string GuestCommandLine, int FerryCpus, bool DestinationPrepopulated, long DowntimeLimitMs, int Repeat, List<Row> Rows);
+        string GuestCommandLine, int FerryCpus, bool DestinationPrepopulated, bool Verify, long DowntimeLimitMs, int Repeat, List<Row> Rows);
 
     public static async Task<int> Run(string[] args, ulong[] sizes, string[] profiles, int repeat, long downtimeMs, string guestCommandLine, string? jsonPath,
-        int cpus, bool prepopulate)
+        int cpus, bool prepopulate, bool verify)
     {
         foreach (var p in profiles)
         {
@@ -68,7 +71,8 @@ internal static class MigrateBench
         Console.WriteLine($"machine: {Environment.ProcessorCount} cores ({cpu}), {hostRam / GiB:0.0} GiB RAM, Linux {kernel}, " +
                           (qemuVersion is null ? "QEMU not installed" : $"QEMU {qemuVersion} ({qemuBinary})"));
         Console.WriteLine($"settings: {channels} Ferry channels, downtime-limit {downtimeMs} ms, Ferry guest {cpus} vCPUs (QEMU's: 1, PVH starts only the boot CPU), guest command line '{guestCommandLine}', median of {repeat} by total time" +
-                          (prepopulate ? "; DIAGNOSTIC: Ferry's destination RAM pre-populated (MADV_POPULATE_WRITE) before the migration starts, outside the timed part" : ""));
+                          (prepopulate ? "; DIAGNOSTIC: Ferry's destination RAM pre-populated (MADV_POPULATE_WRITE) before the migration starts, outside the timed part" : "") +
+                          (verify ? "; Ferry verified (ferry-verify: digests of every chunk compared before the destination resumes, inside the downtime)" : ""));
         if (qemuVersion is null)
             Console.WriteLine("QEMU not installed: skipped");
 
@@ -90,7 +94,7 @@ internal static class MigrateBench
                 var row = new Row(size, profile, qemuProfile, hint, [], []);
                 for (var i = 0; i < repeat; i++)
                 {
-                    var f = await MeasureFerry(size, profile, downtimeMs, guestCommandLine, cpus, prepopulate);
+                    var f = await MeasureFerry(size, profile, downtimeMs, guestCommandLine, cpus, prepopulate, verify);
                     row.Ferry.Add(f);
                     var s = f.Stats;
                     Console.Error.WriteLine($"[{DateTime.Now:HH:mm:ss}] {size} GiB {profile} #{i + 1}: Ferry {s.TotalTimeMs:0} ms total, {s.DowntimeMs:0.0} ms down, {s.TransferredBytes / MiB:0.0} MiB sent, setup {s.SetupTimeMs:0} ms, passes {PassList(s)}");
@@ -107,15 +111,36 @@ internal static class MigrateBench
 
         Console.WriteLine();
         PrintTables(rows, ceiling, repeat);
+        if (verify)
+            PrintVerify(rows);
 
         if (jsonPath is not null)
         {
             var report = new Report(command, started, Environment.MachineName, Environment.ProcessorCount, hostRam, kernel, cpu, qemuVersion,
-                channels, ceiling, ceilingBytes, ceilingSeconds, guestCommandLine, cpus, prepopulate, downtimeMs, repeat, rows);
+                channels, ceiling, ceilingBytes, ceilingSeconds, guestCommandLine, cpus, prepopulate, verify, downtimeMs, repeat, rows);
             await File.WriteAllTextAsync(jsonPath, JsonSerializer.Serialize(report, JsonOptions));
             Console.WriteLine($"raw runs written to {jsonPath}");
         }
         return 0;
+    }
+
+    /// <summary>With --verify: where the downtime went, the source's digest phase and the destination's comparing.</summary>
+    private static void PrintVerify(List<Row> rows)
+    {
+        Console.WriteLine();
+        Console.WriteLine("Verification (ferry-verify), the same median runs: the source's digests are the `verify` downtime phase; the destination's comparing is inside `complete` (its time summed over the channels).");
+        Console.WriteLine();
+        Console.WriteLine("| size | profile | downtime ms | pause | dirty sync | final pass | verify (source) | save state | complete | chunks | destination comparing ms (all channels) | source GiB/s hashed |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        foreach (var row in rows)
+        {
+            var s = row.FerryMedian.Stats;
+            var d = s.Downtime;
+            var hashed = s.VerifiedChunks * 2.0 / 1024;
+            var rate = d is { VerifyMs: > 0 } ? $"{hashed / (d.VerifyMs / 1000):0.00}" : "-";
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {row.MemoryGib} GiB | {row.Profile} | {s.DowntimeMs:0.0} | {d?.PauseMs:0.0} | {d?.SyncMs:0.0} | {d?.FinalPassMs:0.0} | {d?.VerifyMs:0.0} | {d?.SaveStateMs:0.0} | {d?.CompleteMs:0.0} | {s.VerifiedChunks} | {row.FerryMedian.Incoming.VerifyMs:0.0} | {rate} (at most; holes are not read) |"));
+        }
     }
 
     private static string PassList(MigrationStats s) =>
@@ -266,7 +291,7 @@ internal static class MigrateBench
     /// Boots a 2-vCPU source guest, prepares <paramref name="profile"/> as <see cref="QemuBench.Measure"/> does,
     /// migrates it to a fresh paused machine over loopback TCP and checks the destination with `verify`.
     /// </summary>
-    internal static async Task<FerryRun> MeasureFerry(ulong memoryGib, string profile, long downtimeMs, string guestCommandLine, int cpus, bool prepopulate)
+    internal static async Task<FerryRun> MeasureFerry(ulong memoryGib, string profile, long downtimeMs, string guestCommandLine, int cpus, bool prepopulate, bool verifyMigration = false)
     {
         var config = new MachineConfig
         {
@@ -296,6 +321,9 @@ internal static class MigrateBench
             case "fill-free-nohint":
                 await Guest.Cmd(console, $"fill {usableMib * 6 / 10}");
                 await Guest.Cmd(console, "free");
+                break;
+            case "fill-keep":
+                await Guest.Cmd(console, $"fill {usableMib * 6 / 10}");
                 break;
             case "balloon10":
                 var target = (uint)(config.MemoryBytes / 4096 * 9 / 10);
@@ -332,7 +360,7 @@ internal static class MigrateBench
             using var migration = new PrecopyMigration(
                 new MachineMigrationSource(source),
                 new MigrationParameters { DowntimeLimitMs = downtimeMs },
-                new MigrationCapabilities { FreePageHint = profile != "fill-free-nohint" });
+                new MigrationCapabilities { FreePageHint = profile != "fill-free-nohint", Verify = verifyMigration });
             try
             {
                 stats = migration.Run(new TcpChannelConnector(listener.Uri));
@@ -344,7 +372,7 @@ internal static class MigrateBench
             }
             incoming = await receive;
         }
-        source.Stop("migrated");
+        source.Stop(ShutdownCause.HostQmpQuit, "migrated");
 
         if (profile == "dirty")
             await Guest.Cmd(destConsole, "stop");

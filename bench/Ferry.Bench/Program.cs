@@ -49,7 +49,8 @@ switch (mode)
             Arg("guest-cmdline", "report_delay_ms=600000"),
             Arg("json", "") is { Length: > 0 } json ? json : null,
             int.Parse(Arg("cpus", "1"), CultureInfo.InvariantCulture),
-            args.Contains("--prepopulate-destination"));
+            args.Contains("--prepopulate-destination"),
+            args.Contains("--verify"));
     case "snapshot":
         return await SnapshotBench.Run(
             args,
@@ -68,8 +69,13 @@ switch (mode)
             int.Parse(Arg("threads", "2"), CultureInfo.InvariantCulture),
             int.Parse(Arg("repeat", "3"), CultureInfo.InvariantCulture),
             Arg("dir", "/var/tmp/ferry-snap-bench"));
+    case "tls":
+        return TlsBench.Run(
+            ulong.Parse(Arg("gib", "2"), CultureInfo.InvariantCulture),
+            int.Parse(Arg("channels", "2"), CultureInfo.InvariantCulture),
+            int.Parse(Arg("repeat", "3"), CultureInfo.InvariantCulture));
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty(,fill-keep)] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--verify] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] | tls [--gib 2] [--channels 2] [--repeat 3]");
         return 2;
 }
 return 0;
@@ -303,6 +309,9 @@ internal static class QemuBench
                 await source.Cmd($"fill {usableMib * 6 / 10}");
                 await source.Cmd("free");
                 break;
+            case "fill-keep":
+                await source.Cmd($"fill {usableMib * 6 / 10}");
+                break;
             case "balloon10":
                 await source.BalloonTo(memoryGib * 1024 * 1024 * 1024 / 10);
                 break;
@@ -311,7 +320,7 @@ internal static class QemuBench
                 await Task.Delay(500);
                 break;
             default:
-                throw new ArgumentException($"unknown profile '{profile}' (idle-fresh, fill-free, balloon10, dirty)");
+                throw new ArgumentException($"unknown profile '{profile}' (idle-fresh, fill-free, fill-keep, balloon10, dirty)");
         }
         var (destination, result) = await Ferry.Qemu.QemuMigration.MigrateAsync(source, options, downtimeMs);
         using (destination)

@@ -60,6 +60,11 @@ public static class Seeds
         writer.WriteBalloonBitmap(0, 0, bitmap);
         writer.WriteState(StateKind.Device, 0, "virtio-balloon", [1, 2, 3, 4]);
         writer.WritePassEnd(1);
+        var excluded = new byte[8];
+        excluded[0] = 0b0000_0110;
+        excluded[1] = 0b0000_0100;
+        writer.WriteDigest(0, 0, 0x1234_5678, excluded);
+        writer.WriteDigest(1, 0, 0x9ABC_DEF0, new byte[2]);
         writer.WriteEnd();
         writer.Flush();
         return output.ToArray();

@@ -10,7 +10,8 @@ namespace Ferry.Fuzz;
 /// header then records, as channel 0; 1: a channel hello then records, as channel 1..N-1; 2: the return path's
 /// replies, as the source reads them); bit 0 = repair checksums and sequence numbers first, so mutations reach the
 /// checks behind them. Every accepted RAM record is applied to real (memfd) RAM blocks with <see cref="RamLoader"/>,
-/// so a record the reader passes but that does not fit its block throws (a crash).
+/// so a record the reader passes but that does not fit its block throws (a crash); an accepted DIGEST must name a
+/// chunk of its block and exclude no page past it.
 /// </summary>
 public static class StreamTarget
 {
@@ -96,6 +97,16 @@ public static class StreamTarget
 
     private static void Check(in Record record)
     {
+        if (record.Type == RecordType.Digest)
+        {
+            var blockPages = Blocks[record.Block].Size / (ulong)Page.Size;
+            var first = (ulong)record.Chunk * Page.ChunkPages;
+            if (first >= blockPages || record.PageCount != Math.Min((ulong)Page.ChunkPages, blockPages - first) || record.Data.Length != Page.ChunkPages / 8)
+                throw new FuzzOracleException($"a DIGEST for chunk {record.Chunk} ({record.PageCount} pages, {record.Data.Length} bitmap bytes) of a {blockPages}-page block was accepted");
+            if (PageSet.FirstPast(record.Data.Span, record.PageCount) >= 0)
+                throw new FuzzOracleException($"a DIGEST excluding pages past its chunk's {record.PageCount} was accepted");
+            return;
+        }
         if (record.Type is not (RecordType.Pages or RecordType.ZeroRun or RecordType.BalloonBitmap))
             return;
         var size = Blocks[record.Block].Size;

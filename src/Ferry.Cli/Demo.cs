@@ -92,7 +92,7 @@ internal static class Demo
             destinationConsole.SendLine("poweroff");
             var exit = await destination.Exited.WaitAsync(Timeout).ConfigureAwait(false);
             Console.WriteLine($"exit: {exit.Message}");
-            var passed = verify.GetProperty("passed").GetBoolean() && exit.Kind == MachineExitKind.PowerOff;
+            var passed = verify.GetProperty("passed").GetBoolean() && exit.Cause == ShutdownCause.GuestShutdown;
             return passed ? 0 : 1;
         }
     }

@@ -8,7 +8,7 @@ namespace Ferry.Cli;
 /// </summary>
 public enum ExitCode
 {
-    /// <summary>Done: the command did what it was asked; `run`: the guest powered off or QMP quit stopped it.</summary>
+    /// <summary>Done: the command did what it was asked; `run`: the guest powered off, or QMP quit, a signal or --exit-after-migration stopped it.</summary>
     Ok = 0,
 
     /// <summary>A runtime failure: no KVM, a guest image that cannot be used, a QMP socket that does not answer, a migration or snapshot save that failed.</summary>
@@ -20,7 +20,7 @@ public enum ExitCode
     /// <summary>`run`: the guest panicked.</summary>
     GuestPanic = 3,
 
-    /// <summary>`run`: a vCPU stopped on a fault (the message carries a register dump naming RIP).</summary>
+    /// <summary>`run`: a vCPU stopped on a fault (the message carries a register dump naming RIP); SHUTDOWN's reason is host-error.</summary>
     VcpuFault = 4,
 
     /// <summary>`run --incoming` or `run --restore`: the migration or the snapshot could not be loaded.</summary>
@@ -33,10 +33,10 @@ public enum ExitCode
 internal static class ExitCodes
 {
     /// <summary>How `ferry run` ends for each way a machine stops.</summary>
-    public static ExitCode For(MachineExitKind kind) => kind switch
+    public static ExitCode For(ShutdownCause cause) => cause switch
     {
-        MachineExitKind.GuestPanic => ExitCode.GuestPanic,
-        MachineExitKind.VcpuFault => ExitCode.VcpuFault,
+        ShutdownCause.GuestPanic => ExitCode.GuestPanic,
+        ShutdownCause.HostError => ExitCode.VcpuFault,
         _ => ExitCode.Ok,
     };
 

@@ -6,7 +6,8 @@ using Ferry.Migration.Engine;
 namespace Ferry.Cli;
 
 /// <summary>
-/// `ferry migrate unix:SOCK tcp:HOST:PORT`: sets the parameters and capabilities given, starts the migration over
+/// `ferry migrate unix:SOCK URI` (tcp:HOST:PORT, unix:PATH, exec:COMMAND, file:PATH with --mapped-ram): sets the
+/// parameters and capabilities given (and the events capability, which it follows), starts the migration over
 /// QMP, shows its progress while it runs and tables when it ends. Exit codes: <see cref="ExitCode.Ok"/> when
 /// completed, <see cref="ExitCode.Cancelled"/> when cancelled (Ctrl-C), <see cref="ExitCode.Failure"/> when failed.
 /// </summary>
@@ -21,8 +22,11 @@ internal static class MigrateCommand
     public static Command Build()
     {
         var socket = CliOptions.Socket();
-        var target = new Argument<string>("tcp:HOST:PORT") { Description = "the destination, a `ferry run --incoming tcp:HOST:PORT`" };
-        var command = new Command("migrate", "live-migrate a running VM to a `ferry run --incoming` destination (Ctrl-C cancels; the VM runs on)");
+        var target = new Argument<string>("URI")
+        {
+            Description = "the destination: tcp:HOST:PORT, unix:PATH or exec:COMMAND (with --channels 1) of a `ferry run --incoming`, or file:PATH with --mapped-ram",
+        };
+        var command = new Command("migrate", "live-migrate a running VM to a `ferry run --incoming` destination or a file (Ctrl-C cancels; the VM runs on)");
         command.Arguments.Add(socket);
         command.Arguments.Add(target);
         var parameters = ParameterOptions.Select(p => (Parameter: p, Option: ParameterOption(p))).ToArray();
@@ -37,6 +41,7 @@ internal static class MigrateCommand
         command.Options.Add(quiet);
         command.SetGuardedAction(parse =>
         {
+            var uri = ParseTarget(parse.GetValue(target)!, parse.GetValue(flags.Single(f => f.Capability == MigrationCapabilityTable.MappedRam).Option));
             var reportPath = parse.GetValue(report) is { } r ? OutputPath.Check(r, "--report") : null;
             var values = new JsonObject();
             foreach (var (parameter, option) in parameters)
@@ -51,12 +56,31 @@ internal static class MigrateCommand
             var capabilities = new JsonArray();
             foreach (var (capability, option) in flags)
                 capabilities.Add((JsonNode)new JsonObject { ["capability"] = capability.Name, ["state"] = parse.GetValue(option) != capability.Default });
+            // The progress display follows MIGRATION_PASS and the final MIGRATION event, which QEMU sends only with events on.
+            capabilities.Add((JsonNode)new JsonObject { ["capability"] = MigrationCapabilityTable.Events.Name, ["state"] = true });
             qmp.Execute("migrate-set-capabilities", new JsonObject { ["capabilities"] = capabilities });
             qmp.Events.Clear();
-            qmp.Execute("migrate", new JsonObject { ["uri"] = parse.GetValue(target) });
+            qmp.Execute("migrate", new JsonObject { ["uri"] = uri.ToString() });
             return FollowJob(qmp, MigrationProgress.ModeFor(parse.GetValue(quiet)), reportPath, "migration");
         });
         return command;
+    }
+
+    /// <summary>The target URI, refused before anything is connected when it is malformed or a file without --mapped-ram.</summary>
+    private static Ferry.Migration.Transport.MigrationUri ParseTarget(string text, bool mappedRam)
+    {
+        Ferry.Migration.Transport.MigrationUri uri;
+        try
+        {
+            uri = Ferry.Migration.Transport.MigrationUri.Parse(text);
+        }
+        catch (FormatException e)
+        {
+            throw new UsageException(e.Message);
+        }
+        if (uri.Kind == Ferry.Migration.Transport.MigrationUriKind.File && !mappedRam)
+            throw new UsageException($"{uri}: a file needs --mapped-ram (the fixed-offset snapshot file, QEMU's mapped-ram)");
+        return uri;
     }
 
     /// <summary>

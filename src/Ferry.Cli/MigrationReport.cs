@@ -86,6 +86,8 @@ internal static partial class MigrationReport
             Row("ballooned but sent", Pages(L(f["ballooned-sent"])));
         if (s["cpu-throttle-percentage"] is { } throttle)
             Row("cpu throttle", $"{throttle}%");
+        if (f["verified-chunks"] is { } verified)
+            Row("verified", $"{L(verified)} chunks of 2 MiB, compared by the destination before it resumed the guest ({f["downtime-phases-ms"]?["verify"]} ms of the downtime here)");
         PostcopyRows(s, Row);
         if (s["error-desc"] is { } error)
             Row("error", $"{error}{(s["ferry-error-kind"] is { } kind ? $" ({kind})" : "")}");

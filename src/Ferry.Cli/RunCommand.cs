@@ -50,109 +50,132 @@ internal static partial class RunCommand
         var machine = new MachineOptions("512M", 1);
         var console = CliOptions.Text("--console", "SPEC", "the guest console: stdio (default) or unix:PATH");
         var qmp = CliOptions.Text("--qmp", "unix:PATH", "serve the QMP control socket there");
-        var incoming = CliOptions.Text("--incoming", "tcp:HOST:PORT", "do not boot: wait for a migration there, load it, run the guest (same --memory and --cpus as the source)");
+        var incoming = CliOptions.Text("--incoming", "URI|defer",
+            "do not boot: wait for a migration on tcp:HOST:PORT, unix:PATH or exec:COMMAND, load it, run the guest (same --memory and --cpus as the source); " +
+            "defer: wait for QMP migrate-incoming, after migrate-set-parameters/-capabilities (needs --qmp)");
+        var exitAfterMigration = CliOptions.Flag("--exit-after-migration",
+            "exit (0) once an outgoing migration completed, instead of staying paused in postmigrate until quit (QEMU's behaviour); for scripts");
         var restore = CliOptions.Text("--restore", "FILE", "do not boot: load a snapshot (same --memory and --cpus), run the guest");
         var socketMode = CliOptions.Text("--socket-mode", "OCTAL", "file mode of the --qmp and --console sockets (default 0600: the owner only; e.g. 0660 lets the group in)");
         var lazy = CliOptions.Flag("--lazy", "with --restore: map the file copy-on-write and run at once; pages are read when first touched");
         var command = new Command("run", "boot a guest; exits 0 when it powers off (or on QMP quit), 3 when it panics, 4 on a vCPU fault");
         machine.AddTo(command);
-        foreach (var option in new Option[] { console, qmp, socketMode, incoming, restore, lazy })
+        foreach (var option in new Option[] { console, qmp, socketMode, incoming, exitAfterMigration, restore, lazy })
             command.Options.Add(option);
         command.SetGuardedAction(parse =>
         {
-            MigrationUri? uri = null;
-            if (parse.GetValue(incoming) is { } incomingText)
-            {
-                try
-                {
-                    uri = MigrationUri.Parse(incomingText);
-                }
-                catch (FormatException e)
-                {
-                    throw new UsageException($"--incoming: {e.Message}");
-                }
-            }
+            var incomingText = parse.GetValue(incoming);
+            var uri = incomingText is null or "defer" ? null : ParseIncoming(incomingText);
             var restoreFile = parse.GetValue(restore);
-            if (restoreFile is not null && uri is not null)
+            if (restoreFile is not null && incomingText is not null)
                 throw new UsageException("--restore and --incoming cannot be combined");
             if (parse.GetValue(lazy) && restoreFile is null)
                 throw new UsageException("--lazy only applies to --restore FILE");
             var qmpSpec = parse.GetValue(qmp);
             if (qmpSpec is not null && (!qmpSpec.StartsWith("unix:", StringComparison.Ordinal) || qmpSpec.Length == 5))
                 throw new UsageException($"--qmp '{qmpSpec}' is not unix:PATH");
+            if (incomingText == "defer" && qmpSpec is null)
+                throw new UsageException("--incoming defer needs --qmp unix:PATH (migrate-incoming starts the migration)");
             var mode = UnixListener.PrivateMode;
             if (parse.GetValue(socketMode) is { } modeText && !UnixListener.TryParseMode(modeText, out mode))
                 throw new UsageException($"--socket-mode '{modeText}' is not an octal file mode such as 0600 or 0660");
             var config = machine.Parse(parse);
             config.Validate(MachineConfig.HostMemoryBytes());
-            return Run(config, parse.GetValue(console) ?? "stdio", qmpSpec, mode, uri, restoreFile, parse.GetValue(lazy));
+            var start = new StartOptions(incomingText is not null, uri, restoreFile, parse.GetValue(lazy), parse.GetValue(exitAfterMigration));
+            return Run(config, parse.GetValue(console) ?? "stdio", qmpSpec, mode, start);
         });
         return command;
     }
 
-    private static ExitCode Run(MachineConfig config, string consoleSpec, string? qmpSpec, UnixFileMode socketMode, MigrationUri? incoming, string? restore, bool lazy)
+    /// <summary>How `run` starts the guest: booted, from an incoming migration (a URI, or null for defer), or from a snapshot.</summary>
+    private sealed record StartOptions(bool Incoming, MigrationUri? IncomingUri, string? Restore, bool Lazy, bool ExitAfterMigration);
+
+    private static MigrationUri ParseIncoming(string text)
+    {
+        MigrationUri uri;
+        try
+        {
+            uri = MigrationUri.Parse(text);
+        }
+        catch (FormatException e)
+        {
+            throw new UsageException($"--incoming: {e.Message}");
+        }
+        // The capability cannot be set before a URI given here is used, so a file needs defer (or --restore).
+        if (uri.Kind == MigrationUriKind.File)
+            throw new UsageException($"--incoming {uri}: a file needs the mapped-ram capability; use --incoming defer, then migrate-set-capabilities mapped-ram and migrate-incoming (or --restore {uri.Path})");
+        return uri;
+    }
+
+    private static ExitCode Run(MachineConfig config, string consoleSpec, string? qmpSpec, UnixFileMode socketMode, StartOptions start)
     {
         var log = Program.Loggers.CreateLogger("ferry");
         using var console = ConsoleBackend.Create(consoleSpec, socketMode);
         using var machine = GuestMachine.Create(config, console, Program.Loggers);
+        var control = new GuestMachineControl(machine);
+        var migration = new MigrationCommands(control, start.ExitAfterMigration);
         QmpServer? qmp = null;
         if (qmpSpec is not null)
         {
             qmp = new QmpServer(qmpSpec[5..]) { SocketMode = socketMode };
-            MachineCommands.Register(qmp, machine);
+            MachineCommands.Register(qmp, control);
             BalloonCommands.Register(qmp, machine);
-            MigrationCommands.Register(qmp, machine);
-            try
-            {
-                qmp.Start();
-            }
-            catch (IOException e)
-            {
-                throw new UsageException($"--qmp {qmpSpec}: {e.Message}");
-            }
+            migration.Register(qmp);
         }
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; machine.Stop("interrupted (SIGINT)"); });
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; machine.Stop("terminated (SIGTERM)"); });
-        console.Start(machine.Serial);
-        if (restore is not null)
+        // A destination is inmigrate from its first QMP client on.
+        if (start.Incoming)
+            machine.Start(paused: true, pausedAs: MachineStatus.InMigrate);
+        try
         {
-            machine.Start(paused: true);
-            try
-            {
-                var report = Ferry.Migration.Machines.MachineSnapshots.Restore(machine, restore, lazy: lazy);
-                var pages = report.Lazy
-                    ? $"{report.PagesMapped} pages mapped from the file (read when first touched)"
-                    : $"{report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read)";
-                LogRestored(log, restore, report.Lazy ? " lazily" : "", report.Milliseconds, pages, report.BalloonedPages, report.StateSections);
-            }
-            catch (Exception e) when (e is Ferry.Migration.Snapshot.SnapshotFormatException or InvalidDataException or IOException or UnauthorizedAccessException)
-            {
-                qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
-                throw new CliFailureException($"--restore {restore}: {(e is UnauthorizedAccessException ? "permission denied" : e.Message)}", ExitCode.LoadFailed);
-            }
+            qmp?.Start();
         }
-        else if (incoming is null)
+        catch (IOException e)
         {
-            machine.Start();
+            throw new UsageException($"--qmp {qmpSpec}: {e.Message}");
         }
-        else
+        try
         {
-            var loaded = IncomingMigration.Run(machine, incoming, log);
-            if (loaded != ExitCode.Ok)
-            {
-                qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
-                return loaded;
-            }
+            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; machine.Stop(ShutdownCause.HostSignal, "interrupted (SIGINT)"); });
+            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; machine.Stop(ShutdownCause.HostSignal, "terminated (SIGTERM)"); });
+            console.Start(machine.Serial);
+            if (start.Restore is { } restore)
+                Restore(machine, restore, start.Lazy, log);
+            else if (start.Incoming)
+                IncomingMigration.Run(machine, migration, start.IncomingUri, log);
+            else
+                machine.Start();
+            var exit = machine.Exited.GetAwaiter().GetResult();
+            if (qmp is not null)
+                MachineCommands.EmitShutdown(qmp, exit);
+            var code = ExitCodes.For(exit.Cause);
+            if (code == ExitCode.Ok)
+                LogExit(log, exit.Message);
+            else
+                LogFault(log, exit.Message);
+            return code;
         }
-        var exit = machine.Exited.GetAwaiter().GetResult();
-        qmp?.Emit("SHUTDOWN", new System.Text.Json.Nodes.JsonObject { ["guest"] = exit.Kind == MachineExitKind.PowerOff, ["reason"] = exit.Message });
-        qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        var code = ExitCodes.For(exit.Kind);
-        if (code == ExitCode.Ok)
-            LogExit(log, exit.Message);
-        else
-            LogFault(log, exit.Message);
-        return code;
+        finally
+        {
+            migration.Incoming.Dispose();
+            qmp?.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+
+    private static void Restore(GuestMachine machine, string restore, bool lazy, ILogger log)
+    {
+        machine.Start(paused: true);
+        try
+        {
+            var report = Ferry.Migration.Machines.MachineSnapshots.Restore(machine, restore, lazy: lazy);
+            var pages = report.Lazy
+                ? $"{report.PagesMapped} pages mapped from the file (read when first touched)"
+                : $"{report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read)";
+            LogRestored(log, restore, report.Lazy ? " lazily" : "", report.Milliseconds, pages, report.BalloonedPages, report.StateSections);
+        }
+        catch (Exception e) when (e is Ferry.Migration.Snapshot.SnapshotFormatException or InvalidDataException or IOException or UnauthorizedAccessException)
+        {
+            throw new CliFailureException($"--restore {restore}: {(e is UnauthorizedAccessException ? "permission denied" : e.Message)}", ExitCode.LoadFailed);
+        }
     }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "restored {File}{How} in {Milliseconds:F0} ms: {Pages}, {Ballooned} ballooned pages, {Sections} state sections; guest running")]

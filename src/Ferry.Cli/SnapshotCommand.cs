@@ -37,6 +37,11 @@ internal static class SnapshotCommand
             var path = OutputPath.Check(parse.GetValue(file)!, "snapshot file");
             var reportPath = parse.GetValue(report) is { } r ? OutputPath.Check(r, "--report") : null;
             using var qmp = QmpClient.Connect(parse.GetValue(socket)!);
+            // The progress display follows the events, which are sent only with the events capability on.
+            qmp.Execute("migrate-set-capabilities", new JsonObject
+            {
+                ["capabilities"] = new JsonArray(new JsonObject { ["capability"] = Ferry.Migration.Engine.MigrationCapabilityTable.Events.Name, ["state"] = true }),
+            });
             qmp.Events.Clear();
             qmp.Execute("ferry-snapshot-save", new JsonObject { ["file"] = path, ["paused"] = parse.GetValue(paused) });
             var code = MigrateCommand.FollowJob(qmp, MigrationProgress.ModeFor(parse.GetValue(quiet)), reportPath, "snapshot save");

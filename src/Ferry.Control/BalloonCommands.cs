@@ -74,6 +74,9 @@ public static class BalloonCommands
                 ["discarded-reported-pages"] = c.DiscardedReportedPages,
                 ["dropped-pfns"] = c.DroppedPfns,
                 ["bitmap-messages"] = c.BitmapMessages,
+                ["deferred-notifies"] = c.DeferredNotifies,
+                ["largest-notify-bytes"] = c.LargestNotifyBytes,
+                ["largest-notify-runs"] = c.LargestNotifyRuns,
             };
         });
         server.Register("ferry-balloon-stats", QmpType.Any, () =>

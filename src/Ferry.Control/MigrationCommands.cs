@@ -8,26 +8,37 @@ using Ferry.Migration.Transport;
 namespace Ferry.Control;
 
 /// <summary>
-/// QMP migration commands with QEMU's names and shapes: migrate, query-migrate, migrate_cancel,
-/// migrate-set-parameters / query-migrate-parameters, migrate-set-capabilities / query-migrate-capabilities, and
-/// the MIGRATION and MIGRATION_PASS events. Ferry-only parameters, capabilities and fields are prefixed `ferry-`.
-/// When a migration completes the source machine stops (its guest runs on the destination).
+/// QMP migration commands with QEMU's names and shapes: migrate (tcp:, unix:, exec:, and file: with mapped-ram),
+/// migrate-incoming, query-migrate (either side), migrate_cancel, migrate-set-parameters /
+/// query-migrate-parameters, migrate-set-capabilities / query-migrate-capabilities, and the MIGRATION and
+/// MIGRATION_PASS events (only with the events capability, as QEMU). Ferry-only parameters, capabilities and fields
+/// are prefixed `ferry-`. When a migration completes, the source stays paused in postmigrate until quit (QEMU),
+/// or, with <c>exitAfterMigration</c>, ends (`ferry run --exit-after-migration`, for scripts).
 /// </summary>
 public sealed class MigrationCommands
 {
-    private readonly QmpServer _server;
-    private readonly GuestMachine _machine;
+    private readonly IMigratableMachine _machine;
+    private readonly bool _exitAfterMigration;
     private readonly object _gate = new();
     private readonly MigrationSettingsCommands _settings;
+    private QmpServer? _server;
     private PrecopyMigration? _current;
     private MigrationStats? _last;
 
-    private MigrationCommands(QmpServer server, GuestMachine machine)
+    /// <param name="exitAfterMigration">End the machine once a migration completed, instead of leaving it in postmigrate.</param>
+    public MigrationCommands(IMigratableMachine machine, bool exitAfterMigration = false)
     {
-        _server = server;
         _machine = machine;
+        _exitAfterMigration = exitAfterMigration;
         _settings = new MigrationSettingsCommands(_gate, () => _current);
+        Incoming = new IncomingMigration(machine, (status, capabilities) => EmitStatus(status, capabilities));
     }
+
+    /// <summary>The destination side (migrate-incoming, `ferry run --incoming`).</summary>
+    public IncomingMigration Incoming { get; }
+
+    /// <summary>The parameters and capabilities in force (what the next migration, outgoing or incoming, uses).</summary>
+    public MigrationSettingsCommands Settings => _settings;
 
     /// <summary>The last finished migration's statistics (null before one finished).</summary>
     public MigrationStats? LastResult
@@ -39,23 +50,26 @@ public sealed class MigrationCommands
         }
     }
 
-    public static MigrationCommands Register(QmpServer server, GuestMachine machine)
+    /// <summary>Registers the commands and events on <paramref name="server"/>; events are emitted there from now on.</summary>
+    public void Register(QmpServer server)
     {
-        var commands = new MigrationCommands(server, machine);
+        ArgumentNullException.ThrowIfNull(server);
+        _server = server;
         server.DeclareEvent("MIGRATION", MigrationEventData);
         server.DeclareEvent("MIGRATION_PASS", new QmpObjectType("q_obj_MIGRATION_PASS-arg", [new("pass", QmpType.Int)]));
         // query-migrate's result is declared as "any": its Ferry extras are richer than is worth declaring twice.
-        server.Register("migrate", QmpArgumentsContext.Default.MigrateArguments, QmpObjectType.Empty, commands.Migrate);
-        server.Register("query-migrate", QmpType.Any, commands.Query);
+        server.Register("migrate", QmpArgumentsContext.Default.MigrateArguments, QmpObjectType.Empty, Migrate);
+        server.Register("migrate-incoming", QmpArgumentsContext.Default.MigrateIncomingArguments, QmpObjectType.Empty, MigrateIncoming);
+        server.Register("query-migrate", QmpType.Any, Query);
         server.Register("migrate_cancel", QmpObjectType.Empty, () =>
         {
-            commands.Current()?.Cancel();
+            Current()?.Cancel();
             return null;
         });
-        server.Register("ferry-snapshot-save", QmpArgumentsContext.Default.SnapshotSaveArguments, QmpObjectType.Empty, commands.SnapshotSave);
-        PostcopyCommands.Register(server, commands.Current);
-        commands._settings.Register(server);
-        return commands;
+        server.Register("ferry-snapshot-save", QmpArgumentsContext.Default.SnapshotSaveArguments, QmpObjectType.Empty, SnapshotSave);
+        PostcopyCommands.Register(server, Current);
+        PostcopyCommands.RegisterIncoming(server, Incoming.Postcopy);
+        _settings.Register(server);
     }
 
     private PrecopyMigration? Current()
@@ -64,9 +78,19 @@ public sealed class MigrationCommands
             return _current;
     }
 
-    /// <summary>MIGRATION's data: QEMU's "status", plus Ferry's target and final figures on the last one.</summary>
+    /// <summary>MIGRATION's data: QEMU's "status", plus Ferry's target and final figures on the last one of an outgoing migration.</summary>
     private static readonly QmpObjectType MigrationEventData = new("q_obj_MIGRATION-arg",
         [new("status", QmpType.Str), new("ferry-target", QmpType.Str, Optional: true), new("ferry-info", QmpType.Any, Optional: true)]);
+
+    /// <summary>MIGRATION, when the migration's capabilities have events (QEMU emits none without).</summary>
+    private void Emit(MigrationCapabilities capabilities, string name, JsonObject data)
+    {
+        if (capabilities.Events)
+            _server?.Emit(name, data);
+    }
+
+    private void EmitStatus(MigrationStatus status, MigrationCapabilities capabilities) =>
+        Emit(capabilities, "MIGRATION", new JsonObject { ["status"] = status.ToQmp() });
 
     private JsonNode? Migrate(MigrateArguments args)
     {
@@ -74,20 +98,55 @@ public sealed class MigrationCommands
         if (args.Blk == true || args.Inc == true)
             throw new QmpException(QmpException.GenericError, "Parameter 'blk'/'inc': block migration is not supported by Ferry");
         if (args.Resume == true)
-            return PostcopyCommands.Resume(Current(), args.Uri);
-        MigrationUri uri;
+            return PostcopyCommands.Resume(Current(), ParseUri(args.Uri));
+        var uri = ParseUri(args.Uri);
+        var (parameters, capabilities) = (_settings.Parameters, _settings.Capabilities);
+        if (MigrationTransports.CheckOutgoing(uri, parameters, capabilities) is { } refused)
+            throw new QmpException(QmpException.GenericError, refused);
+        if (uri.Kind == MigrationUriKind.File)
+        {
+            // QEMU's migrate to a file with mapped-ram: a migration whose target is the snapshot file. Unlike
+            // ferry-snapshot-save the guest does not run on here: it ends paused (postmigrate), as after any migration.
+            var path = uri.Path;
+            StartJob(uri.ToString(), CreateSnapshotOutput(path, "uri", sourceRunsOn: false),
+                source => MachineSnapshots.CreateSave(source, parameters, capabilities),
+                isMigration: true,
+                completed => MachineSnapshots.Commit(path, completed));
+            return null;
+        }
+        StartJob(uri.ToString(), new ChannelOutput(MigrationTransports.Connect(uri), parameters, capabilities),
+            source => new PrecopyMigration(source, parameters, capabilities),
+            isMigration: true);
+        return null;
+    }
+
+    internal static MigrationUri ParseUri(string text)
+    {
         try
         {
-            uri = MigrationUri.Parse(args.Uri);
+            return MigrationUri.Parse(text);
         }
         catch (FormatException e)
         {
             throw new QmpException(QmpException.GenericError, e.Message);
         }
-        var (parameters, capabilities) = (_settings.Parameters, _settings.Capabilities);
-        StartJob(new TcpChannelConnector(uri).Description, new ChannelOutput(new TcpChannelConnector(uri), parameters, capabilities),
-            source => new PrecopyMigration(source, parameters, capabilities),
-            completed => _machine.Stop($"migrated to {uri}"));
+    }
+
+    /// <summary>
+    /// migrate-incoming {"uri": URI, "exit-on-error": bool}: on a destination started with `--incoming defer`,
+    /// starts the incoming migration with the parameters and capabilities set on it so far (QEMU's flow).
+    /// </summary>
+    private JsonNode? MigrateIncoming(MigrateIncomingArguments args)
+    {
+        var uri = ParseUri(args.Uri);
+        try
+        {
+            Incoming.Start(uri, _settings.Parameters, _settings.Capabilities, args.ExitOnError ?? true);
+        }
+        catch (IncomingRefusedException e)
+        {
+            throw new QmpException(QmpException.GenericError, e.Message);
+        }
         return null;
     }
 
@@ -99,40 +158,63 @@ public sealed class MigrationCommands
     private JsonNode? SnapshotSave(SnapshotSaveArguments args)
     {
         var path = args.File.Length > 0 ? args.File : throw new QmpException(QmpException.GenericError, "Parameter 'file' is empty");
-        var pause = args.Paused == true;
-        var directory = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (directory is null || !Directory.Exists(directory))
-            throw new QmpException(QmpException.GenericError, $"Parameter 'file': directory of '{path}' does not exist");
-        if (pause)
-            QmpException.Relay(_machine.Pause);
-        IMigrationOutput output;
-        try
+        var output = CreateSnapshotOutput(path, "file", sourceRunsOn: true);
+        if (args.Paused == true)
         {
-            output = MachineSnapshots.Output(path);
+            try
+            {
+                QmpException.Relay(_machine.PauseGuest);
+            }
+            catch
+            {
+                output.Dispose();
+                throw;
+            }
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // .NET's text would reach the client; the path and the kind of failure say enough.
-            throw new QmpException(QmpException.GenericError, $"Parameter 'file': cannot create '{path}' ({(e is UnauthorizedAccessException ? "permission denied" : "I/O error")})");
-        }
+        var (parameters, capabilities) = (_settings.Parameters, _settings.Capabilities);
         // The engine resumes a running guest itself once its state is in the file, before the final sync.
         StartJob($"file:{path}", output,
-            source => MachineSnapshots.CreateSave(_machine, _settings.Parameters, _settings.Capabilities),
-            completed => { },
+            source => MachineSnapshots.CreateSave(source, parameters, capabilities),
+            isMigration: false,
             completed => MachineSnapshots.Commit(path, completed));
         return null;
     }
 
-    /// <summary>Runs one migration job on its own thread; one job at a time.</summary>
-    /// <param name="afterOutput">Runs once the output is closed, with whether the job completed (e.g. a snapshot file's rename).</param>
-    private void StartJob(string target, IMigrationOutput output, Func<MachineMigrationSource, PrecopyMigration> create, Action<MigrationStats> onCompleted, Action<bool>? afterOutput = null)
+    /// <summary>The snapshot file output for <paramref name="path"/>, refused with QMP's text naming <paramref name="member"/> when it cannot be made.</summary>
+    private static Migration.Snapshot.SnapshotOutput CreateSnapshotOutput(string path, string member, bool sourceRunsOn)
     {
-        if (_machine.Exited.IsCompleted)
+        var directory = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (directory is null || !Directory.Exists(directory))
+            throw new QmpException(QmpException.GenericError, $"Parameter '{member}': directory of '{path}' does not exist");
+        try
+        {
+            return MachineSnapshots.Output(path, sourceRunsOn);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // .NET's text would reach the client; the path and the kind of failure say enough.
+            throw new QmpException(QmpException.GenericError, $"Parameter '{member}': cannot create '{path}' ({(e is UnauthorizedAccessException ? "permission denied" : "I/O error")})");
+        }
+    }
+
+    /// <summary>
+    /// Runs one migration job on its own thread; one job at a time. After a completed migration
+    /// (<paramref name="isMigration"/>) the guest runs elsewhere: the source is postmigrate before the final event
+    /// goes out, or with --exit-after-migration it ends right after that event (which carries the figures).
+    /// </summary>
+    /// <param name="afterOutput">Runs once the output is closed, with whether the job completed (e.g. a snapshot file's rename).</param>
+    private void StartJob(string target, IMigrationOutput output, Func<IMigrationSource, PrecopyMigration> create, bool isMigration, Action<bool>? afterOutput = null)
+    {
+        var status = _machine.Status;
+        if (status is MachineStatus.Shutdown or MachineStatus.InMigrate)
         {
             output.Dispose();
-            throw new QmpException(QmpException.GenericError, "the VM has stopped; there is nothing to migrate");
+            throw new QmpException(QmpException.GenericError, status == MachineStatus.Shutdown
+                ? "the VM has stopped; there is nothing to migrate"
+                : "Guest is waiting for an incoming migration");
         }
         PrecopyMigration migration;
+        MigrationCapabilities capabilities;
         lock (_gate)
         {
             if (_current is not null)
@@ -140,16 +222,17 @@ public sealed class MigrationCommands
                 output.Dispose();
                 throw new QmpException(QmpException.GenericError, "There's a migration process in progress");
             }
-            migration = create(new MachineMigrationSource(_machine));
+            migration = create(_machine.CreateMigrationSource());
+            capabilities = _settings.Capabilities;
             _current = migration;
         }
         // A final status is announced once, below, with the figures (and the snapshot's own outcome).
         migration.StatusChanged += status =>
         {
             if (!status.IsFinal())
-                _server.Emit("MIGRATION", new JsonObject { ["status"] = status.ToQmp() });
+                EmitStatus(status, capabilities);
         };
-        migration.PassCompleted += pass => _server.Emit("MIGRATION_PASS", new JsonObject { ["pass"] = pass.Pass });
+        migration.PassCompleted += pass => Emit(capabilities, "MIGRATION_PASS", new JsonObject { ["pass"] = pass.Pass });
         var thread = new Thread(() =>
         {
             MigrationStats result;
@@ -182,15 +265,19 @@ public sealed class MigrationCommands
                 _current = null;
             }
             migration.Dispose();
-            // The final figures travel with the last event: a completed migration's source exits right after it.
-            _server.Emit("MIGRATION", new JsonObject { ["status"] = result.Status.ToQmp(), ["ferry-target"] = target, ["ferry-info"] = MigrationJson.ToReport(result, $"unix:{_server.SocketPath}", target, _settings.Parameters) });
-            if (result.Status == MigrationStatus.Completed)
-                onCompleted(result);
+            var migrated = isMigration && result.Status == MigrationStatus.Completed;
+            if (migrated && !_exitAfterMigration)
+                _machine.MarkPaused(MachineStatus.PostMigrate);
+            var source = _server is null ? "" : $"unix:{_server.SocketPath}";
+            Emit(capabilities, "MIGRATION", new JsonObject { ["status"] = result.Status.ToQmp(), ["ferry-target"] = target, ["ferry-info"] = MigrationJson.ToReport(result, source, target, _settings.Parameters) });
+            if (migrated && _exitAfterMigration)
+                _machine.EndMachine(ShutdownCause.HostQmpQuit, $"migrated to {target}; exiting (--exit-after-migration)");
         })
         { Name = "migration", IsBackground = true };
         thread.Start();
     }
 
+    /// <summary>The outgoing migration when there is or was one (QEMU: the source's state wins), else the incoming one, else {}.</summary>
     private JsonObject Query()
     {
         PrecopyMigration? current;
@@ -201,7 +288,9 @@ public sealed class MigrationCommands
             last = _last;
         }
         var stats = current?.Snapshot() ?? last;
-        return stats is null ? [] : MigrationJson.ToQmp(stats, passes: false);
+        if (stats is not null)
+            return MigrationJson.ToQmp(stats, passes: false);
+        return Incoming.Query();
     }
 }
 
@@ -282,6 +371,8 @@ public static class MigrationJson
         };
         if (s.DestinationMayBeRunning)
             ferry["destination-may-be-running"] = true;
+        if (s.VerifiedChunks > 0)
+            ferry["verified-chunks"] = s.VerifiedChunks;
         if (s.NotConverging is not null)
             ferry["not-converging"] = MigrationQmpText.NotConverging(s.NotConverging);
         if (s.Postcopy is { } postcopy)
@@ -294,7 +385,7 @@ public static class MigrationJson
         if (s.Downtime is { } phases)
         {
             ferry["downtime-phases-ms"] = Phases(("pause", phases.PauseMs), ("dirty-sync", phases.SyncMs), ("final-pass", phases.FinalPassMs),
-                ("save-state", phases.SaveStateMs), ("complete", phases.CompleteMs), ("resume", phases.ResumeMs));
+                ("verify", phases.VerifyMs), ("save-state", phases.SaveStateMs), ("complete", phases.CompleteMs), ("resume", phases.ResumeMs));
         }
         if (passes)
         {

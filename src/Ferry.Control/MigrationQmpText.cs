@@ -19,6 +19,8 @@ public static class MigrationQmpText
         MigrationErrorKind.Timeout => "timeout",
         MigrationErrorKind.InvalidStream => "invalid-stream",
         MigrationErrorKind.OutputFailed => "output-failed",
+        MigrationErrorKind.TlsRefused => "tls-refused",
+        MigrationErrorKind.VerifyFailed => "verify-failed",
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
     };
 

@@ -41,9 +41,12 @@ public sealed class MigrationSettingsCommands
         }
     }
 
-    /// <summary>migrate-set-parameters' arguments and query-migrate-parameters' result: every parameter, an int, optional.</summary>
+    /// <summary>migrate-set-parameters' arguments and query-migrate-parameters' result: every parameter, optional (numbers are ints, the TLS settings strings).</summary>
     private static readonly QmpObjectType ParametersType = new("MigrateSetParameters",
-        [.. MigrationParameterTable.All.Select(p => new QmpMember(p.Name, QmpType.Int, Optional: true))]);
+    [
+        .. MigrationParameterTable.All.Select(p => new QmpMember(p.Name, QmpType.Int, Optional: true)),
+        .. MigrationParameterTable.Texts.Select(p => new QmpMember(p.Name, QmpType.Str, Optional: true)),
+    ]);
 
     private static readonly QmpObjectType CapabilityStatus = new("MigrationCapabilityStatus",
     [
@@ -68,6 +71,14 @@ public sealed class MigrationSettingsCommands
         var p = Parameters;
         foreach (var (name, value) in args)
         {
+            if (MigrationParameterTable.FindText(name) is { } text)
+            {
+                var textValue = value!.GetValue<string>();
+                if (text.Check(textValue) is { } textError)
+                    throw new QmpException(QmpException.GenericError, $"Parameter {textError}");
+                p = text.Set(p, textValue);
+                continue;
+            }
             var parameter = MigrationParameterTable.Find(name)!;
             var number = value!.GetValue<long>();
             if (parameter.Check(number) is { } error)
@@ -88,6 +99,8 @@ public sealed class MigrationSettingsCommands
         var p = Parameters;
         var result = new JsonObject();
         foreach (var parameter in MigrationParameterTable.All)
+            result[parameter.Name] = parameter.Get(p);
+        foreach (var parameter in MigrationParameterTable.Texts)
             result[parameter.Name] = parameter.Get(p);
         return result;
     }

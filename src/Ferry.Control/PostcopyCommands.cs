@@ -24,31 +24,25 @@ public static class PostcopyCommands
     }
 
     /// <summary>migrate {"uri": ..., "resume": true}: reconnects a postcopy-paused migration to a destination that ran migrate-recover on that URI.</summary>
-    public static JsonNode? Resume(PrecopyMigration? current, string uri)
+    public static JsonNode? Resume(PrecopyMigration? current, MigrationUri uri)
     {
+        ArgumentNullException.ThrowIfNull(uri);
         var migration = current ?? throw new QmpException(QmpException.GenericError, "Parameter 'resume': no migration to resume (none is postcopy-paused)");
-        IChannelConnector connector;
-        try
-        {
-            connector = new TcpChannelConnector(MigrationUri.Parse(uri));
-        }
-        catch (FormatException e)
-        {
-            throw new QmpException(QmpException.GenericError, e.Message);
-        }
-        QmpException.Relay(() => migration.ResumePostcopy(connector));
+        if (MigrationTransports.CheckPostcopy(uri) is { } refused)
+            throw new QmpException(QmpException.GenericError, $"Parameter 'uri': {refused}");
+        QmpException.Relay(() => migration.ResumePostcopy(MigrationTransports.Connect(uri)));
         return null;
     }
 
     /// <summary>
-    /// The destination's command: migrate-recover {"uri": "tcp:HOST:PORT"} listens there for the source's
-    /// reconnection of a postcopy-paused incoming migration (the source then runs migrate with resume).
+    /// The destination's command: migrate-recover {"uri": "tcp:HOST:PORT" or "unix:PATH"} listens there for the
+    /// source's reconnection of a postcopy-paused incoming migration (the source then runs migrate with resume).
     /// </summary>
     public static void RegisterIncoming(QmpServer server, PostcopyIncoming incoming, Func<MigrationUri, IChannelListener>? listen = null)
     {
         ArgumentNullException.ThrowIfNull(server);
         ArgumentNullException.ThrowIfNull(incoming);
-        listen ??= uri => new TcpChannelListener(uri);
+        listen ??= MigrationTransports.Listen;
         server.Register("migrate-recover", new QmpObjectType("q_obj_migrate-recover-arg", [new("uri", QmpType.Str)]), QmpObjectType.Empty, args =>
         {
             MigrationUri uri;
@@ -60,6 +54,8 @@ public static class PostcopyCommands
             {
                 throw new QmpException(QmpException.GenericError, e.Message);
             }
+            if (MigrationTransports.CheckPostcopy(uri) is { } refused)
+                throw new QmpException(QmpException.GenericError, $"Parameter 'uri': {refused}");
             if (incoming.Status != MigrationStatus.PostcopyPaused)
                 throw new QmpException(QmpException.GenericError, $"Migrate recover can only be run when postcopy is paused (the incoming migration is {incoming.Status.ToQmp()})");
             IChannelListener listener;
@@ -90,7 +86,6 @@ public static class PostcopyCommands
         ArgumentNullException.ThrowIfNull(result);
         ArgumentNullException.ThrowIfNull(ferryInfo);
         ArgumentNullException.ThrowIfNull(p);
-        ((JsonObject)result["ram"]!)["postcopy-requests"] = p.Requests;
         var ferry = new JsonObject
         {
             ["owed-pages"] = p.OwedPages,
@@ -102,6 +97,11 @@ public static class PostcopyCommands
             ["active-ms"] = Math.Round(p.ActiveMs, 3),
             ["paused-ms"] = Math.Round(p.PausedMs, 3),
         };
+        // A source's query-migrate has QEMU's ram section; a destination's has none, so there the count is Ferry's.
+        if (result["ram"] is JsonObject ram)
+            ram["postcopy-requests"] = p.Requests;
+        else
+            ferry["requests"] = p.Requests;
         if (p.PausedBecause is not null)
             ferry["paused-because"] = p.PausedBecause;
         if (p.DestinationFigures)

@@ -18,6 +18,16 @@ public sealed record MigrateArguments
     public bool? Resume { get; init; }
 }
 
+/// <summary>
+/// migrate-incoming: QEMU's uri (its "channels" alternative is not offered) and QEMU 9.1's exit-on-error (default
+/// true: a failed incoming migration ends the destination; false: it stays up, its failure in query-migrate).
+/// </summary>
+public sealed record MigrateIncomingArguments
+{
+    public required string Uri { get; init; }
+    public bool? ExitOnError { get; init; }
+}
+
 /// <summary>ferry-snapshot-save.</summary>
 public sealed record SnapshotSaveArguments
 {
@@ -50,6 +60,7 @@ public sealed record HumanMonitorCommandArguments
     UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
     NumberHandling = JsonNumberHandling.Strict)]
 [JsonSerializable(typeof(MigrateArguments))]
+[JsonSerializable(typeof(MigrateIncomingArguments))]
 [JsonSerializable(typeof(SnapshotSaveArguments))]
 [JsonSerializable(typeof(BalloonArguments))]
 [JsonSerializable(typeof(FreePageBitmapArguments))]

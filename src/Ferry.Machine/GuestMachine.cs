@@ -9,10 +9,8 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Ferry.Machine;
 
-/// <summary>How a machine stopped.</summary>
-public enum MachineExitKind { PowerOff, GuestPanic, VcpuFault, Quit }
-
-public sealed record MachineExit(MachineExitKind Kind, int ExitCode, string Message);
+/// <summary>How a machine stopped: why (<paramref name="Cause"/>), and a line for the log (<paramref name="Message"/>: what the guest or the host said).</summary>
+public sealed record MachineExit(ShutdownCause Cause, string Message);
 
 /// <summary>
 /// One running VM: KVM objects, guest RAM, devices and a thread per vCPU. Built from a <see cref="MachineConfig"/>
@@ -33,6 +31,7 @@ public sealed partial class GuestMachine : IDisposable, IVcpuExitHandler
     private uint[]? _savedMsrs;
     private bool _started;
     private bool _paused;
+    private MachineStatus _pausedAs = MachineStatus.Paused; // what a paused machine reports (paused, inmigrate, postmigrate)
 
     private readonly ILogger _log;
 
@@ -104,7 +103,7 @@ public sealed partial class GuestMachine : IDisposable, IVcpuExitHandler
         get
         {
             lock (_stateLock)
-                return _exited.Task.IsCompleted ? MachineStatus.Shutdown : !_started ? MachineStatus.Prelaunch : _paused ? MachineStatus.Paused : MachineStatus.Running;
+                return _exited.Task.IsCompleted ? MachineStatus.Shutdown : !_started ? MachineStatus.Prelaunch : _paused ? _pausedAs : MachineStatus.Running;
         }
     }
 
@@ -163,15 +162,20 @@ public sealed partial class GuestMachine : IDisposable, IVcpuExitHandler
         BootSetup.WriteBootInfo(Memory, Config.Cpus, TscKhz, Config.CommandLine, devices);
     }
 
-    /// <summary>Starts every vCPU thread (or, with <paramref name="paused"/>, starts them parked).</summary>
-    public void Start(bool paused = false)
+    /// <summary>
+    /// Starts every vCPU thread (or, with <paramref name="paused"/>, starts them parked, reporting
+    /// <paramref name="pausedAs"/>: <see cref="MachineStatus.InMigrate"/> for a machine waiting for a migration).
+    /// </summary>
+    public void Start(bool paused = false, MachineStatus pausedAs = MachineStatus.Paused)
     {
+        CheckPausedStatus(pausedAs);
         lock (_stateLock)
         {
             if (_started)
                 throw new InvalidOperationException("machine already started");
             _started = true;
             _paused = paused;
+            _pausedAs = pausedAs;
         }
         foreach (var runner in _runners)
             runner.Start(paused);
@@ -201,8 +205,31 @@ public sealed partial class GuestMachine : IDisposable, IVcpuExitHandler
                 throw new TimeoutException($"the vCPUs did not pause within {PauseTimeout.TotalSeconds} s");
             }
             lock (_stateLock)
-                _paused = true;
+                (_paused, _pausedAs) = (true, MachineStatus.Paused);
         }
+    }
+
+    /// <summary>
+    /// Says why a paused machine is paused, for query-status: <see cref="MachineStatus.PostMigrate"/> once its guest
+    /// migrated away, <see cref="MachineStatus.InMigrate"/> while a migration comes in, or plain
+    /// <see cref="MachineStatus.Paused"/>. False (nothing changed) when the machine is not paused (it ran on or ended).
+    /// </summary>
+    public bool MarkPaused(MachineStatus pausedAs)
+    {
+        CheckPausedStatus(pausedAs);
+        lock (_stateLock)
+        {
+            if (!_paused || _exited.Task.IsCompleted)
+                return false;
+            _pausedAs = pausedAs;
+            return true;
+        }
+    }
+
+    private static void CheckPausedStatus(MachineStatus status)
+    {
+        if (status is not (MachineStatus.Paused or MachineStatus.InMigrate or MachineStatus.PostMigrate))
+            throw new ArgumentOutOfRangeException(nameof(status), status, "a paused machine is paused, inmigrate or postmigrate");
     }
 
     /// <summary>Waits, against one deadline for all, until every runner is parked or stopped.</summary>
@@ -280,14 +307,14 @@ public sealed partial class GuestMachine : IDisposable, IVcpuExitHandler
             throw new InvalidOperationException("the machine must be paused");
     }
 
-    /// <summary>Stops the machine (QMP quit, or the host shutting down).</summary>
-    public void Stop(string reason = "stopped by the VMM") => Finish(new MachineExit(MachineExitKind.Quit, 0, reason));
+    /// <summary>Stops the machine on the host's behalf (QMP quit, a signal, a migrated-away guest); <paramref name="detail"/> is for the log.</summary>
+    public void Stop(ShutdownCause cause, string detail) => Finish(new MachineExit(cause, detail));
 
     private void OnPowerPort(uint value) => Finish(value == 0
-        ? new MachineExit(MachineExitKind.PowerOff, 0, "guest powered off")
-        : new MachineExit(MachineExitKind.GuestPanic, 3, $"guest panicked with code {value}"));
+        ? new MachineExit(ShutdownCause.GuestShutdown, "guest powered off")
+        : new MachineExit(ShutdownCause.GuestPanic, $"guest panicked with code {value}"));
 
-    private void OnVcpuFault(VcpuFault fault) => Finish(new MachineExit(MachineExitKind.VcpuFault, 4, fault.ToString()));
+    private void OnVcpuFault(VcpuFault fault) => Finish(new MachineExit(ShutdownCause.HostError, fault.ToString()));
 
     private void Finish(MachineExit exit)
     {
@@ -320,7 +347,7 @@ public sealed partial class GuestMachine : IDisposable, IVcpuExitHandler
 
     public void Dispose()
     {
-        Finish(new MachineExit(MachineExitKind.Quit, 0, "machine disposed"));
+        Finish(new MachineExit(ShutdownCause.HostQmpQuit, "machine disposed"));
         var joined = true;
         foreach (var runner in _runners)
             joined &= runner.Join(TimeSpan.FromSeconds(5));

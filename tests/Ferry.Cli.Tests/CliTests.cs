@@ -35,10 +35,10 @@ public sealed class CliTests
     }
 
     /// <summary>Starts `ferry run` with its console and QMP on Unix sockets; returns once the QMP socket exists.</summary>
-    internal static async Task<(Process Ferry, string QmpSocket)> StartWithQmp(string memory)
+    internal static async Task<(Process Ferry, string QmpSocket)> StartWithQmp(string memory, params string[] options)
     {
         var socketPath = Path.Combine(Path.GetTempPath(), $"ferry-cli-{Guid.NewGuid():N}.sock");
-        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", memory, "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])
+        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", memory, "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}", .. options])
         {
             RedirectStandardError = true,
             RedirectStandardOutput = true,
@@ -231,11 +231,15 @@ public sealed class CliMigrationTests
         return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
     }
 
-    /// <summary>Starts `ferry run --incoming`; returns once it says it is waiting.</summary>
-    internal static async Task<(Process Ferry, string Qmp, string Console, StringBuilder Stderr)> StartIncoming(string memory, int port)
+    /// <summary>Starts `ferry run --incoming tcp:127.0.0.1:PORT`; returns once it says it is waiting.</summary>
+    internal static Task<(Process Ferry, string Qmp, string Console, StringBuilder Stderr)> StartIncoming(string memory, int port) =>
+        StartIncoming(memory, $"tcp:127.0.0.1:{port}");
+
+    /// <summary>Starts `ferry run --incoming URI` (or defer); returns once it says it is waiting.</summary>
+    internal static async Task<(Process Ferry, string Qmp, string Console, StringBuilder Stderr)> StartIncoming(string memory, string incoming)
     {
         var socketPath = Path.Combine(Path.GetTempPath(), $"ferry-in-{Guid.NewGuid():N}.sock");
-        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", memory, "--incoming", $"tcp:127.0.0.1:{port}", "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])
+        var psi = new ProcessStartInfo("dotnet", [FerryDll, "run", "--memory", memory, "--incoming", incoming, "--console", $"unix:{socketPath}.console", "--qmp", $"unix:{socketPath}"])
         {
             RedirectStandardError = true,
             RedirectStandardOutput = true,
@@ -248,7 +252,7 @@ public sealed class CliMigrationTests
         {
             lock (stderr)
                 stderr.AppendLine(e.Data);
-            if (e.Data?.Contains("waiting for a migration", StringComparison.Ordinal) == true)
+            if (e.Data?.Contains("waiting for a migration", StringComparison.Ordinal) == true || e.Data?.Contains("waiting for QMP migrate-incoming", StringComparison.Ordinal) == true)
                 waiting.TrySetResult();
         };
         ferry.BeginErrorReadLine();
@@ -257,7 +261,7 @@ public sealed class CliMigrationTests
     }
 
     /// <summary>Waits until the process's captured stderr contains the text (its last lines arrive after the exit).</summary>
-    private static void AssertStderrSoon(StringBuilder stderr, string text)
+    internal static void AssertStderrSoon(StringBuilder stderr, string text)
     {
         var deadline = DateTime.UtcNow.AddSeconds(10);
         while (true)
@@ -273,7 +277,7 @@ public sealed class CliMigrationTests
         }
     }
 
-    private static async Task<string> ConsoleCommand(string consolePath, string command)
+    internal static async Task<string> ConsoleCommand(string consolePath, string command)
     {
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         await socket.ConnectAsync(new UnixDomainSocketEndPoint(consolePath));
@@ -293,7 +297,8 @@ public sealed class CliMigrationTests
     public async Task Ferry_migrate_moves_a_running_guest_to_an_incoming_ferry()
     {
         var port = FreePort();
-        var (source, sourceQmp) = await CliTests.StartWithQmp("256M");
+        // The source exits once migrated (--exit-after-migration), as a script wants; without it it waits in postmigrate.
+        var (source, sourceQmp) = await CliTests.StartWithQmp("256M", "--exit-after-migration");
         var (destination, destinationQmp, destinationConsole, destinationErr) = await StartIncoming("256M", port);
         using (source)
         using (destination)
@@ -303,15 +308,18 @@ public sealed class CliMigrationTests
                 await ConsoleCommand(sourceQmp + ".console", "fill 64");
                 await ConsoleCommand(sourceQmp + ".console", "dirty 20 8");
                 var report = Path.Combine(Path.GetTempPath(), $"ferry-report-{Guid.NewGuid():N}.json");
-                var (code, stdout, stderr) = CliTests.Ferry("", null, "migrate", $"unix:{sourceQmp}", $"tcp:127.0.0.1:{port}", "--channels", "2", "--report", report, "--quiet");
+                var (code, stdout, stderr) = CliTests.Ferry("", null, "migrate", $"unix:{sourceQmp}", $"tcp:127.0.0.1:{port}", "--channels", "2", "--verify", "--report", report, "--quiet");
                 Assert.True(code == 0, $"migrate failed: {stderr}\n{stdout}");
                 Assert.Contains("status               completed", stdout, StringComparison.Ordinal);
+                Assert.Contains("verified", stdout, StringComparison.Ordinal);
                 Assert.Contains("skipped: untouched", stdout, StringComparison.Ordinal);
                 var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(report))!;
                 File.Delete(report);
                 Assert.Equal("completed", json["status"]!.GetValue<string>());
                 Assert.True(json["ferry"]!["passes"]!.AsArray().Count >= 2);
                 Assert.Equal(2, json["ferry"]!["channels"]!.GetValue<int>());
+                Assert.True(json["ferry"]!["verified-chunks"]!.GetValue<long>() > 0);
+                Assert.True(json["ferry"]!["downtime-phases-ms"]!["verify"]!.GetValue<double>() > 0);
                 Assert.True(source.WaitForExit(30_000), "the source did not exit after the migration");
                 Assert.Equal(0, source.ExitCode);
 
@@ -322,6 +330,7 @@ public sealed class CliMigrationTests
                 CliTests.Ferry("", null, "quit", $"unix:{destinationQmp}");
                 Assert.True(destination.WaitForExit(30_000));
                 AssertStderrSoon(destinationErr, "migration loaded from 2 channel(s)");
+                AssertStderrSoon(destinationErr, "memory verified:");
             }
             finally
             {

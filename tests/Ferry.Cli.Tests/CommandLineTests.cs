@@ -80,6 +80,11 @@ public sealed class CommandLineTests : IDisposable
     [InlineData("--log-level 'loud' is not one of", "run", "--log-level", "loud")]
     [InlineData("usage: ferry snapshot save unix:SOCK FILE", "snapshot", "save", "unix:/nonexistent.sock")]
     [InlineData("--restore and --incoming cannot be combined", "run", "--restore", "f", "--incoming", "tcp:h:1")]
+    [InlineData("--restore and --incoming cannot be combined", "run", "--restore", "f", "--incoming", "defer")]
+    [InlineData("--incoming defer needs --qmp unix:PATH (migrate-incoming starts the migration)", "run", "--incoming", "defer")]
+    [InlineData("--incoming file:/x.img: a file needs the mapped-ram capability; use --incoming defer, then migrate-set-capabilities mapped-ram and migrate-incoming (or --restore /x.img)", "run", "--incoming", "file:/x.img")]
+    [InlineData("--incoming: migration URI 'exec:' has no command (use exec:COMMAND)", "run", "--incoming", "exec:")]
+    [InlineData("migration URI 'file:' has an empty path (use file:PATH)", "migrate", "unix:/nonexistent.sock", "file:", "--mapped-ram")]
     public void The_same_kind_of_mistake_is_always_exit_2(string expected, params string[] args) => AssertUsageError(expected, args);
 
     [Fact]
@@ -114,7 +119,7 @@ public sealed class CommandLineTests : IDisposable
     {
         var root = Program.BuildCommand();
         var migrate = root.Subcommands.Single(c => c.Name == "migrate");
-        Assert.Equal("ferry migrate unix:SOCK tcp:HOST:PORT [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--postcopy-after-passes N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--postcopy] [--report FILE] [--quiet]",
+        Assert.Equal("ferry migrate unix:SOCK URI [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--postcopy-after-passes N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--verify] [--mapped-ram] [--postcopy] [--report FILE] [--quiet]",
             Program.UsageLine(migrate, "migrate"));
     }
 
@@ -151,10 +156,11 @@ public sealed class ExitCodeTests
         Assert.Equal(expected, ExitCodes.ForMigration(status, kind));
 
     [Theory]
-    [InlineData(Ferry.Machine.MachineExitKind.PowerOff, ExitCode.Ok)]
-    [InlineData(Ferry.Machine.MachineExitKind.Quit, ExitCode.Ok)]
-    [InlineData(Ferry.Machine.MachineExitKind.GuestPanic, ExitCode.GuestPanic)]
-    [InlineData(Ferry.Machine.MachineExitKind.VcpuFault, ExitCode.VcpuFault)]
-    public void Machine_exits_map_onto_the_table(Ferry.Machine.MachineExitKind kind, ExitCode expected) =>
+    [InlineData(Ferry.Machine.ShutdownCause.GuestShutdown, ExitCode.Ok)]
+    [InlineData(Ferry.Machine.ShutdownCause.HostQmpQuit, ExitCode.Ok)]
+    [InlineData(Ferry.Machine.ShutdownCause.HostSignal, ExitCode.Ok)]
+    [InlineData(Ferry.Machine.ShutdownCause.GuestPanic, ExitCode.GuestPanic)]
+    [InlineData(Ferry.Machine.ShutdownCause.HostError, ExitCode.VcpuFault)]
+    public void Machine_exits_map_onto_the_table(Ferry.Machine.ShutdownCause kind, ExitCode expected) =>
         Assert.Equal(expected, ExitCodes.For(kind));
 }

@@ -10,7 +10,7 @@ public sealed class MigrateOptionsTests
     {
         var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock");
         Assert.Equal(2, code);
-        Assert.Contains("usage: ferry migrate unix:SOCK tcp:HOST:PORT [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--postcopy-after-passes N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--postcopy] [--report FILE] [--quiet]", stderr, StringComparison.Ordinal);
+        Assert.Contains("usage: ferry migrate unix:SOCK URI [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--postcopy-after-passes N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--verify] [--mapped-ram] [--postcopy] [--report FILE] [--quiet]", stderr, StringComparison.Ordinal);
     }
 
     [Theory]
@@ -26,10 +26,24 @@ public sealed class MigrateOptionsTests
         Assert.Single(stderr.Trim().Split('\n'));
     }
 
+    [Theory]
+    [InlineData("udp:h:1", "migration URI 'udp:h:1' is not supported ('udp:'; use tcp:HOST:PORT, unix:PATH, exec:COMMAND or file:PATH)")]
+    [InlineData("file:/tmp/x", "file:/tmp/x: a file needs --mapped-ram (the fixed-offset snapshot file, QEMU's mapped-ram)")]
+    public void A_bad_target_is_refused_before_connecting(string target, string message)
+    {
+        var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock", target);
+        Assert.Equal(2, code);
+        Assert.Contains(message, stderr, StringComparison.Ordinal);
+        Assert.Single(stderr.Trim().Split('\n'));
+    }
+
     [Fact]
     public void Good_options_get_as_far_as_connecting()
     {
-        var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock", "tcp:h:1", "--max-bandwidth", "1G", "--downtime-limit", "50", "--channels", "2", "--auto-converge", "--no-hint", "--no-balloon-skip");
+        var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock", "tcp:h:1", "--max-bandwidth", "1G", "--downtime-limit", "50", "--channels", "2", "--auto-converge", "--no-hint", "--no-balloon-skip", "--verify");
+        Assert.Equal(1, code);
+        Assert.Contains("cannot connect to the QMP socket /nonexistent.sock", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock", "file:/tmp/vm.img", "--mapped-ram");
         Assert.Equal(1, code);
         Assert.Contains("cannot connect to the QMP socket /nonexistent.sock", stderr, StringComparison.Ordinal);
     }

@@ -34,7 +34,7 @@ public sealed class QemuClientProcessTests(ITestOutputHelper output)
     public async Task Qemus_client_live_migrates_between_two_ferry_processes()
     {
         var port = CliMigrationTests.FreePort();
-        var (dst, dstQmp, _, dstErr) = await CliMigrationTests.StartIncoming("256M", port);
+        var (dst, dstQmp, _, dstErr) = await CliMigrationTests.StartIncoming("256M", "defer");
         var (src, srcQmp) = await CliTests.StartWithQmp("256M");
         using (dst)
         using (src)
@@ -44,7 +44,7 @@ public sealed class QemuClientProcessTests(ITestOutputHelper output)
                 var (code, text) = await Task.Run(() => QemuQmp.RunPython(Script("qemu_migrate_check.py"), TimeSpan.FromSeconds(240), srcQmp, dstQmp, $"tcp:127.0.0.1:{port}"));
                 output.WriteLine(text);
                 Assert.True(code == 0, $"qemu_migrate_check.py exited {code}:\n{text}\ndestination stderr:\n{dstErr}");
-                Assert.True(src.WaitForExit(30_000), "the source did not exit after the migration");
+                Assert.True(src.WaitForExit(30_000), "the source did not exit after quit");
                 Assert.True(dst.WaitForExit(30_000), "the destination did not exit after quit");
             }
             finally

@@ -39,10 +39,27 @@ public sealed class MigrationSettingsCommandsTests : IAsyncLifetime, IDisposable
     {
         var result = (JsonObject)_client.Execute("query-migrate-parameters")!;
         Assert.Equal(
-            ["max-bandwidth", "downtime-limit", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "ferry-hint-budget-ms", "ferry-switchover-timeout-ms", "ferry-channel-timeout-ms", "ferry-postcopy-after-passes"],
+            ["max-bandwidth", "downtime-limit", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "ferry-hint-budget-ms", "ferry-switchover-timeout-ms", "ferry-channel-timeout-ms", "ferry-postcopy-after-passes", "tls-creds", "tls-hostname", "tls-authz"],
             result.Select(kv => kv.Key));
         foreach (var parameter in MigrationParameterTable.All)
             Assert.Equal(parameter.Default, result[parameter.Name]!.GetValue<long>());
+        foreach (var parameter in MigrationParameterTable.Texts)
+            Assert.Equal("", result[parameter.Name]!.GetValue<string>());
+    }
+
+    [Fact]
+    public void The_tls_settings_are_strings_that_round_trip_and_are_checked()
+    {
+        _client.Execute("migrate-set-parameters", new JsonObject { ["tls-creds"] = "/etc/ferry/tls", ["tls-hostname"] = "dest.example", ["tls-authz"] = "CN=a,O=X; CN=b,O=X" });
+        var result = (JsonObject)_client.Execute("query-migrate-parameters")!;
+        Assert.Equal("/etc/ferry/tls", result["tls-creds"]!.GetValue<string>());
+        Assert.Equal("dest.example", result["tls-hostname"]!.GetValue<string>());
+        Assert.Equal(["CN=a,O=X", "CN=b,O=X"], _settings.Parameters.AllowedClientSubjects);
+        Assert.Equal("Invalid parameter type for 'tls-creds', expected: string", Refused("migrate-set-parameters", new JsonObject { ["tls-creds"] = 1 }).Message);
+        Assert.Equal("Parameter tls-hostname 'a b' contains a control character", Refused("migrate-set-parameters", new JsonObject { ["tls-hostname"] = "a\nb" }).Message);
+        // Empty turns TLS off again, as in QEMU.
+        _client.Execute("migrate-set-parameters", new JsonObject { ["tls-creds"] = "" });
+        Assert.Equal("", _settings.Parameters.TlsCreds);
     }
 
     [Fact]
@@ -101,7 +118,7 @@ public sealed class MigrationSettingsCommandsTests : IAsyncLifetime, IDisposable
     public void Every_capability_round_trips_through_set_and_query()
     {
         var query = (JsonArray)_client.Execute("query-migrate-capabilities")!;
-        Assert.Equal(["multifd", "auto-converge", "ferry-free-page-hint", "ferry-balloon-skip", "postcopy-ram"], query.Select(c => c!["capability"]!.GetValue<string>()));
+        Assert.Equal(["multifd", "auto-converge", "ferry-free-page-hint", "ferry-balloon-skip", "ferry-verify", "events", "mapped-ram", "postcopy-ram"], query.Select(c => c!["capability"]!.GetValue<string>()));
         Assert.Equal(MigrationCapabilityTable.All.Select(c => c.Default), query.Select(c => c!["state"]!.GetValue<bool>()));
 
         var flipped = new JsonArray();

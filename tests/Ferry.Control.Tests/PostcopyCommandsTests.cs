@@ -49,14 +49,16 @@ public sealed class PostcopyCommandsTests : IAsyncLifetime, IDisposable
     {
         Assert.Equal("Migrate recover can only be run when postcopy is paused (the incoming migration is none)",
             Refused("migrate-recover", new JsonObject { ["uri"] = "tcp:127.0.0.1:4444" }).Message);
-        Assert.Equal("migration URI 'unix:/x' is not supported (use tcp:HOST:PORT)", Refused("migrate-recover", new JsonObject { ["uri"] = "unix:/x" }).Message);
+        Assert.StartsWith("Parameter 'uri': Postcopy requires multi-channel URIs (e.g. tcp or unix): exec:cat carries one channel",
+            Refused("migrate-recover", new JsonObject { ["uri"] = "exec:cat" }).Message, StringComparison.Ordinal);
+        Assert.Contains("'ftp:x'", Refused("migrate-recover", new JsonObject { ["uri"] = "ftp:x" }).Message, StringComparison.Ordinal);
         Assert.Equal("Parameter 'uri' is missing", Refused("migrate-recover", []).Message);
         Assert.Empty(_listened);
     }
 
     [Fact]
     public void Resume_without_a_paused_migration_is_refused() =>
-        Assert.Contains("no migration to resume", Assert.Throws<QmpException>(() => PostcopyCommands.Resume(null, "tcp:127.0.0.1:1")).Message, StringComparison.Ordinal);
+        Assert.Contains("no migration to resume", Assert.Throws<QmpException>(() => PostcopyCommands.Resume(null, MigrationUri.Parse("tcp:127.0.0.1:1"))).Message, StringComparison.Ordinal);
 
     [Fact]
     public void Query_migrate_shows_qemus_postcopy_fields_and_ferrys()

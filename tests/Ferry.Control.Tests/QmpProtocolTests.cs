@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json.Nodes;
+using Ferry.Machine;
 using Xunit;
 
 namespace Ferry.Control.Tests;
@@ -202,7 +203,7 @@ public sealed class QmpProtocolTests : IAsyncLifetime, IDisposable
         Assert.Equal("VM status: running\r\n", await Hmp("info status"));
         _ferry.Machine.PauseGuest();
         Assert.Equal("VM status: paused\r\n", await Hmp("info status"));
-        _ferry.Machine.EndMachine("test");
+        _ferry.Machine.EndMachine(ShutdownCause.HostQmpQuit, "test");
         Assert.Equal("VM status: paused (shutdown)\r\n", await Hmp("info status"));
         Assert.Equal("Error: The command query-balloon has not been found\r\n", await Hmp("info balloon"));
         Assert.Equal("unknown command: 'frobnicate'\r\n", await Hmp("frobnicate now"));

@@ -11,13 +11,13 @@ internal sealed class FakeMachine : IMachineControl
 {
     public MachineStatus Status { get; private set; } = MachineStatus.Running;
 
-    public string? EndedWith { get; private set; }
+    public ShutdownCause? EndedWith { get; private set; }
 
     public void PauseGuest() => Status = MachineStatus.Paused;
 
     public void ResumeGuest() => Status = MachineStatus.Running;
 
-    public void EndMachine(string reason) => (Status, EndedWith) = (MachineStatus.Shutdown, reason);
+    public void EndMachine(ShutdownCause cause, string detail) => (Status, EndedWith) = (MachineStatus.Shutdown, cause);
 }
 
 /// <summary>A QMP server with what `ferry run` registers that needs no KVM: machine commands over a fake, migration settings.</summary>

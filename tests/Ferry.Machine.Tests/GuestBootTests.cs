@@ -94,13 +94,12 @@ public sealed class GuestBootTests
     }
 
     [KvmFact]
-    public async Task Poweroff_ends_the_machine_with_exit_code_zero()
+    public async Task Poweroff_ends_the_machine_as_a_guest_shutdown()
     {
         using var guest = await BootedGuest.StartAsync(memoryMib: 64);
         guest.Console.SendLine("poweroff");
         var exit = await guest.Machine.Exited.WaitAsync(BootedGuest.Timeout);
-        Assert.Equal(MachineExitKind.PowerOff, exit.Kind);
-        Assert.Equal(0, exit.ExitCode);
+        Assert.Equal(ShutdownCause.GuestShutdown, exit.Cause);
     }
 }
 

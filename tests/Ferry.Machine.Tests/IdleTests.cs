@@ -110,8 +110,8 @@ public sealed class IdleTests(ITestOutputHelper output)
             guest.Machine.Resume();
         }
         await guest.Cmd("stats");
-        guest.Machine.Stop("test done");
-        Assert.Equal(MachineExitKind.Quit, (await guest.Machine.Exited.WaitAsync(TimeSpan.FromSeconds(5))).Kind);
+        guest.Machine.Stop(ShutdownCause.HostQmpQuit, "test done");
+        Assert.Equal(ShutdownCause.HostQmpQuit, (await guest.Machine.Exited.WaitAsync(TimeSpan.FromSeconds(5))).Cause);
     }
 
     [Fact]

@@ -59,7 +59,7 @@ public sealed class PauseAndStateTests
                 from.Mapping.GetSpan(offset, 1 << 20).CopyTo(to.Mapping.GetSpan(offset, 1 << 20));
         }
         target.RestoreVcpuStates(states);
-        source.Machine.Stop("moved");
+        source.Machine.Stop(ShutdownCause.HostQmpQuit, "moved");
         target.Resume();
 
         var stop = await console.CommandAsync("stop", BootedGuest.Timeout);

@@ -55,8 +55,8 @@ public sealed class ThrottleTests(ITestOutputHelper output)
         // Still a working guest: the workload stops and verifies while throttled, and the machine stops cleanly.
         await guest.Cmd("stop");
         Assert.True((await guest.Cmd("verify")).GetProperty("passed").GetBoolean());
-        guest.Machine.Stop("test done");
-        Assert.Equal(MachineExitKind.Quit, (await guest.Machine.Exited.WaitAsync(TimeSpan.FromSeconds(5))).Kind);
+        guest.Machine.Stop(ShutdownCause.HostQmpQuit, "test done");
+        Assert.Equal(ShutdownCause.HostQmpQuit, (await guest.Machine.Exited.WaitAsync(TimeSpan.FromSeconds(5))).Cause);
     }
 
     [KvmFact]

@@ -10,12 +10,21 @@ namespace Ferry.Migration.Tests;
 /// <summary>Real guests migrated live between two machines in this process, over loopback TCP.</summary>
 public sealed class LiveMigrationTests
 {
-    /// <summary>Migrates <paramref name="source"/> to a new machine; the source is stopped once the guest runs there.</summary>
+    /// <summary>
+    /// Migrates <paramref name="source"/> to a new machine; the source is stopped once the guest runs there. Verified
+    /// (ferry-verify) unless the capabilities say otherwise: the destination compared every chunk with the source's.
+    /// </summary>
     internal static (BootedGuest Destination, MigrationStats Stats, IncomingReport Report) LiveMigrate(
         BootedGuest source, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null)
     {
         var console = new GuestConsole();
+        capabilities ??= new MigrationCapabilities { Verify = true };
         var (destination, stats, report) = LoopbackMigration.Run(source.Machine, console, parameters, capabilities);
+        if (capabilities.Verify)
+        {
+            Assert.True(stats.VerifiedChunks > 0, "no chunk was verified");
+            Assert.True(report.VerifiedChunks >= stats.VerifiedChunks, $"{report.VerifiedChunks} chunks compared of {stats.VerifiedChunks} sent");
+        }
         return (BootedGuest.Adopt(destination, console), stats, report);
     }
 
@@ -111,7 +120,7 @@ public sealed class LiveMigrationTests
         await source.Cmd($"fill {filled}");
         await source.Cmd("free");
 
-        var (destination, stats, _) = LiveMigrate(source, capabilities: new MigrationCapabilities { FreePageHint = hint });
+        var (destination, stats, _) = LiveMigrate(source, capabilities: new MigrationCapabilities { FreePageHint = hint, Verify = true });
         using (destination)
         {
             var filledPages = (long)filled * 256;

@@ -19,7 +19,8 @@ public sealed class PausedMoveTests
     private static (GuestMachine Target, GuestConsole Console, MigrationStats Stats) Move(GuestMachine source)
     {
         var console = new GuestConsole();
-        var (target, stats, _) = LoopbackMigration.Run(source, console);
+        var (target, stats, report) = LoopbackMigration.Run(source, console, capabilities: new MigrationCapabilities { Verify = true });
+        Assert.True(report.VerifiedChunks > 0);
         // Nothing changes while paused: pass 1, then a final pass with nothing left to send, then the state.
         Assert.Equal(2, stats.Passes.Count);
         Assert.Equal(0, stats.Passes[^1].NormalPages);

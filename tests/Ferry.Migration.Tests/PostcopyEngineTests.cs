@@ -402,7 +402,7 @@ public sealed class PostcopyEngineTests
 
         var control = channels.ConnectAsync(CancellationToken.None).GetAwaiter().GetResult();
         var writer = new RecordWriter(control);
-        writer.WriteHeader(new StreamHeader((ulong)StreamCapabilities.All, 1, blocks, 42));
+        writer.WriteHeader(new StreamHeader((ulong)(StreamCapabilities.All & ~StreamCapabilities.Verify), 1, blocks, 42));
         writer.Flush();
         Assert.Equal(ReplyType.Accept, ReturnPath.Read(control).Type);
         var urgent = channels.ConnectAsync(CancellationToken.None).GetAwaiter().GetResult();

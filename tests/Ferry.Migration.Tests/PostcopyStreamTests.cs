@@ -79,6 +79,21 @@ public sealed class PostcopyStreamTests
     }
 
     [Fact]
+    public void A_destination_accepts_postcopy_only_with_postcopy_memory_and_without_verification()
+    {
+        using var vm = new Synthetic.SyntheticVm(2 << 20);
+        using var target = new Synthetic.SyntheticTarget(vm.Blocks);
+        Assert.False(PostcopySwitch.Acceptable(target, StreamCapabilities.All).HasFlag(StreamCapabilities.Postcopy));
+        target.Postcopy = new Synthetic.SyntheticPostcopyMemory(target.Blocks, 1);
+        Assert.True(PostcopySwitch.Acceptable(target, StreamCapabilities.All & ~StreamCapabilities.Verify).HasFlag(StreamCapabilities.Postcopy));
+        // Digests are compared before the guest runs; postcopy runs it before the last pages arrive.
+        var both = PostcopySwitch.Acceptable(target, StreamCapabilities.All);
+        Assert.True(both.HasFlag(StreamCapabilities.Verify));
+        Assert.False(both.HasFlag(StreamCapabilities.Postcopy));
+        Assert.Equal(StreamCapabilities.None, PostcopySwitch.Acceptable(target, (StreamCapabilities)(1UL << 40)));
+    }
+
+    [Fact]
     public void The_switch_is_refused_unless_negotiated_on_channel_0_once_per_channel()
     {
         var notNegotiated = Switch(StreamCapabilities.All & ~StreamCapabilities.Postcopy, 2, out var owed, out var start);

@@ -14,9 +14,10 @@ public sealed class StreamCapabilitiesTests
         Assert.Equal(1UL << 2, (ulong)StreamCapabilities.Multichannel);
         Assert.Equal(1UL << 3, (ulong)StreamCapabilities.PassAcks);
         Assert.Equal(1UL << 4, (ulong)StreamCapabilities.KeepAlive);
+        Assert.Equal(1UL << 5, (ulong)StreamCapabilities.Verify);
         Assert.Equal(1UL << 16, (ulong)StreamCapabilities.Postcopy);
         Assert.Equal(1UL << 17, (ulong)StreamCapabilities.PostcopyResume);
-        Assert.Equal(0b11111UL | 1UL << 16, (ulong)StreamCapabilities.All);
+        Assert.Equal(0b111111UL | 1UL << 16, (ulong)StreamCapabilities.All);
     }
 
     [Fact]

@@ -35,9 +35,10 @@ public sealed class StreamFormatTests
         return ms.ToArray();
     }
 
-    private static List<Record> ReadAll(byte[] stream, out StreamHeader header)
+    /// <summary>Every record up to END (data copied out), against <paramref name="blocks"/> (default: this class's two blocks).</summary>
+    internal static List<Record> ReadAll(byte[] stream, out StreamHeader header, IReadOnlyList<BlockDescriptor>? blocks = null)
     {
-        var reader = new RecordReader(new MemoryStream(stream), Blocks);
+        var reader = new RecordReader(new MemoryStream(stream), blocks ?? Blocks);
         header = reader.ReadHeader();
         var records = new List<Record>();
         while (true)
@@ -113,14 +114,20 @@ public sealed class StreamFormatTests
     {
         using var ms = new MemoryStream();
         new RecordWriter(ms).WriteHeader(new StreamHeader(0, 1, Blocks));
+        WriteFrame(ms, type, payload, sequence);
+        return ms.ToArray();
+    }
+
+    /// <summary>One hand-made record: frame header with a valid checksum and the given sequence number, then the payload.</summary>
+    internal static void WriteFrame(System.IO.Stream output, RecordType type, byte[] payload, uint sequence)
+    {
         var frame = new byte[16];
         BinaryPrimitives.WriteUInt16LittleEndian(frame, (ushort)type);
         BinaryPrimitives.WriteUInt32LittleEndian(frame.AsSpan(4), (uint)payload.Length);
         BinaryPrimitives.WriteUInt32LittleEndian(frame.AsSpan(8), Crc32C.Append(Crc32C.Compute(frame.AsSpan(0, 8)), payload));
         BinaryPrimitives.WriteUInt32LittleEndian(frame.AsSpan(12), sequence);
-        ms.Write(frame);
-        ms.Write(payload);
-        return ms.ToArray();
+        output.Write(frame);
+        output.Write(payload);
     }
 
     private static byte[] RangePayload(ushort block, uint count, ulong offset, int dataBytes = 0)

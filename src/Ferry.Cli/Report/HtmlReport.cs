@@ -107,6 +107,7 @@ public static class HtmlReport
             ("pause", "pause", "#7b5ea7"),
             ("dirty-sync", "dirty sync", "#b77fd0"),
             ("final-pass", "final pass", "#2f6bd6"),
+            ("verify", "verify", "#c2417a"),
             ("save-state", "save state", "#e0893a"),
             ("complete", "complete", "#3aa57f"),
             ("resume", "resume", "#8a8f98"),

@@ -319,6 +319,25 @@ public sealed class PageSet
         return count;
     }
 
+    /// <summary>Runs of set bits in a little-endian bitmap (what applying it run by run costs), counted without walking them.</summary>
+    public static ulong CountRunsIn(ReadOnlySpan<byte> bitmap)
+    {
+        var words = MemoryMarshal.Cast<byte, ulong>(bitmap);
+        ulong runs = 0, carry = 0;
+        foreach (var w in words)
+        {
+            // A run starts at every set bit whose lower neighbour (the previous word's top bit for bit 0) is clear.
+            runs += (ulong)BitOperations.PopCount(w & ~((w << 1) | carry));
+            carry = w >> 63;
+        }
+        foreach (var b in bitmap[(words.Length * 8)..])
+        {
+            runs += (ulong)BitOperations.PopCount((uint)(b & ~((b << 1) | (int)carry)) & 0xFF);
+            carry = (ulong)(b >> 7);
+        }
+        return runs;
+    }
+
     /// <summary>The first page at or past <paramref name="pageCount"/> set in a little-endian bitmap, or -1 when there is none.</summary>
     public static long FirstPast(ReadOnlySpan<byte> bitmap, ulong pageCount)
     {

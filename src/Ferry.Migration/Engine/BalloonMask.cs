@@ -37,6 +37,9 @@ internal sealed class BalloonMask
 
     public bool Trusted => Reason == BalloonSkipReason.On;
 
+    /// <summary>The block's ballooned pages as of the last <see cref="Refresh"/>, trusted or not.</summary>
+    public PageSet Current(int block) => _current[block];
+
     /// <summary>Whether the balloon can be trusted: a guest that negotiated MUST_TELL_HOST never touches a ballooned page before deflating it.</summary>
     public static BalloonSkipReason Decide(IMigrationBalloon? balloon, bool capability) => (balloon, capability) switch
     {

@@ -19,10 +19,12 @@ public sealed partial class ChannelOutput
     /// <summary>Where the channels go: postcopy connects its urgent channel there too.</summary>
     internal IChannelConnector Connector => connector;
 
-    /// <summary>Postcopy is offered only with postcopy-ram; a resume says so.</summary>
+    /// <summary>Verification costs downtime: it is offered only when asked for. Postcopy is offered only with postcopy-ram; a resume says so.</summary>
     private StreamCapabilities OfferedCapabilities()
     {
         var offered = StreamCapabilities.All;
+        if (!capabilities.Verify)
+            offered &= ~StreamCapabilities.Verify;
         if (!capabilities.PostcopyRam)
             offered &= ~StreamCapabilities.Postcopy;
         if (ResumeSession is not null)

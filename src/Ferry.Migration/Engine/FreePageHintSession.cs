@@ -31,15 +31,17 @@ internal sealed class FreePageHintSession
     private readonly IMigrationBalloon _balloon;
     private readonly Func<bool> _guestPaused;
     private readonly MigrationCounters _counters;
+    private readonly GuestFreePages? _free;
     private PageSet[] _pending = [];
     private volatile bool _accepting;
     private bool _subscribed;
 
-    private FreePageHintSession(IMigrationBalloon balloon, Func<bool> guestPaused, MigrationCounters counters)
+    private FreePageHintSession(IMigrationBalloon balloon, Func<bool> guestPaused, MigrationCounters counters, GuestFreePages? free)
     {
         _balloon = balloon;
         _guestPaused = guestPaused;
         _counters = counters;
+        _free = free;
     }
 
     /// <summary>Whether hints can be used, and if not, why.</summary>
@@ -53,9 +55,9 @@ internal sealed class FreePageHintSession
         _ => FreePageHintReason.On,
     };
 
-    /// <summary>A session when <paramref name="reason"/> is <see cref="FreePageHintReason.On"/>, else null.</summary>
-    public static FreePageHintSession? Create(FreePageHintReason reason, IMigrationBalloon? balloon, Func<bool> guestPaused, MigrationCounters counters) =>
-        reason == FreePageHintReason.On ? new FreePageHintSession(balloon!, guestPaused, counters) : null;
+    /// <summary>A session when <paramref name="reason"/> is <see cref="FreePageHintReason.On"/>, else null; <paramref name="free"/> (a verified migration) records every hinted page.</summary>
+    public static FreePageHintSession? Create(FreePageHintReason reason, IMigrationBalloon? balloon, Func<bool> guestPaused, MigrationCounters counters, GuestFreePages? free = null) =>
+        reason == FreePageHintReason.On ? new FreePageHintSession(balloon!, guestPaused, counters, free) : null;
 
     /// <summary>
     /// Subscribes to hints that clear pages of <paramref name="pending"/>, starts the first run and gives the guest
@@ -115,6 +117,8 @@ internal sealed class FreePageHintSession
         var pending = _pending;
         if (!_accepting || (uint)block >= (uint)pending.Length || length == 0)
             return;
+        // Its pages may now differ between the two sides (not sent again, or sent before the guest freed them).
+        _free?.Add(block, offset, length);
         var set = pending[block];
         var first = offset / Page.Size;
         var end = Math.Min(Page.PagesFor(offset + length), set.PageCount);

@@ -9,7 +9,7 @@ internal sealed class MigrationCounters
 {
     private readonly object _gate = new();
     private readonly List<PassReport> _passes = [];
-    private long _normalPages, _zeroPages, _untouchedPages, _balloonedPages, _hintedPages, _balloonedSent, _syncCount;
+    private long _normalPages, _zeroPages, _untouchedPages, _balloonedPages, _hintedPages, _balloonedSent, _syncCount, _verifiedChunks;
     private double _setupMs, _expectedDowntimeMs, _dirtyRate;
     private double? _downtimeMs;
     private DowntimePhases? _downtime;
@@ -51,6 +51,9 @@ internal sealed class MigrationCounters
     }
 
     public void AddSync() => Interlocked.Increment(ref _syncCount);
+
+    /// <summary>The digests of a verified migration were sent for this many chunks.</summary>
+    public void Verified(long chunks) => Interlocked.Exchange(ref _verifiedChunks, chunks);
 
     /// <summary>The vCPU throttle now in force (0 = none).</summary>
     public int Throttle
@@ -151,6 +154,7 @@ internal sealed class MigrationCounters
                 HintedPages = Interlocked.Read(ref _hintedPages),
                 BalloonedPagesSent = Interlocked.Read(ref _balloonedSent),
                 DirtySyncCount = Interlocked.Read(ref _syncCount),
+                VerifiedChunks = Interlocked.Read(ref _verifiedChunks),
                 DirtyPagesRate = _dirtyRate,
                 Mbps = seconds > 0 ? transferred * 8 / seconds / 1e6 : 0,
                 ThrottlePercent = _throttle,

@@ -30,6 +30,12 @@ public enum MigrationErrorKind
 
     /// <summary>The output could not be opened: a snapshot file that cannot be created, a VM the stream cannot carry.</summary>
     OutputFailed,
+
+    /// <summary>TLS refused the peer (untrusted or expired certificate, a subject outside tls-authz, a peer without TLS) or could not be set up.</summary>
+    TlsRefused,
+
+    /// <summary>A verified migration's destination found memory that differs from the source's (ferry-verify); the guest was not resumed there.</summary>
+    VerifyFailed,
 }
 
 /// <summary>

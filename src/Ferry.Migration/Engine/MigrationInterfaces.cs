@@ -72,6 +72,13 @@ public interface IMigrationBalloon
 
     /// <summary>The guest has reported everything it had in the current run (it sent STOP itself).</summary>
     bool HintRunFinishedByGuest { get; }
+
+    /// <summary>
+    /// Raised (block index, byte offset, length) for every range the host discarded on the guest's word (inflated
+    /// pages, reported free pages): they read as zero here now, while the destination may still hold what was sent of
+    /// them before. A verified migration leaves them out of its comparison until the guest writes them again.
+    /// </summary>
+    event Action<int, ulong, ulong>? Discarded { add { } remove { } }
 }
 
 /// <summary>What the destination needs from the VM it loads into (created, started paused).</summary>

@@ -20,6 +20,10 @@ public interface IPageSink
 
     /// <summary>Ends this sink's part of a pass (and pushes out what is buffered).</summary>
     void EndPass(uint pass);
+
+    /// <summary>A chunk's digest for the other side to compare (only outputs whose <see cref="IMigrationOutput.Verifies"/> is true).</summary>
+    void WriteDigest(ushort block, uint chunk, uint digest, ReadOnlySpan<byte> excluded) =>
+        throw new NotSupportedException($"{GetType().Name} does not carry memory digests");
 }
 
 /// <summary>
@@ -67,6 +71,12 @@ public interface IMigrationOutput : IDisposable
     /// </summary>
     bool HandedOver => false;
 
+    /// <summary>
+    /// After <see cref="Open"/>: the other side compares memory digests after the last pass (capability
+    /// ferry-verify, accepted by the destination). False for a snapshot file, whose every page has its own CRC.
+    /// </summary>
+    bool Verifies => false;
+
     /// <summary>Why the channel the other side answers on ended, other than its FAILED (null: it did not, or there is none).</summary>
     Exception? ReturnPathFailure => null;
 
@@ -100,8 +110,11 @@ public sealed partial class ChannelOutput(IChannelConnector connector, Migration
     private Timer? _heartbeat;
     private long _lastControlBytes = -1;
     private volatile bool _handedOver;
+    private bool _verifies;
 
     public string Description => connector.Description;
+
+    public bool Verifies => _verifies;
 
     public bool HandedOver => _handedOver || _postcopySwitched;
 
@@ -139,6 +152,9 @@ public sealed partial class ChannelOutput(IChannelConnector connector, Migration
                 var accepted = (StreamCapabilities)reply.Capabilities;
                 if ((accepted & ~offered) != 0)
                     throw new MigrationException(MigrationErrorKind.DestinationRefused, $"the destination accepted capabilities 0x{reply.Capabilities:X} that were not offered");
+                if (capabilities.Verify && !accepted.HasFlag(StreamCapabilities.Verify))
+                    throw new MigrationException(MigrationErrorKind.DestinationRefused, "the destination does not verify migrated memory (capability ferry-verify); migrate without it or update the destination");
+                _verifies = accepted.HasFlag(StreamCapabilities.Verify);
                 CheckPostcopyAccepted(accepted);
                 if (accepted.HasFlag(StreamCapabilities.KeepAlive))
                     _heartbeat = new Timer(_ => Heartbeat(), null, _timeout / 4, _timeout / 4);
@@ -409,6 +425,12 @@ public sealed partial class ChannelOutput(IChannelConnector connector, Migration
                 Writer.WritePassEnd(pass);
                 Writer.Flush();
             }
+        }
+
+        public void WriteDigest(ushort block, uint chunk, uint digest, ReadOnlySpan<byte> excluded)
+        {
+            lock (Gate)
+                Writer.WriteDigest(block, chunk, digest, excluded);
         }
 
         /// <summary>Abort resets the connection instead of closing it (postcopy: see <see cref="ChannelLiveness.Reset"/>).</summary>

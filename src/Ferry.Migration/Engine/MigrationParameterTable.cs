@@ -46,6 +46,36 @@ public sealed class MigrationParameter(
 }
 
 /// <summary>
+/// One text migration parameter (a QMP str): the TLS settings. The empty string means "not set", as in QEMU.
+/// <see cref="Check"/> names a bad value; whether a directory holds usable credentials is checked when a migration
+/// starts (the files may be put there after the parameter is set).
+/// </summary>
+public sealed class MigrationTextParameter(
+    string name, string doc, Func<MigrationParameters, string> get, Func<MigrationParameters, string, MigrationParameters> set, string? cliOption = null)
+{
+    /// <summary>Longer than any path or list of subjects a user means; bounds what a QMP client can make us keep.</summary>
+    public const int MaxLength = 4096;
+
+    public string Name { get; } = name;
+    public string Doc { get; } = doc;
+    public string? CliOption { get; } = cliOption;
+
+    public string Get(MigrationParameters parameters) => get(parameters);
+
+    public MigrationParameters Set(MigrationParameters parameters, string value) => set(parameters, value);
+
+    /// <summary>Null when <paramref name="value"/> is acceptable, else one line naming the parameter.</summary>
+    public string? Check(string value)
+    {
+        if (value.Length > MaxLength)
+            return $"{Name} is longer than {MaxLength} characters";
+        if (value.Any(char.IsControl))
+            return $"{Name} '{value.ReplaceLineEndings(" ")}' contains a control character";
+        return null;
+    }
+}
+
+/// <summary>
 /// Every migration parameter (migrate-set-parameters, query-migrate-parameters, `ferry migrate`'s options), in
 /// QMP order. QEMU's names where QEMU has the same thing; Ferry-only ones are prefixed `ferry-`. Changing a range
 /// or a default is one edit here.
@@ -107,13 +137,33 @@ public static class MigrationParameterTable
         "with capability postcopy-ram: switch to postcopy once this many passes in a row ended with the expected downtime over downtime-limit; 0 = only on migrate-start-postcopy",
         p => p.PostcopyAfterPasses, (p, v) => p with { PostcopyAfterPasses = checked((int)v) }, cliOption: "postcopy-after-passes");
 
+    public static readonly MigrationTextParameter TlsCreds = new(
+        "tls-creds",
+        "directory of x509 credentials in QEMU's layout (ca-cert.pem, server-cert.pem/-key.pem, client-cert.pem/-key.pem); set: every channel uses TLS 1.3 with both ends authenticated; empty: plain (QEMU names a tls-creds-x509 object here)",
+        p => p.TlsCreds, (p, v) => p with { TlsCreds = v }, cliOption: "tls-creds");
+
+    public static readonly MigrationTextParameter TlsHostname = new(
+        "tls-hostname",
+        "the name the source expects in the destination's certificate (default: the host of the URI)",
+        p => p.TlsHostname, (p, v) => p with { TlsHostname = v }, cliOption: "tls-hostname");
+
+    public static readonly MigrationTextParameter TlsAuthz = new(
+        "tls-authz",
+        "on the destination: the client certificate subjects allowed to connect, separated by ';' (e.g. 'CN=src1,O=Example;CN=src2,O=Example'); empty: any the CA signed (QEMU names an authz object here)",
+        p => p.TlsAuthz, (p, v) => p with { TlsAuthz = v }, cliOption: "tls-authz");
+
     public static IReadOnlyList<MigrationParameter> All { get; } =
         [MaxBandwidth, DowntimeLimit, MultifdChannels, CpuThrottleInitial, CpuThrottleIncrement, MaxCpuThrottle, ThrottleTriggerThreshold, HintBudget, SwitchoverTimeout, ChannelTimeout, PostcopyAfterPasses];
 
+    /// <summary>The text parameters (QMP str), after the numbers in QMP order.</summary>
+    public static IReadOnlyList<MigrationTextParameter> Texts { get; } = [TlsCreds, TlsHostname, TlsAuthz];
+
     public static MigrationParameter? Find(string name) => All.FirstOrDefault(p => p.Name == name);
 
+    public static MigrationTextParameter? FindText(string name) => Texts.FirstOrDefault(p => p.Name == name);
+
     /// <summary>"max-bandwidth, downtime-limit, ..." for an error that lists what is known.</summary>
-    public static string Names => string.Join(", ", All.Select(p => p.Name));
+    public static string Names => string.Join(", ", All.Select(p => p.Name).Concat(Texts.Select(p => p.Name)));
 }
 
 /// <summary>One migration capability (migrate-set-capabilities), declared once; <see cref="CliFlag"/> is the `ferry migrate` flag that sets it to the opposite of its default (null: none).</summary>
@@ -154,7 +204,19 @@ public static class MigrationCapabilityTable
         "postcopy-ram", false, "allow switching to postcopy: the guest runs on the destination, which pulls the pages still owed (migrate-start-postcopy, ferry-postcopy-after-passes)",
         c => c.PostcopyRam, (c, v) => c with { PostcopyRam = v }, cliFlag: "postcopy");
 
-    public static IReadOnlyList<MigrationCapability> All { get; } = [Multifd, AutoConverge, FreePageHint, BalloonSkip, PostcopyRam];
+    public static readonly MigrationCapability Verify = new(
+        "ferry-verify", false, "at the switch-over the destination compares a digest of every 2 MiB chunk of memory with the source's before it resumes the guest; a mismatch fails the migration and the source runs on",
+        c => c.Verify, (c, v) => c with { Verify = v }, cliFlag: "verify");
+
+    public static readonly MigrationCapability Events = new(
+        "events", false, "emit MIGRATION and MIGRATION_PASS events (ferry migrate turns it on)",
+        c => c.Events, (c, v) => c with { Events = v });
+
+    public static readonly MigrationCapability MappedRam = new(
+        "mapped-ram", false, "write (migrate) or read (migrate-incoming) a file: URI as the fixed-offset snapshot file",
+        c => c.MappedRam, (c, v) => c with { MappedRam = v }, cliFlag: "mapped-ram");
+
+    public static IReadOnlyList<MigrationCapability> All { get; } = [Multifd, AutoConverge, FreePageHint, BalloonSkip, Verify, Events, MappedRam, PostcopyRam];
 
     public static MigrationCapability? Find(string name) => All.FirstOrDefault(c => c.Name == name);
 

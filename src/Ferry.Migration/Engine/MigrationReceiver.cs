@@ -6,7 +6,11 @@ using Ferry.Migration.Transport;
 
 namespace Ferry.Migration.Engine;
 
-/// <summary>What a destination loaded. <paramref name="SourceToldResumed"/> false: the guest runs here but RESUMED could not be sent (the source stays paused).</summary>
+/// <summary>
+/// What a destination loaded. <paramref name="SourceToldResumed"/> false: the guest runs here but RESUMED could not be
+/// sent (the source stays paused). <paramref name="VerifiedChunks"/> and <paramref name="VerifyMs"/>: a verified
+/// migration's chunks compared, and the loaders' time comparing them (summed over the channels).
+/// </summary>
 public sealed record IncomingReport(
     int Channels,
     ulong DataPages,
@@ -19,6 +23,8 @@ public sealed record IncomingReport(
     double StateRestoreMs = 0,
     double ResumeMs = 0,
     bool SourceToldResumed = true,
+    long VerifiedChunks = 0,
+    double VerifyMs = 0,
     PostcopyStats? Postcopy = null);
 
 /// <summary>
@@ -41,7 +47,16 @@ public static partial class MigrationReceiver
     public static IncomingReport Receive(IMigrationTarget target, IChannelListener listener, CancellationToken cancel, TimeSpan? channelTimeout = null, PostcopyIncoming? postcopy = null)
     {
         var timeout = channelTimeout ?? TimeSpan.FromMilliseconds(MigrationParameterTable.ChannelTimeout.Default);
-        var first = listener.AcceptAsync(cancel).GetAwaiter().GetResult();
+        System.IO.Stream first;
+        try
+        {
+            first = listener.AcceptAsync(cancel).GetAwaiter().GetResult();
+        }
+        catch (MigrationTlsException e)
+        {
+            // Refused before a record was read: the reason is TLS's, told to the source already where it could be.
+            throw new MigrationException(MigrationErrorKind.TlsRefused, e.Message, e);
+        }
         var session = new IncomingSession(first, timeout) { Postcopy = postcopy ?? new PostcopyIncoming() };
         try
         {
@@ -76,11 +91,13 @@ public static partial class MigrationReceiver
                 var local = target.Blocks.Select(b => new BlockDescriptor(b.Name, b.Size)).ToArray();
                 var reader0 = new RecordReader(new BufferedStream(control, 1 << 20), local);
                 var header = WithDeadline(control, () => reader0.ReadHeader(), "the stream header");
-                var accepted = (StreamCapabilities)header.Capabilities & StreamCapabilities.All & PostcopySwitch.Acceptable(target);
+                var accepted = PostcopySwitch.Acceptable(target, (StreamCapabilities)header.Capabilities);
                 var postcopy = new PostcopySwitch(accepted, header.Channels, target.Blocks);
                 ReturnPath.WriteAccept(control, (ulong)accepted);
                 _readers = new RecordReader?[header.Channels];
                 _readers[0] = reader0;
+                // Verification follows what is loaded from the first record on (before any downtime).
+                var digests = accepted.HasFlag(StreamCapabilities.Verify) ? new DestinationDigests(target.Blocks, header) : null;
                 if (accepted.HasFlag(StreamCapabilities.KeepAlive))
                 {
                     _lastProgress = Stopwatch.GetTimestamp();
@@ -132,7 +149,7 @@ public static partial class MigrationReceiver
                     {
                         try
                         {
-                            passes[channel] = LoadChannel(_readers[channel]!, channel, target, sections, PassEnded, postcopy);
+                            passes[channel] = LoadChannel(_readers[channel]!, channel, target, sections, PassEnded, postcopy, digests);
                             lastByte[channel] = Stopwatch.GetTimestamp();
                         }
                         catch (Exception e)
@@ -165,7 +182,7 @@ public static partial class MigrationReceiver
                     header.Channels, totals.Data, totals.Zero, totals.Ballooned, _readers.Sum(r => r!.BytesRead), passes.Max(),
                     _clock.Elapsed.TotalMilliseconds, Stopwatch.GetElapsedTime(lastByte.Max(), Stopwatch.GetTimestamp()).TotalMilliseconds,
                     Stopwatch.GetElapsedTime(restoreStart, restored).TotalMilliseconds, Stopwatch.GetElapsedTime(restored, resumed).TotalMilliseconds,
-                    SourceToldResumed: confirmed);
+                    SourceToldResumed: confirmed, VerifiedChunks: digests?.Chunks ?? 0, VerifyMs: digests?.Milliseconds ?? 0);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -201,6 +218,7 @@ public static partial class MigrationReceiver
         {
             MigrationException m => (m.Kind, m.Message),
             StreamFormatException or InvalidDataException => (MigrationErrorKind.InvalidStream, $"bad migration stream: {e.Message}"),
+            MigrationTlsException => (MigrationErrorKind.TlsRefused, e.Message),
             TimeoutException => (MigrationErrorKind.Timeout, e.Message.StartsWith("no ", StringComparison.Ordinal) ? e.Message : $"a migration channel did not join within {ChannelJoinTimeout.TotalSeconds} s"),
             IOException or ObjectDisposedException => (MigrationErrorKind.ChannelFailed, $"migration connection lost: {e.Message}"),
             OperationCanceledException => (MigrationErrorKind.Cancelled, "migration load cancelled"),
@@ -276,17 +294,32 @@ public static partial class MigrationReceiver
         }
     }
 
-    /// <summary>Loads one channel until its END. Returns the number of passes it saw.</summary>
-    private static int LoadChannel(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections, Action<uint> passEnded, PostcopySwitch postcopy)
+    /// <summary>
+    /// Loads one channel until its END. Returns the number of passes it saw. With <paramref name="digests"/> (a verified
+    /// migration) every RAM record is followed, DIGEST records are compared and END checks the chunks without one;
+    /// once a channel's digests began, no RAM record may follow (they describe its final contents). A channel whose
+    /// POSTCOPY_START arrives returns there: the postcopy phase reads on.
+    /// </summary>
+    private static int LoadChannel(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections, Action<uint> passEnded, PostcopySwitch postcopy, DestinationDigests? digests)
     {
         var passes = 0;
+        var digested = false;
         while (true)
         {
             var record = reader.ReadRecord();
+            if (digested && record.Type is RecordType.Pages or RecordType.ZeroRun or RecordType.BalloonBitmap or RecordType.PassEnd)
+                throw new StreamFormatException($"channel {channel}: a {record.Type} record after the channel's digests (they describe the final memory)");
             switch (record.Type)
             {
                 case RecordType.End:
+                    digests?.CheckRest(channel);
                     return passes;
+                case RecordType.Digest:
+                    if (digests is null)
+                        throw new StreamFormatException($"channel {channel}: a DIGEST record, but verification (capability verify) was not negotiated");
+                    digested = true;
+                    digests.Check(record, channel);
+                    break;
                 case RecordType.KeepAlive:
                     break;
                 case RecordType.PassEnd:
@@ -303,6 +336,7 @@ public static partial class MigrationReceiver
                     break;
                 case RecordType.BalloonBitmap:
                     target.ApplyBalloonBitmap(record.Block, record.PageOffset / Page.Size, record.Data.Span);
+                    digests?.Loaded(record);
                     break;
                 case RecordType.OwedPages:
                 case RecordType.PostcopyStart:
@@ -311,6 +345,7 @@ public static partial class MigrationReceiver
                     break;
                 default:
                     RamLoader.Apply(record, target.Blocks);
+                    digests?.Loaded(record);
                     break;
             }
         }

@@ -32,6 +32,18 @@ public sealed record MigrationParameters
     /// <summary>ferry-channel-timeout-ms: a peer silent this long (no data, no keepalive) fails the migration.</summary>
     public int ChannelTimeoutMs { get; init; } = (int)MigrationParameterTable.ChannelTimeout.Default;
 
+    /// <summary>tls-creds: the credentials directory; empty = plain channels.</summary>
+    public string TlsCreds { get; init; } = "";
+
+    /// <summary>tls-hostname: the destination's name in its certificate; empty = the URI's host.</summary>
+    public string TlsHostname { get; init; } = "";
+
+    /// <summary>tls-authz: allowed client subjects separated by ';'; empty = any the CA signed.</summary>
+    public string TlsAuthz { get; init; } = "";
+
+    /// <summary>tls-authz as a list of subjects.</summary>
+    public IReadOnlyList<string> AllowedClientSubjects => TlsAuthz.Split(';', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+
     /// <summary>ferry-postcopy-after-passes: with postcopy-ram, switch to postcopy after this many passes in a row over downtime-limit (0 = only on migrate-start-postcopy).</summary>
     public int PostcopyAfterPasses { get; init; } = (int)MigrationParameterTable.PostcopyAfterPasses.Default;
 
@@ -42,6 +54,11 @@ public sealed record MigrationParameters
     public void Validate()
     {
         foreach (var parameter in MigrationParameterTable.All)
+        {
+            if (parameter.Check(parameter.Get(this)) is { } error)
+                throw new ArgumentException(error);
+        }
+        foreach (var parameter in MigrationParameterTable.Texts)
         {
             if (parameter.Check(parameter.Get(this)) is { } error)
                 throw new ArgumentException(error);
@@ -63,6 +80,15 @@ public sealed record MigrationCapabilities
 
     /// <summary>ferry-balloon-skip: skip pages in the balloon when the guest negotiated MUST_TELL_HOST.</summary>
     public bool BalloonSkip { get; init; } = MigrationCapabilityTable.BalloonSkip.Default;
+
+    /// <summary>ferry-verify: at the switch-over the destination compares a digest of every chunk with the source's before it resumes the guest.</summary>
+    public bool Verify { get; init; } = MigrationCapabilityTable.Verify.Default;
+
+    /// <summary>events: QMP's MIGRATION and MIGRATION_PASS events are emitted (read by the control layer, not the engine).</summary>
+    public bool Events { get; init; } = MigrationCapabilityTable.Events.Default;
+
+    /// <summary>mapped-ram: a file: URI holds the fixed-offset snapshot file (read by the control layer, not the engine).</summary>
+    public bool MappedRam { get; init; } = MigrationCapabilityTable.MappedRam.Default;
 
     /// <summary>postcopy-ram: the migration may switch to postcopy (migrate-start-postcopy, or ferry-postcopy-after-passes).</summary>
     public bool PostcopyRam { get; init; } = MigrationCapabilityTable.PostcopyRam.Default;

@@ -17,10 +17,11 @@ public sealed record PassReport(
 
 /// <summary>
 /// Where the downtime went, in order: stopping hints and pausing the vCPUs, the last dirty-log sync, the last pass,
-/// saving vCPU and device state, the output's completion (a destination: the state travels, is loaded and the
-/// guest started, until RESUMED comes back; a snapshot: state and metadata written), and resuming a snapshotted guest.
+/// the digests of a verified migration (0 without ferry-verify), saving vCPU and device state, the output's
+/// completion (a destination: the state travels, is loaded, the digests are compared and the guest started, until
+/// RESUMED comes back; a snapshot: state and metadata written), and resuming a snapshotted guest.
 /// </summary>
-public sealed record DowntimePhases(double PauseMs, double SyncMs, double FinalPassMs, double SaveStateMs, double CompleteMs, double ResumeMs);
+public sealed record DowntimePhases(double PauseMs, double SyncMs, double FinalPassMs, double VerifyMs, double SaveStateMs, double CompleteMs, double ResumeMs);
 
 /// <summary>
 /// Where the setup went, in order: opening the output (connecting channels, the destination's hello; creating a
@@ -79,6 +80,9 @@ public sealed record MigrationStats
 
     /// <summary>The guest's free page poison value (0 = none); non-zero turns hinting off (<see cref="FreePageHintReason.GuestPoisons"/>).</summary>
     public uint PoisonValue { get; init; }
+
+    /// <summary>Chunks whose digest the source sent for the destination to compare (ferry-verify; 0 without it).</summary>
+    public long VerifiedChunks { get; init; }
 
     /// <summary>Why the last pass did not switch over, while the migration keeps iterating.</summary>
     public NotConverging? NotConverging { get; init; }

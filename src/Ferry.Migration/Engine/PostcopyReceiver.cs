@@ -18,9 +18,18 @@ internal sealed class PostcopySwitch(StreamCapabilities accepted, int channels, 
     /// <summary>The pages each block is owed (local block order).</summary>
     public PageSet[] Owed { get; } = [.. blocks.Select(b => new PageSet(b.PageCount))];
 
-    /// <summary>A destination without a memory seam declines postcopy (the source then refuses to start with postcopy-ram).</summary>
-    public static StreamCapabilities Acceptable(IMigrationTarget target) =>
-        target.Postcopy is null ? StreamCapabilities.All & ~StreamCapabilities.Postcopy : StreamCapabilities.All;
+    /// <summary>
+    /// What the destination accepts of <paramref name="offered"/>. A destination without a memory seam declines
+    /// postcopy (the source then refuses to start with postcopy-ram), and so does a verified migration: its digests
+    /// are compared before the guest runs, postcopy runs the guest before the last pages arrive.
+    /// </summary>
+    public static StreamCapabilities Acceptable(IMigrationTarget target, StreamCapabilities offered)
+    {
+        var accepted = offered & StreamCapabilities.All;
+        if (target.Postcopy is null || accepted.HasFlag(StreamCapabilities.Verify))
+            accepted &= ~StreamCapabilities.Postcopy;
+        return accepted;
+    }
 
     /// <summary>At least one channel switched to postcopy.</summary>
     public bool Switched

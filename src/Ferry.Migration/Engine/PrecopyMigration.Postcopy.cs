@@ -98,7 +98,7 @@ public sealed partial class PrecopyMigration
         var running = postcopy.RunningAt ?? _clock.Elapsed;
         _counters.Completed(
             (running - pauseStart).TotalMilliseconds,
-            new DowntimePhases(Ms(pauseStart, pausedAt), Ms(pausedAt, synced), Ms(synced, balloonSent), Ms(balloonSent, saved), Ms(saved, running), 0));
+            new DowntimePhases(Ms(pauseStart, pausedAt), Ms(pausedAt, synced), Ms(synced, balloonSent), VerifyMs: 0, Ms(balloonSent, saved), Ms(saved, running), 0));
         output.Finish();
         _clock.Stop();
         Cleanup();

@@ -33,6 +33,8 @@ public sealed partial class PrecopyMigration : IDisposable
     private PageSet[] _pending = [];      // pages still to send in this pass; consumed word by word
     private BalloonMask? _balloon;
     private FreePageHintSession? _hints;
+    private GuestFreePages? _free;        // with ferry-verify: pages left out of the digests
+    private SwitchoverDigests? _digests;  // with ferry-verify, once the output accepted it
     private IMigrationOutput? _output;
     private IReadOnlyList<IPageSink> _sinks = [];
 
@@ -122,6 +124,11 @@ public sealed partial class PrecopyMigration : IDisposable
             _state.MoveTo(MigrationStatus.Setup);
             var setupStart = _clock.Elapsed;
             _sinks = output.Open(_source.Blocks, _cancel.Token);
+            if (_capabilities.Verify && output.Verifies)
+            {
+                _free = new GuestFreePages(_source.Blocks);
+                _digests = new SwitchoverDigests(_source.Blocks);
+            }
             var opened = _clock.Elapsed;
             _source.PrepareSwitchover();
             var prepared = _clock.Elapsed;
@@ -180,6 +187,7 @@ public sealed partial class PrecopyMigration : IDisposable
             var synced = _clock.Elapsed;
             _counters.FinalPassDone(SendPass(pass + 1, finalPass: true) with { DirtyPagesAfter = finalDirty });
             var sent = _clock.Elapsed;
+            var verified = SendDigests() ? _clock.Elapsed : sent;
             var state = _source.SaveState();
             var saved = _clock.Elapsed;
             output.Complete(state, TimeSpan.FromMilliseconds(_parameters.SwitchoverTimeoutMs));
@@ -195,7 +203,7 @@ public sealed partial class PrecopyMigration : IDisposable
             var end = _clock.Elapsed;
             _counters.Completed(
                 (end - pauseStart).TotalMilliseconds,
-                new DowntimePhases(Ms(pauseStart, paused1), Ms(paused1, synced), Ms(synced, sent), Ms(sent, saved), Ms(saved, completed), Ms(completed, end)));
+                new DowntimePhases(Ms(pauseStart, paused1), Ms(paused1, synced), Ms(synced, sent), Ms(sent, verified), Ms(verified, saved), Ms(saved, completed), Ms(completed, end)));
             output.Finish();
             _clock.Stop();
             Cleanup();
@@ -243,6 +251,7 @@ public sealed partial class PrecopyMigration : IDisposable
         {
             MigrationException m => (m.Kind, m.Message),
             StreamFormatException => (MigrationErrorKind.InvalidStream, e.Message),
+            MigrationTlsException => (MigrationErrorKind.TlsRefused, e.Message),
             TimeoutException => (MigrationErrorKind.Timeout, $"timed out: {e.Message}"),
             ObjectDisposedException => (MigrationErrorKind.ChannelFailed, "a migration channel was closed under a sender"),
             IOException => (MigrationErrorKind.ChannelFailed, $"a migration channel broke: {e.Message}"),
@@ -259,6 +268,9 @@ public sealed partial class PrecopyMigration : IDisposable
         var blocks = _source.Blocks;
         _pending = [.. blocks.Select(b => new PageSet(b.PageCount))];
         var balloon = _source.Balloon;
+        // Inflates and reports from now on may discard pages the destination still holds: left out of the digests.
+        if (_free is not null && balloon is not null)
+            balloon.Discarded += _free.Add;
         var balloonSkip = BalloonMask.Decide(balloon, _capabilities.BalloonSkip);
         var freePageHint = FreePageHintSession.Decide(balloon, _capabilities.FreePageHint, _source.IsPaused);
         _counters.SetModes(balloonSkip, freePageHint, balloon?.PoisonValue ?? 0);
@@ -269,13 +281,14 @@ public sealed partial class PrecopyMigration : IDisposable
             foreach (var (offset, length) in blocks[b].DataExtents())
                 _pending[b].AddRange(offset / Page.Size, Page.PagesFor(offset + length) - offset / Page.Size);
         }
+        _digests?.AddHeld(_pending);
         var extents = _clock.Elapsed;
         // Pages never touched and not in the balloon: counted once, never read.
         _balloon.Refresh(balloon);
         _balloon.CountFirstPass(_pending, _counters);
         var ballooned = _clock.Elapsed;
 
-        _hints = FreePageHintSession.Create(freePageHint, balloon, () => _source.IsPaused, _counters);
+        _hints = FreePageHintSession.Create(freePageHint, balloon, () => _source.IsPaused, _counters, _free);
         _hints?.Begin(_pending, _parameters.HintBudgetMs, _cancel.Token);
         return (extents, ballooned);
     }
@@ -286,6 +299,9 @@ public sealed partial class PrecopyMigration : IDisposable
         var blocks = _source.Blocks;
         for (var b = 0; b < blocks.Count; b++)
             _source.SyncDirtyLog(b, _pending[b]);
+        // Every pass takes all of its pages, so right after a sync the sets hold exactly what was written since.
+        _free?.Written(_pending);
+        _digests?.AddHeld(_pending);
         _balloon!.Refresh(_source.Balloon);
         _balloon.Mask(_pending, _counters, countSkipped: true);
         _counters.AddSync();
@@ -300,22 +316,11 @@ public sealed partial class PrecopyMigration : IDisposable
         var start = _clock.Elapsed;
         var bytesBefore = _sinks.Sum(c => c.BytesWritten);
         var before = _counters.Now;
-        var errors = WorkerThreads.Run(_sinks.Count, "migration-send", channel =>
+        OnEveryChannel("migration-send", channel =>
         {
             SendChannel(channel);
             _sinks[channel].EndPass((uint)pass);
-        }, failed: _ =>
-        {
-            // One channel failing dooms the pass: wake the others instead of letting them fill their sockets.
-            // Channel 0 stays open so the destination's reason for giving up can still be read from it.
-            _cancel.Cancel();
-            _output!.Abort(keepControl: true);
         });
-        if (Status == MigrationStatus.Cancelling)
-            throw new OperationCanceledException();
-        var first = errors.FirstOrDefault(e => e is not null and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null);
-        if (first is not null)
-            throw first is OperationCanceledException ? new MigrationException(MigrationErrorKind.ChannelFailed, "a channel failed", first) : first;
         // A live pass ends when the destination has it, not when it left the sockets: the guest runs while the
         // destination catches up, the pass's bandwidth is the end-to-end one, and no backlog is left for the downtime.
         if (!finalPass)
@@ -333,6 +338,42 @@ public sealed partial class PrecopyMigration : IDisposable
             0, 0, 0, 0, _counters.Throttle);
     }
 
+    /// <summary>Runs <paramref name="work"/> for every channel on its own thread; the first failure aborts them all and is thrown.</summary>
+    private void OnEveryChannel(string name, Action<int> work)
+    {
+        Exception? cause = null;
+        var errors = WorkerThreads.Run(_sinks.Count, name, work, failed: e =>
+        {
+            // The first failure in time is the cause; the others are mostly its echo (the abort below closes their
+            // channels, so they fail with "closed"), and a lower channel's echo must not hide e.g. a full disk.
+            Interlocked.CompareExchange(ref cause, e, null);
+            // One channel failing dooms the pass: wake the others instead of letting them fill their sockets.
+            // Channel 0 stays open so the destination's reason for giving up can still be read from it.
+            _cancel.Cancel();
+            _output!.Abort(keepControl: true);
+        });
+        if (Status == MigrationStatus.Cancelling)
+            throw new OperationCanceledException();
+        var first = cause is not null and not OperationCanceledException ? cause
+            : errors.FirstOrDefault(e => e is not null and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null);
+        if (first is not null)
+            throw first is OperationCanceledException ? new MigrationException(MigrationErrorKind.ChannelFailed, "a channel failed", first) : first;
+    }
+
+    /// <summary>
+    /// With ferry-verify, inside the downtime after the last pass: every channel sends the digests of the chunks it
+    /// carries, behind their last records, computed on all channels' threads at once. False without ferry-verify.
+    /// </summary>
+    private bool SendDigests()
+    {
+        if (_digests is null)
+            return false;
+        _digests.Prepare(_free!, _balloon!);
+        OnEveryChannel("migration-verify", channel => _digests.SendChannel(channel, _sinks.Count, _sinks[channel], _cancel.Token));
+        _counters.Verified(_digests.Chunks);
+        return true;
+    }
+
     /// <summary>Sends the chunks this channel owns: balloon bitmap changes first, then the pass's pages.</summary>
     private void SendChannel(int channel)
     {
@@ -345,9 +386,7 @@ public sealed partial class PrecopyMigration : IDisposable
         {
             var block = blocks[b];
             var chunks = (long)Page.ChunksFor(block.PageCount);
-            // First chunk of this block that maps to this channel.
-            var firstChunk = ((channel - chunkBase) % channels + channels) % channels;
-            for (var chunk = firstChunk; chunk < chunks; chunk += channels)
+            for (var chunk = ChunkChannels.FirstOn(chunkBase, channel, channels); chunk < chunks; chunk += channels)
             {
                 token.ThrowIfCancellationRequested();
                 if (PassCutShort)
@@ -372,6 +411,8 @@ public sealed partial class PrecopyMigration : IDisposable
     private void Cleanup()
     {
         _hints?.End();
+        if (_free is not null && _source.Balloon is { } balloon)
+            balloon.Discarded -= _free.Add;
         Unthrottle();
         try
         {

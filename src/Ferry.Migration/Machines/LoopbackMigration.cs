@@ -39,7 +39,7 @@ public static class LoopbackMigration
                 }
             }
             var report = receive.GetAwaiter().GetResult();
-            source.Stop("migrated");
+            source.Stop(ShutdownCause.HostQmpQuit, "migrated");
             return (destination, stats, report);
         }
         catch

@@ -51,6 +51,7 @@ public sealed class MachineMigrationSource(GuestMachine machine) : IMigrationSou
         private readonly BalloonDevice _device;
         private readonly GuestMemory _memory;
         private Action<int, ulong, ulong>? _hinted;
+        private Action<int, ulong, ulong>? _discarded;
 
         public BalloonView(BalloonDevice device, GuestMemory memory)
         {
@@ -61,6 +62,12 @@ public sealed class MachineMigrationSource(GuestMachine machine) : IMigrationSou
                 var index = IndexOf(hint.Block);
                 if (index >= 0)
                     _hinted?.Invoke(index, hint.Offset, hint.Length);
+            };
+            _device.PagesDiscarded += (block, offset, length) =>
+            {
+                var index = IndexOf(block);
+                if (index >= 0)
+                    _discarded?.Invoke(index, offset, length);
             };
         }
 
@@ -76,6 +83,12 @@ public sealed class MachineMigrationSource(GuestMachine machine) : IMigrationSou
         {
             add => _hinted += value;
             remove => _hinted -= value;
+        }
+
+        public event Action<int, ulong, ulong>? Discarded
+        {
+            add => _discarded += value;
+            remove => _discarded -= value;
         }
 
         public bool HintRunFinishedByGuest => _device.HintStatus.State is FreePageHintState.Stopped or FreePageHintState.Done;

@@ -27,12 +27,20 @@ public static class MachineSnapshots
     /// <summary>Parallel writers/readers: one per core, at most 8 (the disk, not the CPU, is the limit after that).</summary>
     public static int DefaultThreads => Math.Clamp(Environment.ProcessorCount, 1, 8);
 
-    /// <summary>The engine for a save into <paramref name="path"/>; the caller runs it with <see cref="Output"/>.</summary>
+    /// <summary>The engine for a save of <paramref name="machine"/>; the caller runs it with <see cref="Output"/>.</summary>
     public static PrecopyMigration CreateSave(GuestMachine machine, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null) =>
-        new(new MachineMigrationSource(machine), (parameters ?? new MigrationParameters()) with { MultifdChannels = DefaultThreads }, capabilities ?? new MigrationCapabilities());
+        CreateSave(new MachineMigrationSource(machine), parameters, capabilities);
 
-    /// <summary>The file is written as PATH.partial and renamed over PATH only when complete (see <see cref="Commit"/>).</summary>
-    public static SnapshotOutput Output(string path) => new(PartialPath(path), DefaultThreads);
+    /// <summary>The engine for a save of any source (one sending thread per writer of <see cref="Output"/>).</summary>
+    public static PrecopyMigration CreateSave(IMigrationSource source, MigrationParameters? parameters = null, MigrationCapabilities? capabilities = null) =>
+        new(source, (parameters ?? new MigrationParameters()) with { MultifdChannels = DefaultThreads }, capabilities ?? new MigrationCapabilities());
+
+    /// <summary>
+    /// The file is written as PATH.partial and renamed over PATH only when complete (see <see cref="Commit"/>).
+    /// <paramref name="sourceRunsOn"/>: a snapshot (the guest runs on once its state is in the file); false for a
+    /// migration into the file (QMP migrate file:), after which the guest stays paused.
+    /// </summary>
+    public static SnapshotOutput Output(string path, bool sourceRunsOn = true) => new(PartialPath(path), DefaultThreads, sourceRunsOn);
 
     public static string PartialPath(string path) => path + ".partial";
 

@@ -16,7 +16,8 @@ namespace Ferry.Migration.Snapshot;
 /// engine would expect a short downtime from that bandwidth, and the paused guest would then wait for the whole
 /// save's writeback in the final sync.
 /// </summary>
-public sealed class SnapshotOutput(string path, int threads) : IMigrationOutput
+/// <param name="sourceRunsOn">See <see cref="SourceRunsOn"/>: true for a snapshot, false for a migration into the file.</param>
+public sealed class SnapshotOutput(string path, int threads, bool sourceRunsOn = true) : IMigrationOutput
 {
     private SnapshotWriter? _writer;
     private long _passEnds;
@@ -41,7 +42,7 @@ public sealed class SnapshotOutput(string path, int threads) : IMigrationOutput
         return [.. Enumerable.Range(0, threads).Select(_ => new Sink(this, _writer))];
     }
 
-    public bool SourceRunsOn => true;
+    public bool SourceRunsOn => sourceRunsOn;
 
     /// <summary>
     /// The state and the metadata go into the file (page cache): the paused guest needs nothing more, so it can

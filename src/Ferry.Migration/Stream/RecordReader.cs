@@ -7,7 +7,11 @@ namespace Ferry.Migration.Stream;
 /// <summary>One validated record. Data points into the reader's buffer: valid until the next read.</summary>
 public readonly record struct Record(
     RecordType Type, int Block, ulong PageOffset, ulong PageCount, ReadOnlyMemory<byte> Data,
-    StateKind StateKind = 0, ushort StateIndex = 0, string StateName = "", uint Pass = 0);
+    StateKind StateKind = 0, ushort StateIndex = 0, string StateName = "", uint Pass = 0, uint Digest = 0)
+{
+    /// <summary>A DIGEST record's chunk (its first byte is <see cref="PageOffset"/>, its pages <see cref="PageCount"/>; <see cref="Data"/> is the bitmap of excluded pages, bit i = page i of the chunk).</summary>
+    public long Chunk => (long)(PageOffset / Page.ChunkSize);
+}
 
 /// <summary>
 /// Reads and validates one channel of a migration stream against the destination's own RAM blocks. Every field is
@@ -17,6 +21,8 @@ public readonly record struct Record(
 public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDescriptor> localBlocks)
 {
     private byte[] _buffer = new byte[64 * 1024];
+    private readonly byte[] _excluded = new byte[Page.ChunkPages / 8]; // a DIGEST record's runs, as a bitmap
+    private bool[]?[] _digested = [];                                   // per local block: chunks with a DIGEST already
     private int[] _blockMap = [];
     private uint _expectedSequence;
     private ulong _pages, _zeroPages, _ballooned;
@@ -195,6 +201,8 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
                 var name = Encoding.UTF8.GetString(p.Slice(12, nameLength));
                 return new Record(type, -1, 0, 0, _buffer.AsMemory(12 + nameLength, (int)blobLength), kind, index, name);
             }
+            case RecordType.Digest:
+                return DecodeDigest(p, where);
             case RecordType.PostcopyStart:
                 return DecodePostcopyStart(p, where);
             case RecordType.KeepAlive:
@@ -215,6 +223,42 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
                 return new Record(type, -1, 0, 0, ReadOnlyMemory<byte>.Empty);
             }
         }
+    }
+
+    /// <summary>A DIGEST record: a chunk of its block, at most one per chunk, excluded runs in order, apart and inside the chunk.</summary>
+    private Record DecodeDigest(ReadOnlySpan<byte> p, string where)
+    {
+        RequireLength(p, StreamLimits.DigestFixedBytes, -1, where);
+        var block = Block(BinaryPrimitives.ReadUInt16LittleEndian(p), where);
+        var runs = BinaryPrimitives.ReadUInt16LittleEndian(p[2..]);
+        var chunk = BinaryPrimitives.ReadUInt32LittleEndian(p[4..]);
+        var digest = BinaryPrimitives.ReadUInt32LittleEndian(p[8..]);
+        if (runs > StreamLimits.MaxDigestRuns || p.Length != StreamLimits.DigestFixedBytes + runs * 4)
+            throw new StreamFormatException($"{where}: {runs} excluded runs (at most {StreamLimits.MaxDigestRuns}, 4 bytes each) do not fill the {p.Length}-byte payload");
+        var pageCount = localBlocks[block].Size >> Page.Shift;
+        var chunks = Page.ChunksFor(pageCount);
+        if (chunk >= chunks)
+            throw new StreamFormatException($"{where}: chunk {chunk} is past the {chunks} chunks of block '{localBlocks[block].Name}'");
+        if (_digested.Length == 0)
+            _digested = new bool[localBlocks.Count][];
+        var seen = _digested[block] ??= new bool[chunks];
+        if (seen[chunk])
+            throw new StreamFormatException($"{where}: a second digest for chunk {chunk} of block '{localBlocks[block].Name}'");
+        var chunkPages = (uint)Math.Min((ulong)Page.ChunkPages, pageCount - (ulong)chunk * Page.ChunkPages);
+        Array.Clear(_excluded);
+        var end = -1L; // the previous run's end; the next run must start past it
+        for (var i = 0; i < runs; i++)
+        {
+            var first = BinaryPrimitives.ReadUInt16LittleEndian(p[(StreamLimits.DigestFixedBytes + i * 4)..]);
+            var length = BinaryPrimitives.ReadUInt16LittleEndian(p[(StreamLimits.DigestFixedBytes + i * 4 + 2)..]);
+            if (length == 0 || first <= end || first + length > chunkPages)
+                throw new StreamFormatException($"{where}: excluded run {i} (pages {first}+{length}) is empty, not after the previous run's end or past the chunk's {chunkPages} pages");
+            for (var page = first; page < first + length; page++)
+                _excluded[page >> 3] |= (byte)(1 << (page & 7));
+            end = first + length;
+        }
+        seen[chunk] = true;
+        return new Record(RecordType.Digest, block, (ulong)chunk * Page.ChunkSize, chunkPages, _excluded, Digest: digest);
     }
 
     private static void RequireLength(ReadOnlySpan<byte> payload, int min, int exact, string where)

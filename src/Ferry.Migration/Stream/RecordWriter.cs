@@ -92,6 +92,31 @@ public sealed partial class RecordWriter(System.IO.Stream output)
         Write(RecordType.PassEnd, payload, []);
     }
 
+    /// <summary>
+    /// A chunk's digest (capability verify): <paramref name="excluded"/> is the chunk's bitmap of pages left out of
+    /// the comparison (bit i = page i of the chunk), sent as runs.
+    /// </summary>
+    public void WriteDigest(ushort block, uint chunk, uint digest, ReadOnlySpan<byte> excluded)
+    {
+        if (excluded.Length > Page.ChunkPages / 8)
+            throw new ArgumentException($"an excluded-page bitmap of {excluded.Length} bytes is larger than a chunk", nameof(excluded));
+        Span<byte> payload = stackalloc byte[StreamLimits.DigestFixedBytes + StreamLimits.MaxDigestRuns * 4];
+        var runs = 0;
+        foreach (var run in PageSet.RunsIn(excluded, 0))
+        {
+            // Runs of a bitmap are maximal, so two are always apart and a chunk has at most MaxDigestRuns.
+            var at = StreamLimits.DigestFixedBytes + runs * 4;
+            BinaryPrimitives.WriteUInt16LittleEndian(payload[at..], (ushort)run.Start);
+            BinaryPrimitives.WriteUInt16LittleEndian(payload[(at + 2)..], (ushort)run.Length);
+            runs++;
+        }
+        BinaryPrimitives.WriteUInt16LittleEndian(payload, block);
+        BinaryPrimitives.WriteUInt16LittleEndian(payload[2..], (ushort)runs);
+        BinaryPrimitives.WriteUInt32LittleEndian(payload[4..], chunk);
+        BinaryPrimitives.WriteUInt32LittleEndian(payload[8..], digest);
+        Write(RecordType.Digest, payload[..(StreamLimits.DigestFixedBytes + runs * 4)], []);
+    }
+
     /// <summary>A record with nothing to load (capability keepalive): tells the destination the source is alive.</summary>
     public void WriteKeepAlive() => Write(RecordType.KeepAlive, [], []);
 

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using System.Text;
+using Ferry.Kvm;
 
 namespace Ferry.Migration.Stream;
 
@@ -16,6 +17,9 @@ public enum RecordType : ushort
 
     /// <summary>Nothing to load: the source is alive while a channel has nothing to send (capability keepalive).</summary>
     KeepAlive = 7,
+
+    /// <summary>A chunk's memory digest and the pages left out of it, after the last pass (capability verify).</summary>
+    Digest = 8,
 
     /// <summary>Postcopy (16..31, capability postcopy): at the switch, the pages of a block the destination is still owed.</summary>
     OwedPages = 16,
@@ -52,6 +56,13 @@ public enum StreamCapabilities : ulong
     KeepAlive = 1 << 4,
 
     /// <summary>
+    /// Bit 5: after the last pass the source sends a DIGEST of every chunk it holds data in, and the destination
+    /// compares them with what it loaded before it resumes the guest (migration capability ferry-verify). Offered
+    /// only when that capability is on.
+    /// </summary>
+    Verify = 1 << 5,
+
+    /// <summary>
     /// Bit 16: the source may switch to postcopy (OWED_PAGES and POSTCOPY_START records, the urgent channel). Offered
     /// only with the postcopy-ram capability; accepted only by a destination whose memory can be demand-paged.
     /// </summary>
@@ -64,7 +75,7 @@ public enum StreamCapabilities : ulong
     PostcopyResume = 1 << 17,
 
     /// <summary>Every bit this version writes and understands.</summary>
-    All = ZeroRuns | BalloonBitmap | Multichannel | PassAcks | KeepAlive | Postcopy,
+    All = ZeroRuns | BalloonBitmap | Multichannel | PassAcks | KeepAlive | Verify | Postcopy,
 }
 
 /// <summary>A RAM block as the stream names it: never a guest-physical address.</summary>
@@ -104,6 +115,29 @@ public static class StreamLimits
 
     /// <summary>The largest payload any record type may have.</summary>
     public const int MaxPayload = MaxStateBlobBytes + 12 + MaxStateNameBytes;
+
+    /// <summary>A DIGEST record's fixed part: block, run count, chunk, digest.</summary>
+    public const int DigestFixedBytes = 12;
+
+    /// <summary>
+    /// The most excluded runs a DIGEST record may carry: runs are apart (a gap of at least one page between two),
+    /// so a 512-page chunk holds at most 256.
+    /// </summary>
+    public const int MaxDigestRuns = Page.ChunkPages / 2;
+}
+
+/// <summary>
+/// Which channel carries which chunk: RAM is cut into 2 MiB chunks numbered across blocks in block-table order, and
+/// chunk c always travels on channel c mod N (so a page's newer copy never overtakes its older one). The sender,
+/// the verified migration's digests and the destination's checks all use this one rule.
+/// </summary>
+public static class ChunkChannels
+{
+    /// <summary>The first chunk of a block whose first chunk has global number <paramref name="chunkBase"/> that travels on <paramref name="channel"/>; the next ones follow every <paramref name="channels"/> chunks.</summary>
+    public static long FirstOn(long chunkBase, int channel, int channels) => ((channel - chunkBase) % channels + channels) % channels;
+
+    /// <summary>The channel chunk <paramref name="chunk"/> of a block whose first chunk has global number <paramref name="chunkBase"/> travels on.</summary>
+    public static int ChannelOf(long chunkBase, long chunk, int channels) => (int)((chunkBase + chunk) % channels);
 }
 
 /// <summary>CRC32C (hardware-accelerated in box) over byte spans.</summary>

@@ -29,13 +29,20 @@ public static class ChannelLiveness
     private const int IpProtoTcp = 6;
     private const int TcpUserTimeout = 18;
 
-    /// <summary>Applies the channel time-out to a channel's stream; streams that are not TCP are left alone.</summary>
+    /// <summary>
+    /// Applies the channel time-out to a channel's stream: a socket's blocked send gives up after it, and a TCP
+    /// socket also gets keepalive probes and TCP_USER_TIMEOUT. Other streams (an exec: command's pipes) rely on the
+    /// stream's keepalive messages alone.
+    /// </summary>
     public static void Apply(System.IO.Stream stream, TimeSpan timeout)
     {
-        if (stream is not NetworkStream network)
+        if (Transport(stream) is not NetworkStream network)
             return;
         var socket = network.Socket;
         var ms = (int)Math.Clamp(timeout.TotalMilliseconds, 1000, int.MaxValue);
+        network.WriteTimeout = ms;
+        if (socket.ProtocolType != ProtocolType.Tcp)
+            return;
         const int probes = 5;
         socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
         socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, Math.Max(1, ms / 2000));
@@ -43,20 +50,25 @@ public static class ChannelLiveness
         socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, probes);
         if (OperatingSystem.IsLinux())
             socket.SetRawSocketOption(IpProtoTcp, TcpUserTimeout, BitConverter.GetBytes(ms));
-        network.WriteTimeout = ms;
     }
 
+    /// <summary>The stream a channel's bytes travel on: under TLS, the socket's stream beneath the encryption.</summary>
+    private static System.IO.Stream Transport(System.IO.Stream stream) => stream is TlsChannel tls ? tls.Transport : stream;
+
     /// <summary>
-    /// Wakes every thread blocked on <paramref name="stream"/> without losing what was written to it: a TCP
-    /// channel is shut down (FIN, so the peer still reads what was sent before), any other stream is disposed.
-    /// The caller disposes the stream later as usual.
+    /// Wakes every thread blocked on <paramref name="stream"/> without losing what was written to it: a socket is
+    /// shut down (the peer still reads what was sent before), a stream that knows how to shut itself down
+    /// (<see cref="IShutdownStream"/>, an exec: command) does so, any other stream is disposed. The caller disposes
+    /// the stream later as usual.
     /// </summary>
     public static void Wake(System.IO.Stream stream)
     {
         try
         {
-            if (stream is NetworkStream network)
+            if (Transport(stream) is NetworkStream network)
                 network.Socket.Shutdown(SocketShutdown.Both);
+            else if (Transport(stream) is IShutdownStream shutdown)
+                shutdown.Shutdown();
             else
                 stream.Dispose();
         }
@@ -93,17 +105,15 @@ public static class ChannelLiveness
     }
 }
 
-public sealed class TcpChannelConnector(MigrationUri uri) : IChannelConnector
+/// <summary>Connecting a channel's socket, for every socket transport: the socket is the stream's or disposed, and a failure names the URI.</summary>
+internal static class ChannelSockets
 {
-    public string Description => uri.ToString();
-
-    public async Task<System.IO.Stream> ConnectAsync(CancellationToken cancel)
+    public static async Task<System.IO.Stream> ConnectAsync(Socket socket, Action<Socket> tune, EndPoint endpoint, MigrationUri uri, CancellationToken cancel)
     {
-        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            TcpTuning.Apply(socket);
-            await socket.ConnectAsync(uri.Host, uri.Port, cancel).ConfigureAwait(false);
+            tune(socket);
+            await socket.ConnectAsync(endpoint, cancel).ConfigureAwait(false);
             return new NetworkStream(socket, ownsSocket: true);
         }
         catch (SocketException e)
@@ -119,13 +129,32 @@ public sealed class TcpChannelConnector(MigrationUri uri) : IChannelConnector
     }
 }
 
+public sealed class TcpChannelConnector(MigrationUri uri) : IChannelConnector
+{
+    private readonly MigrationUri _uri = uri.Expect(MigrationUriKind.Tcp);
+
+    public string Description => _uri.ToString();
+
+    public Task<System.IO.Stream> ConnectAsync(CancellationToken cancel) =>
+        ChannelSockets.ConnectAsync(new Socket(SocketType.Stream, ProtocolType.Tcp), TcpTuning.Apply, new DnsEndPoint(_uri.Host, _uri.Port), _uri, cancel);
+}
+
 public sealed class TcpChannelListener : IChannelListener
 {
     private readonly Socket _socket;
 
     public TcpChannelListener(MigrationUri uri)
     {
-        var addresses = IPAddress.TryParse(uri.Host, out var address) ? [address] : Dns.GetHostAddresses(uri.Host);
+        uri.Expect(MigrationUriKind.Tcp);
+        IPAddress[] addresses;
+        try
+        {
+            addresses = IPAddress.TryParse(uri.Host, out var address) ? [address] : Dns.GetHostAddresses(uri.Host);
+        }
+        catch (SocketException e)
+        {
+            throw new IOException($"cannot listen on {uri}: {e.Message}", e);
+        }
         if (addresses.Length == 0)
             throw new IOException($"{uri}: host '{uri.Host}' has no address");
         _socket = new Socket(addresses[0].AddressFamily, SocketType.Stream, ProtocolType.Tcp);
@@ -142,7 +171,7 @@ public sealed class TcpChannelListener : IChannelListener
             throw new IOException($"cannot listen on {uri}: {e.Message}", e);
         }
         var bound = (IPEndPoint)_socket.LocalEndPoint!;
-        Uri = uri with { Port = bound.Port };
+        Uri = MigrationUri.Tcp(uri.Host, bound.Port);
     }
 
     /// <summary>The address listened on, with the real port when port 0 was asked for.</summary>

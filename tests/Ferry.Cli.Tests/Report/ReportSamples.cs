@@ -27,7 +27,7 @@ internal static class ReportSamples
             list.Add(new PassReport(i, bytes / bandwidth * 1000, bytes, normal, zero, first ? 131_072 : 12, first ? 65_536 : 0,
                 final ? 0 : Math.Max(30_000L >> i, 37), final ? 0 : 41_250.0 / i, bandwidth, final ? 0 : 12.5 / i, i > 6 ? 20 : 0));
         }
-        var phases = new DowntimePhases(0.412, 0.851, list[^1].DurationMs, 1.207, 6.733, 0);
+        var phases = new DowntimePhases(0.412, 0.851, list[^1].DurationMs, 0, 1.207, 6.733, 0);
         var downtime = phases.PauseMs + phases.SyncMs + phases.FinalPassMs + phases.SaveStateMs + phases.CompleteMs;
         var live = list.Take(list.Count - 1).Sum(p => p.DurationMs);
         var stats = new MigrationStats

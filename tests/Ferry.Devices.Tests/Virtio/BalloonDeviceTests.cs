@@ -251,6 +251,23 @@ public sealed class BalloonDeviceTests
     }
 
     [Fact]
+    public void Every_range_discarded_on_the_guest_s_word_is_announced_once()
+    {
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(except: BalloonDevice.FERRY_F_PAGE_BITMAP), 6); // PFN arrays
+        var discarded = new List<(string Block, ulong Offset, ulong Length)>();
+        d.Balloon.PagesDiscarded += (block, offset, length) => discarded.Add((block.Name, offset, length));
+        d.Post(Inflate, (d.PutPfns(4096, 4097, 4099), 12, false));
+        d.Kick(Inflate);
+        d.Post(Inflate, (d.PutPfns(4097, 4100), 8, false)); // 4097 is in the balloon already: not discarded again
+        d.Kick(Inflate);
+        d.Post(Reporting, (8 << 20, 2 << 20, true));
+        d.Kick(Reporting);
+        var block = d.Memory.Blocks[0].Name;
+        Assert.Equal([(block, 4096UL << 12, 8192UL), (block, 4099UL << 12, 4096UL), (block, 4100UL << 12, 4096UL), (block, 8UL << 20, 2UL << 20)], discarded);
+    }
+
+    [Fact]
     public async Task The_free_page_bitmap_is_requested_and_collected_by_request_id()
     {
         using var d = new FakeDriver();
@@ -337,6 +354,105 @@ public sealed class BalloonDeviceTests
         d.Kick(Inflate);
         Assert.Equal(FakeDriver.QueueSize, d.TakeUsed(Inflate).Count);
         Assert.Equal(8192UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
+    }
+}
+
+/// <summary>The work one queue notify may do (docs/virtio-balloon.md, Work per notify), counted in bytes read and page runs applied.</summary>
+public sealed class BalloonNotifyBudgetTests
+{
+    private const int Inflate = 0;
+    private const ulong MiB = 1UL << 20;
+
+    /// <summary>An inflate bitmap message at <paramref name="address"/> naming every other page from <paramref name="startPfn"/> for <paramref name="pages"/> pages (pages / 2 runs), or every page (one run).</summary>
+    private static uint PutMessage(FakeDriver d, ulong address, ulong startPfn, int pages, bool alternate)
+    {
+        var message = new byte[32 + pages / 8];
+        BinaryPrimitives.WriteUInt16LittleEndian(message.AsSpan(2), 12);
+        BinaryPrimitives.WriteUInt64LittleEndian(message.AsSpan(16), startPfn);
+        BinaryPrimitives.WriteUInt64LittleEndian(message.AsSpan(24), (ulong)(pages / 8));
+        message.AsSpan(32).Fill(alternate ? (byte)0x55 : (byte)0xFF);
+        d.Memory.Write(address, message);
+        return (uint)message.Length;
+    }
+
+    [Fact]
+    public void Fuzz_regression_one_notify_of_many_1_MiB_bitmap_messages_does_a_bounded_amount_of_work()
+    {
+        // fuzz/corpus/virtio/regress-slow-notify-bitmap-messages: every descriptor of the queue pointed at one 1 MiB
+        // bitmap message, and one notify copied and walked all of them (256 MiB, seconds on the vCPU thread under
+        // the device lock). Now a notify stops taking buffers once it has read its budget; the rest waits for the
+        // next notify, and each notify's work stays within the budget plus one message.
+        using var d = new FakeDriver();
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        var length = PutMessage(d, FakeDriver.BufferBase, 4096, 8 << 20, alternate: false); // 1 MiB of bitmap
+        d.Memory.Write(FakeDriver.BufferBase + 32, new byte[1 << 20]);
+        d.Memory.Write(FakeDriver.BufferBase + 32 + 2, (byte)0x0F);                         // pages 4112..4115
+        for (var i = 0; i < FakeDriver.QueueSize; i++)
+            d.Post(Inflate, (FakeDriver.BufferBase, length, false));
+
+        var notifies = 0;
+        var used = 0;
+        while (used < FakeDriver.QueueSize)
+        {
+            d.Kick(Inflate);
+            notifies++;
+            var returned = d.TakeUsed(Inflate).Count;
+            Assert.InRange(returned, 1, 2);
+            used += returned;
+            var counters = d.Balloon.Counters;
+            Assert.True(counters.LargestNotifyBytes < BalloonDevice.NotifyByteBudget + length, $"{counters.LargestNotifyBytes} bytes read in one notify");
+            Assert.True(counters.LargestNotifyRuns <= 2, $"{counters.LargestNotifyRuns} runs in one notify");
+        }
+        Assert.Equal(8, notifies);
+        Assert.Equal(7UL, d.Balloon.Counters.DeferredNotifies);
+        Assert.Equal(4UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
+    }
+
+    [Fact]
+    public void A_bitmap_message_naming_more_runs_than_allowed_is_refused_and_applies_nothing()
+    {
+        using var d = new FakeDriver(lowMiB: 512);
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        // 2 * MaxRunsPerMessage + 2 pages, every other one: one run too many.
+        var pages = 2 * BalloonDevice.MaxRunsPerMessage + 64;
+        var length = PutMessage(d, FakeDriver.BufferBase, 4096, pages, alternate: true);
+        d.Post(Inflate, (FakeDriver.BufferBase, length, false));
+        d.Kick(Inflate);
+        Assert.Single(d.TakeUsed(Inflate));
+        Assert.Equal(0UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
+        Assert.Equal(1, d.Log.Count(VirtioFaults.BadRequest));
+        Assert.Contains(d.Warnings, w => w.Contains($"names {BalloonDevice.MaxRunsPerMessage + 32} runs of pages (at most {BalloonDevice.MaxRunsPerMessage})", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void A_well_behaved_driver_s_large_fragmented_inflate_completes_one_message_per_notify()
+    {
+        // 512 MiB of RAM; the driver gives back every other page of 384 MiB, 32,768 pages a message (16,384 runs, the
+        // most a message may name), waiting for each message before the next, as Ferry's guest does.
+        using var d = new FakeDriver(lowMiB: 512);
+        d.Negotiate(FakeDriver.AllFeatures(), 6);
+        for (var m = 0; m < 3; m++)
+        {
+            var length = PutMessage(d, FakeDriver.BufferBase, 16384 + (ulong)m * 32768, 32768, alternate: true);
+            d.Post(Inflate, (FakeDriver.BufferBase, length, false));
+            d.Kick(Inflate);
+            Assert.Single(d.TakeUsed(Inflate));
+        }
+        Assert.Equal(3UL * 16384, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
+        Assert.Equal((ulong)BalloonDevice.MaxRunsPerMessage, d.Balloon.Counters.LargestNotifyRuns);
+        Assert.Equal(0UL, d.Balloon.Counters.DeferredNotifies);
+        Assert.Equal(0, d.Log.Count(VirtioFaults.BadRequest));
+
+        // And many small messages posted at once are all taken by one notify: far under the budget.
+        for (var i = 0; i < FakeDriver.QueueSize; i++)
+        {
+            var address = FakeDriver.BufferBase + (ulong)i * 0x2000;
+            d.Post(Inflate, (address, PutMessage(d, address, 114688 + (ulong)i * 1024, 1024, alternate: false), false));
+        }
+        d.Kick(Inflate);
+        Assert.Equal(FakeDriver.QueueSize, d.TakeUsed(Inflate).Count);
+        Assert.Equal(3UL * 16384 + FakeDriver.QueueSize * 1024UL, d.Balloon.BalloonBitmap(d.Memory.Blocks[0]).Count());
+        Assert.Equal(0UL, d.Balloon.Counters.DeferredNotifies);
     }
 }
 

@@ -181,6 +181,80 @@ public sealed class SnapshotOutputTests
         Assert.Equal(SnapshotFault.NotFinished, Assert.Throws<SnapshotFormatException>(() => SnapshotFile.Open(path)).Fault);
     }
 
+    [Fact]
+    public void The_first_writer_failure_is_reported_not_a_lower_channels_echo_of_the_abort()
+    {
+        using var dir = new TempDir();
+        using var vm = new SyntheticVm(16 * MiB);
+        vm.Fill(0, 0, 4096, 1); // every chunk holds data, so both channels write
+        using var output = new SecondWriterFails(new SnapshotOutput(dir.File("full.snap"), 2));
+        using var migration = new PrecopyMigration(vm, new MigrationParameters { MultifdChannels = 2 }, new MigrationCapabilities());
+
+        var e = Assert.Throws<MigrationException>(() => migration.Run(output));
+
+        Assert.Contains("No space left on device (simulated)", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("closed", e.Message, StringComparison.Ordinal);
+        Assert.True(output.EchoThrown, "channel 0 did not fail after the abort");
+        Assert.False(vm.IsPaused);
+    }
+
+    /// <summary>
+    /// Channel 1's writer fails at its first pages (a full disk); channel 0's waits for the abort that failure causes
+    /// and then fails as a closed channel would: the echo comes later in time but from the lower channel.
+    /// </summary>
+    private sealed class SecondWriterFails(SnapshotOutput inner) : IMigrationOutput
+    {
+        private readonly ManualResetEventSlim _aborted = new();
+
+        public bool EchoThrown { get; private set; }
+
+        public string Description => inner.Description;
+
+        public bool SourceRunsOn => inner.SourceRunsOn;
+
+        public IReadOnlyList<IPageSink> Open(IReadOnlyList<RamBlock> blocks, CancellationToken cancel) =>
+            [.. inner.Open(blocks, cancel).Select((sink, i) => (IPageSink)new Sink(this, sink, i))];
+
+        public void Complete(IReadOnlyList<StateSection> state, TimeSpan timeout) => inner.Complete(state, timeout);
+
+        public void Finish() => inner.Finish();
+
+        public void Abort(bool keepControl)
+        {
+            _aborted.Set();
+            inner.Abort(keepControl);
+        }
+
+        public string? RemoteFailure() => inner.RemoteFailure();
+
+        public void Dispose()
+        {
+            inner.Dispose();
+            _aborted.Dispose();
+        }
+
+        private sealed class Sink(SecondWriterFails output, IPageSink inner, int channel) : IPageSink
+        {
+            public long BytesWritten => inner.BytesWritten;
+
+            public void WritePages(ushort block, ulong pageOffset, ReadOnlySpan<byte> pages)
+            {
+                if (channel == 1)
+                    throw new IOException("No space left on device (simulated)");
+                if (!output._aborted.Wait(TimeSpan.FromSeconds(30)))
+                    throw new TimeoutException("channel 1 never failed");
+                output.EchoThrown = true;
+                throw new IOException("the channel was closed");
+            }
+
+            public void WriteZeroRun(ushort block, ulong pageOffset, uint count) => inner.WriteZeroRun(block, pageOffset, count);
+
+            public void WriteBalloonBitmap(ushort block, ulong firstPage, ReadOnlySpan<byte> bitmap) => inner.WriteBalloonBitmap(block, firstPage, bitmap);
+
+            public void EndPass(uint pass) => inner.EndPass(pass);
+        }
+    }
+
     /// <summary>A snapshot output whose final sync fails (as a full or failing disk would make it).</summary>
     private sealed class FinishFails(SnapshotOutput inner) : IMigrationOutput
     {

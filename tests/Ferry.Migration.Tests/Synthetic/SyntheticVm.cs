@@ -237,11 +237,21 @@ public sealed class SyntheticBalloon(SyntheticVm vm) : IMigrationBalloon
 
     public PageSet Bitmap(int block) => _bitmaps[block];
 
+    public event Action<int, ulong, ulong>? Discarded;
+
     /// <summary>Inflates pages: in the bitmap and gone from the host (a hole).</summary>
     public void Inflate(int block, ulong firstPage, ulong pages)
     {
         _bitmaps[block].AddRange(firstPage, pages);
         vm.Blocks[block].Discard(firstPage * Page.Size, pages * Page.Size);
+        Discarded?.Invoke(block, firstPage * Page.Size, pages * Page.Size);
+    }
+
+    /// <summary>Free page reporting: the "guest" reports free pages and the host discards them (they read as zero).</summary>
+    public void Report(int block, ulong firstPage, ulong pages)
+    {
+        vm.Blocks[block].Discard(firstPage * Page.Size, pages * Page.Size);
+        Discarded?.Invoke(block, firstPage * Page.Size, pages * Page.Size);
     }
 
     public void CopyBalloonBitmap(int block, PageSet into) => into.CopyFrom(_bitmaps[block]);

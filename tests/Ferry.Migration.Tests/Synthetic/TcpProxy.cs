@@ -18,15 +18,32 @@ public sealed class TcpProxy : IDisposable
     private int _connections;
     private int _cut;
 
-    public TcpProxy(IPEndPoint destination)
+    private readonly bool _cutAtResumed;
+    private readonly MemoryStream? _capture;
+
+    /// <param name="cutAtResumed">Reset the first connection when the destination's RESUMED passes (the return path must be plain to find it).</param>
+    /// <param name="capture">Keep every byte sent towards the destination, for <see cref="Captured"/>.</param>
+    public TcpProxy(IPEndPoint destination, bool cutAtResumed = true, bool capture = false)
     {
         _destination = destination;
+        _cutAtResumed = cutAtResumed;
+        _capture = capture ? new MemoryStream() : null;
         _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         _listener.Listen(16);
         _ = Task.Run(AcceptLoop);
     }
 
     public int Port => ((IPEndPoint)_listener.LocalEndPoint!).Port;
+
+    /// <summary>Every byte the sources sent (all connections, interleaved by arrival).</summary>
+    public byte[] Captured
+    {
+        get
+        {
+            lock (_capture!)
+                return _capture.ToArray();
+        }
+    }
 
     /// <summary>True once a RESUMED was kept from the source.</summary>
     public bool Cut => Volatile.Read(ref _cut) != 0;
@@ -43,8 +60,8 @@ public sealed class TcpProxy : IDisposable
                 lock (_sockets)
                     _sockets.AddRange([source, destination]);
                 var first = Interlocked.Increment(ref _connections) == 1;
-                new Thread(() => Pump(source, destination, null)) { IsBackground = true }.Start();
-                new Thread(() => Pump(destination, source, first ? (source, destination) : null)) { IsBackground = true }.Start();
+                new Thread(() => Pump(source, destination, null, _capture)) { IsBackground = true }.Start();
+                new Thread(() => Pump(destination, source, first && _cutAtResumed ? (source, destination) : null)) { IsBackground = true }.Start();
             }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
@@ -54,7 +71,7 @@ public sealed class TcpProxy : IDisposable
     }
 
     /// <summary>Copies <paramref name="from"/> to <paramref name="to"/>; with <paramref name="returnPath"/>, reply by reply, resetting both at RESUMED.</summary>
-    private void Pump(Socket from, Socket to, (Socket Source, Socket Destination)? returnPath)
+    private void Pump(Socket from, Socket to, (Socket Source, Socket Destination)? returnPath, MemoryStream? capture = null)
     {
         try
         {
@@ -63,7 +80,14 @@ public sealed class TcpProxy : IDisposable
                 var buffer = new byte[64 << 10];
                 int n;
                 while ((n = from.Receive(buffer)) > 0)
+                {
+                    if (capture is not null)
+                    {
+                        lock (capture)
+                            capture.Write(buffer, 0, n);
+                    }
                     to.Send(buffer.AsSpan(0, n));
+                }
                 to.Shutdown(SocketShutdown.Send);
                 return;
             }

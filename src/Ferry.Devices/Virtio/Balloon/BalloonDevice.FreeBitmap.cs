@@ -101,7 +101,7 @@ public sealed partial class BalloonDevice
             _heldRequest = chain;
             return false;
         }
-        var data = queue.ReadAll(chain, BalloonBitmapMessage.HeaderSize + BalloonBitmapMessage.MaxBitmapBytes);
+        var data = ReadCounted(queue, chain, BalloonBitmapMessage.HeaderSize + BalloonBitmapMessage.MaxBitmapBytes);
         if (!BalloonBitmapMessage.TryParse(data, out var message, out var error) || message.Command != BalloonBitmapMessage.CommandFreePages)
         {
             _transport.Log.Warn(Name, VirtioFaults.BadRequest, error.Length > 0 ? error : $"command {message.Command} on the free bitmap queue");
@@ -112,8 +112,11 @@ public sealed partial class BalloonDevice
         }
         else
         {
+            // No cap on runs here: a fragmented guest's free memory is many runs, and each only sets bits (no
+            // discard); the byte budget still bounds the buffers one notify takes.
             foreach (var run in message.Runs())
             {
+                _notifyRuns++;
                 _freeResultDropped += _memory.ForEachRamRange(run.Start << Page.Shift, run.Length << Page.Shift, (block, offset, length) =>
                 {
                     _freeResult![IndexOf(block)].AddRange(offset >> Page.Shift, length >> Page.Shift);

@@ -83,6 +83,7 @@ public sealed partial class BalloonDevice
     {
         foreach (var segment in chain.Segments)
         {
+            _notifyRuns++;
             if (!segment.Writable)
             {
                 // The driver's cmd_id message: 4 bytes, device-readable.

@@ -70,7 +70,7 @@ public sealed partial class BalloonDevice
         var length = chain.ReadableLength;
         if (chain.WritableLength > 0 || length % 10 != 0 || length > MaxStatsBytes)
             _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"stats buffer of {length} bytes (device-readable, a multiple of 10 up to {MaxStatsBytes})");
-        var data = queue.ReadAll(chain, MaxStatsBytes);
+        var data = ReadCounted(queue, chain, MaxStatsBytes);
         var stats = new Dictionary<ushort, ulong>();
         for (var i = 0; i + 10 <= data.Length; i += 10)
             stats[BinaryPrimitives.ReadUInt16LittleEndian(data.AsSpan(i))] = BinaryPrimitives.ReadUInt64LittleEndian(data.AsSpan(i + 2));

@@ -10,7 +10,14 @@ public enum FreePageHintState { Idle, Requested, Active, Stopped, Done }
 
 public sealed record FreePageHintStatus(FreePageHintState State, uint CommandId, ulong HintedPages, ulong DroppedStaleHints, ulong DroppedOutsideRamBytes);
 
-public sealed record BalloonCounters(ulong InflatedPages, ulong DeflatedPages, ulong ReportedPages, ulong DiscardedReportedPages, ulong DroppedPfns, ulong BitmapMessages);
+/// <summary>
+/// What the device did for its driver. <paramref name="DeferredNotifies"/>: notifies that reached the work budget with
+/// buffers left for the next one; <paramref name="LargestNotifyBytes"/> and <paramref name="LargestNotifyRuns"/>: the
+/// most work one notify did (driver buffer bytes read, page runs applied); docs/virtio-balloon.md, Work per notify.
+/// </summary>
+public sealed record BalloonCounters(
+    ulong InflatedPages, ulong DeflatedPages, ulong ReportedPages, ulong DiscardedReportedPages, ulong DroppedPfns, ulong BitmapMessages,
+    ulong DeferredNotifies = 0, ulong LargestNotifyBytes = 0, ulong LargestNotifyRuns = 0);
 
 /// <summary>
 /// The virtio-balloon device (docs/virtio-balloon.md). Inflated pages are discarded (memfd hole) and recorded in a
@@ -36,6 +43,23 @@ public sealed partial class BalloonDevice : IVirtioDevice
     private const int MaxPfnBufferBytes = 1 << 16;
     private const int MaxStatsBytes = 4096;
 
+    /// <summary>
+    /// The work one queue notify may do (docs/virtio-balloon.md, Work per notify): buffers are taken from the ring only
+    /// while less than this many driver bytes were read and less than <see cref="NotifyRunBudget"/> page runs applied;
+    /// the first buffer always is. What is left stays available until the driver's next notify.
+    /// </summary>
+    public const int NotifyByteBudget = 2 << 20;
+
+    /// <summary>Page runs (a bitmap update, a discard, a hint delivered) one notify may apply before it stops taking buffers.</summary>
+    public const int NotifyRunBudget = 16_384;
+
+    /// <summary>
+    /// The most page runs one inflate or deflate bitmap message may name: a larger one is refused as a driver error
+    /// (each run may cost a hole punch). It is what a 32,768-page message (the most Ferry's guest sends) can hold,
+    /// and what a full 64 KiB PFN buffer names.
+    /// </summary>
+    public const int MaxRunsPerMessage = 16_384;
+
     private enum Role { Inflate, Deflate, Stats, FreePage, Reporting, FreeBitmap }
 
     private readonly GuestMemory _memory;
@@ -49,6 +73,8 @@ public sealed partial class BalloonDevice : IVirtioDevice
     private uint _poisonValue;
 
     private ulong _inflated, _deflated, _reported, _discardedReported, _droppedPfns, _bitmapMessages;
+    private ulong _notifyBytes, _notifyRuns;  // the current notify's work
+    private ulong _deferredNotifies, _largestNotifyBytes, _largestNotifyRuns;
 
     public BalloonDevice(GuestMemory memory)
     {
@@ -75,6 +101,13 @@ public sealed partial class BalloonDevice : IVirtioDevice
 
     /// <summary>Raised (on a vCPU thread, under the device lock) when the driver reports a new `actual`.</summary>
     public event Action<uint>? ActualChanged;
+
+    /// <summary>
+    /// Raised (on a vCPU thread, under the device lock) for every range the device discarded on the guest's word
+    /// (block, offset, length): inflated pages and reported free pages, which read as zero now. A verified migration
+    /// leaves them out of its comparison until the guest writes them again.
+    /// </summary>
+    public event Action<RamBlock, ulong, ulong>? PagesDiscarded;
 
     /// <summary>The per-block balloon bitmap (device state): pages the guest gave to the host.</summary>
     public PageSet BalloonBitmap(RamBlock block) => _balloonBitmaps[IndexOf(block)];
@@ -132,7 +165,8 @@ public sealed partial class BalloonDevice : IVirtioDevice
         get
         {
             lock (_transport.SyncRoot)
-                return new BalloonCounters(_inflated, _deflated, _reported, _discardedReported, _droppedPfns, _bitmapMessages);
+                return new BalloonCounters(_inflated, _deflated, _reported, _discardedReported, _droppedPfns, _bitmapMessages,
+                    _deferredNotifies, _largestNotifyBytes, _largestNotifyRuns);
         }
     }
 
@@ -245,9 +279,20 @@ public sealed partial class BalloonDevice : IVirtioDevice
         }
         var queue = _transport.Queue(queueIndex);
         var returned = false;
-        string? ringFault;
-        while (queue.TryPop(out var chain, out var chainFault, out ringFault))
+        string? ringFault = null;
+        _notifyBytes = _notifyRuns = 0;
+        while (true)
         {
+            // The budget bounds what one exit costs the vCPU thread (and everyone waiting on the device lock): 256
+            // buffers of 1 MiB each once took seconds. The rest waits for the next notify.
+            if (_notifyBytes >= NotifyByteBudget || _notifyRuns >= NotifyRunBudget)
+            {
+                if (queue.PendingCount(out _) > 0)
+                    _deferredNotifies++;
+                break;
+            }
+            if (!queue.TryPop(out var chain, out var chainFault, out ringFault))
+                break;
             if (chain is null)
             {
                 _transport.Log.Warn(Name, chainFault!, $"queue {queueIndex} ({role}): chain dropped");
@@ -265,10 +310,30 @@ public sealed partial class BalloonDevice : IVirtioDevice
                 _ => false,
             };
         }
+        _largestNotifyBytes = Math.Max(_largestNotifyBytes, _notifyBytes);
+        _largestNotifyRuns = Math.Max(_largestNotifyRuns, _notifyRuns);
         if (ringFault is not null)
             _transport.NeedsReset(ringFault, $"queue {queueIndex} ({role})");
         if (returned)
             _transport.SignalUsed();
+    }
+
+    /// <summary>Reads a chain's device-readable bytes, counted against the notify's budget.</summary>
+    private byte[] ReadCounted(SplitQueue queue, DescriptorChain chain, int limit)
+    {
+        var data = queue.ReadAll(chain, limit);
+        _notifyBytes += (ulong)data.Length;
+        return data;
+    }
+
+    /// <summary>A bitmap message naming more runs than <see cref="MaxRunsPerMessage"/>: refused before anything is applied (logged).</summary>
+    private bool TooManyRuns(in BalloonBitmapMessage message, string queueName)
+    {
+        var runs = PageSet.CountRunsIn(message.Bitmap.Span);
+        if (runs <= MaxRunsPerMessage)
+            return false;
+        _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"bitmap message on the {queueName} queue names {runs} runs of pages (at most {MaxRunsPerMessage})");
+        return true;
     }
 
     /// <summary>Inflate or deflate: a PFN array, or with FERRY_F_PAGE_BITMAP a bitmap message.</summary>
@@ -280,12 +345,12 @@ public sealed partial class BalloonDevice : IVirtioDevice
         }
         else if (Has(FERRY_F_PAGE_BITMAP))
         {
-            var data = queue.ReadAll(chain, BalloonBitmapMessage.HeaderSize + BalloonBitmapMessage.MaxBitmapBytes);
+            var data = ReadCounted(queue, chain, BalloonBitmapMessage.HeaderSize + BalloonBitmapMessage.MaxBitmapBytes);
             if (!BalloonBitmapMessage.TryParse(data, out var message, out var error) || message.Command != BalloonBitmapMessage.CommandPages)
             {
                 _transport.Log.Warn(Name, VirtioFaults.BadRequest, error.Length > 0 ? error : $"command {message.Command} on the {(inflate ? "inflate" : "deflate")} queue");
             }
-            else
+            else if (!TooManyRuns(message, inflate ? "inflate" : "deflate"))
             {
                 _bitmapMessages++;
                 foreach (var run in message.Runs())
@@ -300,7 +365,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
             }
             else
             {
-                var data = queue.ReadAll(chain, MaxPfnBufferBytes);
+                var data = ReadCounted(queue, chain, MaxPfnBufferBytes);
                 ulong runStart = 0, runLength = 0;
                 for (var i = 0; i + 4 <= data.Length; i += 4)
                 {
@@ -325,6 +390,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
 
     private void ApplyPages(ulong pfn, ulong count, bool inflate)
     {
+        _notifyRuns++;
         var dropped = _memory.ForEachRamRange(pfn << Page.Shift, count << Page.Shift, (block, offset, length) =>
         {
             var bitmap = _balloonBitmaps[IndexOf(block)];
@@ -335,7 +401,10 @@ public sealed partial class BalloonDevice : IVirtioDevice
                 var position = offset >> Page.Shift;
                 var end = (offset + length) >> Page.Shift;
                 while (bitmap.NextGap(ref position, end, out var start, out var count))
+                {
                     block.Discard(start << Page.Shift, count << Page.Shift);
+                    PagesDiscarded?.Invoke(block, start << Page.Shift, count << Page.Shift);
+                }
                 bitmap.AddRange(offset >> Page.Shift, length >> Page.Shift);
                 _inflated += length >> Page.Shift;
             }
@@ -358,6 +427,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
         var safe = !Has(PAGE_POISON) || _poisonValue == 0;
         foreach (var segment in chain.Segments)
         {
+            _notifyRuns++;
             if (!segment.Writable || !Page.IsAligned(segment.Address) || !Page.IsAligned(segment.Length))
             {
                 _transport.Log.Warn(Name, VirtioFaults.BadRequest, $"reported range 0x{segment.Address:X}+0x{segment.Length:X} is not a page-aligned device-writable buffer");
@@ -371,6 +441,7 @@ public sealed partial class BalloonDevice : IVirtioDevice
                 // Pages the balloon already holds stay as they are; everything else becomes a hole.
                 block.Discard(offset, length);
                 _discardedReported += length >> Page.Shift;
+                PagesDiscarded?.Invoke(block, offset, length);
             });
         }
         queue.PushUsed(chain.Head, 0);

@@ -1,0 +1,135 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Ferry.Kvm;
+using Ferry.Migration.Engine;
+using Ferry.Migration.Stream;
+using Ferry.Migration.Transport;
+
+/// <summary>
+/// What TLS costs a migration (issue 17), without KVM: a paused machine of G GiB of pseudo-random data (nothing
+/// compresses, nothing is zero) migrated over loopback TCP with N channels, plain and with TLS (credentials made
+/// here, TLS 1.3, mutual authentication), alternating in one run; medians of --repeat. The end-to-end KVM figures
+/// (a guest dirtying memory, QEMU with tls-creds beside it) are bench/migrate.sh's.
+/// </summary>
+internal static class TlsBench
+{
+    public static int Run(ulong gib, int channels, int repeat)
+    {
+        var c = CultureInfo.InvariantCulture;
+        var size = gib << 30;
+        Console.WriteLine(string.Create(c, $"TLS cost: {gib} GiB of random pages, paused source, loopback TCP, {channels} channels, {Environment.ProcessorCount} cores, median of {repeat}"));
+        var credentials = MakeCredentials();
+        try
+        {
+            using var source = new PausedMemory(size);
+            var plain = new List<double>();
+            var tls = new List<double>();
+            for (var i = 0; i < repeat; i++)
+            {
+                plain.Add(Once(source, channels, null));
+                tls.Add(Once(source, channels, credentials));
+            }
+            double Median(List<double> runs) => runs.Order().ElementAt(runs.Count / 2);
+            double Rate(double ms) => gib / (ms / 1000);
+            var p = Median(plain);
+            var t = Median(tls);
+            Console.WriteLine(string.Create(c, $"| | time | rate |\n|---|---|---|\n| plain TCP (baseline) | {p:F0} ms | {Rate(p):F2} GiB/s |\n| TLS 1.3 | {t:F0} ms | {Rate(t):F2} GiB/s |\n| TLS / plain | {t / p:F2}x | |"));
+        }
+        finally
+        {
+            Directory.Delete(credentials, recursive: true);
+        }
+        return 0;
+    }
+
+    private static double Once(PausedMemory source, int channels, string? credentials)
+    {
+        using var target = new DiscardingTarget(source.Blocks);
+        var tcp = new TcpChannelListener(MigrationUri.Parse("tcp:127.0.0.1:0"));
+        using IChannelListener listener = credentials is null ? tcp : new TlsChannelListener(tcp, MigrationTls.Load(credentials, TlsEndpoint.Server));
+        var uri = tcp.Uri;
+        var receive = Task.Run(() => MigrationReceiver.Receive(target, listener, CancellationToken.None));
+        using var clientTls = credentials is null ? null : MigrationTls.Load(credentials, TlsEndpoint.Client);
+        IChannelConnector connector = new TcpChannelConnector(uri);
+        if (clientTls is not null)
+            connector = new TlsChannelConnector(connector, clientTls, uri.Host);
+        using var migration = new PrecopyMigration(source, new MigrationParameters { MultifdChannels = channels }, new MigrationCapabilities());
+        var clock = Stopwatch.StartNew();
+        migration.Run(connector);
+        receive.GetAwaiter().GetResult();
+        return clock.Elapsed.TotalMilliseconds;
+    }
+
+    /// <summary>A CA and a server/client pair for 127.0.0.1 in QEMU's layout, in a temporary directory.</summary>
+    private static string MakeCredentials()
+    {
+        var dir = Directory.CreateTempSubdirectory("ferry-tls-bench-").FullName;
+        using var caKey = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var caRequest = new CertificateRequest("CN=bench CA", caKey, HashAlgorithmName.SHA256);
+        caRequest.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
+        caRequest.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign, true));
+        using var ca = caRequest.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        File.WriteAllText(Path.Combine(dir, "ca-cert.pem"), ca.ExportCertificatePem());
+        foreach (var (prefix, eku) in new[] { ("server", "1.3.6.1.5.5.7.3.1"), ("client", "1.3.6.1.5.5.7.3.2") })
+        {
+            using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+            var request = new CertificateRequest($"CN={prefix}", key, HashAlgorithmName.SHA256);
+            request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid(eku)], false));
+            var names = new SubjectAlternativeNameBuilder();
+            names.AddIpAddress(IPAddress.Loopback);
+            request.CertificateExtensions.Add(names.Build());
+            using var cert = request.Create(ca, DateTimeOffset.UtcNow.AddHours(-1), DateTimeOffset.UtcNow.AddHours(12), RandomNumberGenerator.GetBytes(8));
+            File.WriteAllText(Path.Combine(dir, $"{prefix}-cert.pem"), cert.ExportCertificatePem());
+            File.WriteAllText(Path.Combine(dir, $"{prefix}-key.pem"), key.ExportPkcs8PrivateKeyPem());
+        }
+        return dir;
+    }
+
+    /// <summary>A paused machine whose one RAM block is full of random bytes.</summary>
+    private sealed class PausedMemory : IMigrationSource, IDisposable
+    {
+        private readonly RamBlock[] _blocks;
+
+        public PausedMemory(ulong size)
+        {
+            _blocks = [RamBlock.Create("ram-low", 0, size, 0, RamBackend.Memfd)];
+            var chunk = new byte[Page.ChunkSize];
+            for (ulong offset = 0; offset < size; offset += (ulong)chunk.Length)
+            {
+                Random.Shared.NextBytes(chunk);
+                chunk.CopyTo(_blocks[0].Mapping.GetSpan(offset, chunk.Length));
+            }
+        }
+
+        public IReadOnlyList<RamBlock> Blocks => _blocks;
+        public bool IsPaused => true;
+        public IMigrationBalloon? Balloon => null;
+        public void SetDirtyLogging(bool enabled) { }
+        public void SyncDirtyLog(int block, PageSet into) { }
+        public void PauseGuest() { }
+        public void ResumeGuest() { }
+        public void SetThrottle(int percent) { }
+        public IReadOnlyList<StateSection> SaveState() => [new StateSection(StateKind.Machine, 0, "bench", [1])];
+        public void Dispose() => _blocks[0].Dispose();
+    }
+
+    /// <summary>A destination with RAM like the source's, dropped after each run.</summary>
+    private sealed class DiscardingTarget(IReadOnlyList<RamBlock> like) : IMigrationTarget, IDisposable
+    {
+        private readonly RamBlock[] _blocks = [.. like.Select(b => RamBlock.Create(b.Name, b.GuestPhysicalAddress, b.Size, b.Slot, b.Backend))];
+
+        public IReadOnlyList<RamBlock> Blocks => _blocks;
+        public void ApplyBalloonBitmap(int block, ulong firstPage, ReadOnlySpan<byte> bitmap) { }
+        public void RestoreState(IReadOnlyList<StateSection> sections) { }
+        public void ResumeGuest() { }
+
+        public void Dispose()
+        {
+            foreach (var b in _blocks)
+                b.Dispose();
+        }
+    }
+}
