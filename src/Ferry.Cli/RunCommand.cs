@@ -60,7 +60,9 @@ internal static partial class RunCommand
         var lazy = CliOptions.Flag("--lazy", "with --restore: map the file copy-on-write and run at once; pages are read when first touched");
         var command = new Command("run", "boot a guest; exits 0 when it powers off (or on QMP quit), 3 when it panics, 4 on a vCPU fault");
         machine.AddTo(command);
-        foreach (var option in new Option[] { console, qmp, socketMode, incoming, exitAfterMigration, restore, lazy })
+        var tlsCreds = CliOptions.Text("--tls-creds", "DIR", "migrate over TLS 1.3 with both ends authenticated: x509 credentials in QEMU's layout (ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem); sets the tls-creds parameter of migrations into and out of this VM");
+        var tlsAuthz = CliOptions.Text("--tls-authz", "SUBJECTS", "with --tls-creds on a destination: the client certificate subjects allowed to connect, separated by ';' (default: any the CA signed)");
+        foreach (var option in new Option[] { console, qmp, socketMode, incoming, exitAfterMigration, tlsCreds, tlsAuthz, restore, lazy })
             command.Options.Add(option);
         command.SetGuardedAction(parse =>
         {
@@ -79,16 +81,33 @@ internal static partial class RunCommand
             var mode = UnixListener.PrivateMode;
             if (parse.GetValue(socketMode) is { } modeText && !UnixListener.TryParseMode(modeText, out mode))
                 throw new UsageException($"--socket-mode '{modeText}' is not an octal file mode such as 0600 or 0660");
+            var tls = parse.GetValue(tlsCreds);
+            var authz = parse.GetValue(tlsAuthz);
+            if (authz is not null && tls is null)
+                throw new UsageException("--tls-authz only applies with --tls-creds DIR");
+            if (tls is not null)
+            {
+                // The credentials this VM's role needs are checked now, before a machine exists: a destination
+                // serves, anything else may later connect as a source.
+                try
+                {
+                    MigrationTls.Load(tls, incomingText is not null ? TlsEndpoint.Server : TlsEndpoint.Client).Dispose();
+                }
+                catch (MigrationTlsException e)
+                {
+                    throw new UsageException($"--tls-creds: {e.Message}");
+                }
+            }
             var config = machine.Parse(parse);
             config.Validate(MachineConfig.HostMemoryBytes());
-            var start = new StartOptions(incomingText is not null, uri, restoreFile, parse.GetValue(lazy), parse.GetValue(exitAfterMigration));
+            var start = new StartOptions(incomingText is not null, uri, restoreFile, parse.GetValue(lazy), parse.GetValue(exitAfterMigration), tls, authz);
             return Run(config, parse.GetValue(console) ?? "stdio", qmpSpec, mode, start);
         });
         return command;
     }
 
     /// <summary>How `run` starts the guest: booted, from an incoming migration (a URI, or null for defer), or from a snapshot.</summary>
-    private sealed record StartOptions(bool Incoming, MigrationUri? IncomingUri, string? Restore, bool Lazy, bool ExitAfterMigration);
+    private sealed record StartOptions(bool Incoming, MigrationUri? IncomingUri, string? Restore, bool Lazy, bool ExitAfterMigration, string? TlsCreds, string? TlsAuthz);
 
     private static MigrationUri ParseIncoming(string text)
     {
@@ -114,6 +133,8 @@ internal static partial class RunCommand
         using var machine = GuestMachine.Create(config, console, Program.Loggers);
         var control = new GuestMachineControl(machine);
         var migration = new MigrationCommands(control, start.ExitAfterMigration);
+        if (start.TlsCreds is not null)
+            migration.Settings.Update(p => p with { TlsCreds = start.TlsCreds, TlsAuthz = start.TlsAuthz ?? "" });
         QmpServer? qmp = null;
         if (qmpSpec is not null)
         {

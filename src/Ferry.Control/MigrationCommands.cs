@@ -112,7 +112,16 @@ public sealed class MigrationCommands
                 completed => MachineSnapshots.Commit(path, completed));
             return null;
         }
-        StartJob(uri.ToString(), new ChannelOutput(MigrationTransports.Connect(uri), parameters, capabilities),
+        IChannelConnector connector;
+        try
+        {
+            connector = MigrationTransports.Connect(uri, parameters);
+        }
+        catch (MigrationTlsException e)
+        {
+            throw new QmpException(QmpException.GenericError, e.Message);
+        }
+        StartJob(uri.ToString(), new ChannelOutput(connector, parameters, capabilities),
             source => new PrecopyMigration(source, parameters, capabilities),
             isMigration: true);
         return null;
