@@ -396,6 +396,21 @@ public sealed class CliMigrationTests
     }
 
     [Fact]
+    public void Tls_options_with_unusable_credentials_are_refused_before_a_machine_exists()
+    {
+        var (code, _, stderr) = CliTests.Ferry("", null, "run", "--tls-creds", "/nonexistent/tls", "--incoming", "tcp:127.0.0.1:0");
+        Assert.Equal(2, code);
+        Assert.Contains("--tls-creds: tls-creds '/nonexistent/tls' is not a directory", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = CliTests.Ferry("", null, "run", "--tls-authz", "CN=x");
+        Assert.Equal(2, code);
+        Assert.Contains("--tls-authz only applies with --tls-creds DIR", stderr, StringComparison.Ordinal);
+        var (helpCode, help, _) = CliTests.Ferry("", null, "migrate", "--help");
+        Assert.Equal(0, helpCode);
+        Assert.Contains("--tls-creds", help, StringComparison.Ordinal);
+        Assert.Contains("--tls-hostname", help, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void A_bad_socket_mode_or_a_socket_path_that_is_not_a_socket_is_refused_naming_it()
     {
         var (code, _, stderr) = CliTests.Ferry("", null, "run", "--socket-mode", "0800");
