@@ -104,7 +104,7 @@ public sealed class KvmLayoutTests
         return (sb.ToString(), count);
     }
 
-    private static (bool Ok, string Output) CompileC(string source)
+    internal static (bool Ok, string Output) CompileC(string source)
     {
         var dir = Directory.CreateTempSubdirectory("ferry-layout-");
         try
