@@ -23,7 +23,7 @@ public enum ExitCode
     /// <summary>`run`: a vCPU stopped on a fault (the message carries a register dump naming RIP).</summary>
     VcpuFault = 4,
 
-    /// <summary>`run --incoming` or `run --restore`: the migration or the snapshot could not be loaded.</summary>
+    /// <summary>`run --incoming` or `run --restore`: the migration or the snapshot could not be loaded (with --lazy also later, while the guest ran: a page could not be brought in).</summary>
     LoadFailed = 5,
 
     /// <summary>`migrate`, `snapshot save`: cancelled (Ctrl-C or QMP migrate_cancel); the source VM runs on.</summary>
@@ -37,6 +37,7 @@ internal static class ExitCodes
     {
         MachineExitKind.GuestPanic => ExitCode.GuestPanic,
         MachineExitKind.VcpuFault => ExitCode.VcpuFault,
+        MachineExitKind.MemoryFault => ExitCode.LoadFailed,
         _ => ExitCode.Ok,
     };
 

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using Ferry.Control;
 using Ferry.Machine;
 using Ferry.Kvm;
+using Ferry.Migration.Machines;
 using Ferry.Migration.Transport;
 using Microsoft.Extensions.Logging;
 
@@ -51,7 +52,7 @@ internal static partial class RunCommand
         var qmp = CliOptions.Text("--qmp", "unix:PATH", "serve the QMP control socket there");
         var incoming = CliOptions.Text("--incoming", "tcp:HOST:PORT", "do not boot: wait for a migration there, load it, run the guest (same --memory and --cpus as the source)");
         var restore = CliOptions.Text("--restore", "FILE", "do not boot: load a snapshot (same --memory and --cpus), run the guest");
-        var lazy = CliOptions.Flag("--lazy", "with --restore: map the file copy-on-write and run at once; pages are read when first touched");
+        var lazy = LazyRestoreReport.Option();
         var command = new Command("run", "boot a guest; exits 0 when it powers off (or on QMP quit), 3 when it panics, 4 on a vCPU fault");
         machine.AddTo(command);
         foreach (var option in new Option[] { console, qmp, incoming, restore, lazy })
@@ -73,19 +74,19 @@ internal static partial class RunCommand
             var restoreFile = parse.GetValue(restore);
             if (restoreFile is not null && uri is not null)
                 throw new UsageException("--restore and --incoming cannot be combined");
-            if (parse.GetValue(lazy) && restoreFile is null)
+            if (parse.GetValue(lazy) is not null && restoreFile is null)
                 throw new UsageException("--lazy only applies to --restore FILE");
             var qmpSpec = parse.GetValue(qmp);
             if (qmpSpec is not null && (!qmpSpec.StartsWith("unix:", StringComparison.Ordinal) || qmpSpec.Length == 5))
                 throw new UsageException($"--qmp '{qmpSpec}' is not unix:PATH");
             var config = machine.Parse(parse);
             config.Validate(MachineConfig.HostMemoryBytes());
-            return Run(config, parse.GetValue(console) ?? "stdio", qmpSpec, uri, restoreFile, parse.GetValue(lazy));
+            return Run(config, parse.GetValue(console) ?? "stdio", qmpSpec, uri, restoreFile, parse.GetValue(lazy) ?? RestoreMode.Eager);
         });
         return command;
     }
 
-    private static ExitCode Run(MachineConfig config, string consoleSpec, string? qmpSpec, MigrationUri? incoming, string? restore, bool lazy)
+    private static ExitCode Run(MachineConfig config, string consoleSpec, string? qmpSpec, MigrationUri? incoming, string? restore, RestoreMode mode)
     {
         var log = Program.Loggers.CreateLogger("ferry");
         using var console = ConsoleBackend.Create(consoleSpec);
@@ -114,11 +115,15 @@ internal static partial class RunCommand
             machine.Start(paused: true);
             try
             {
-                var report = Ferry.Migration.Machines.MachineSnapshots.Restore(machine, restore, lazy: lazy);
-                var pages = report.Lazy
-                    ? $"{report.PagesMapped} pages mapped from the file (read when first touched)"
-                    : $"{report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read)";
+                var report = MachineSnapshots.Restore(machine, restore, mode: mode);
+                var pages = report.Mode switch
+                {
+                    RestoreMode.Lazy => $"{report.PagesMapped} pages owed by the file (paged in when first touched, the rest in the background)",
+                    RestoreMode.LazyMap => $"{report.PagesMapped} pages mapped from the file (read when first touched)",
+                    _ => $"{report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read)",
+                };
                 LogRestored(log, restore, report.Lazy ? " lazily" : "", report.Milliseconds, pages, report.BalloonedPages, report.StateSections);
+                report.Paging?.Completion.ContinueWith(t => LazyRestoreReport.Log(log, restore, report.Paging), TaskScheduler.Default);
             }
             catch (Exception e) when (e is Ferry.Migration.Snapshot.SnapshotFormatException or InvalidDataException or IOException or UnauthorizedAccessException)
             {

@@ -36,6 +36,8 @@ public static unsafe partial class Libc
     public const int MADV_DONTNEED = 4;
     public const int MADV_REMOVE = 9;
     public const int MADV_HUGEPAGE = 14;
+    /// <summary>Faults the range in as reads would, inside the system call (Linux 5.14+).</summary>
+    public const int MADV_POPULATE_READ = 22;
     public const int MADV_NOHUGEPAGE = 15;
     /// <summary>Synchronously collapses a 2 MiB aligned range into a transparent huge page (Linux 6.1+).</summary>
     public const int MADV_COLLAPSE = 25;
@@ -121,6 +123,12 @@ public static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "eventfd", SetLastError = true)]
     public static partial int EventFd(uint initval, int flags);
+
+    public const int F_DUPFD_CLOEXEC = 1030;
+
+    /// <summary>fcntl(2) with an integer argument.</summary>
+    [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int Fcntl(int fd, int command, int argument);
 
     [LibraryImport(Lib, EntryPoint = "poll", SetLastError = true)]
     public static partial int Poll(PollFd* fds, nuint count, int timeoutMs);

@@ -144,6 +144,14 @@ public sealed class RamBlock : IDisposable
     }
 
     /// <summary>
+    /// Call before managed code reads or writes [offset, offset + length) through <see cref="Mapping"/> (GuestMemory
+    /// and the page scanner do): while the block is demand-paged, pages still owed are brought in from a system call
+    /// (<see cref="DemandPager"/> explains why a managed thread must not wait for them in a plain page fault). A
+    /// field test and nothing more for every other block.
+    /// </summary>
+    public void EnsureResident(ulong offset, ulong length) => _backing.EnsureResident(offset, length);
+
+    /// <summary>
     /// The byte ranges of this block that hold data, in order and page-granular. Everything else reads as zero
     /// without being allocated (never touched, or discarded). Walking these instead of the whole block is how a
     /// migration pass avoids reading (and so allocating) memory that holds nothing.

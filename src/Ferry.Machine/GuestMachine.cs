@@ -10,7 +10,16 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace Ferry.Machine;
 
 /// <summary>How a machine stopped.</summary>
-public enum MachineExitKind { PowerOff, GuestPanic, VcpuFault, Quit }
+public enum MachineExitKind
+{
+    PowerOff,
+    GuestPanic,
+    VcpuFault,
+    Quit,
+
+    /// <summary>Guest memory that was owed (a lazy restore) could not be brought in: the guest must not run on without it.</summary>
+    MemoryFault,
+}
 
 public sealed record MachineExit(MachineExitKind Kind, int ExitCode, string Message);
 
@@ -282,6 +291,12 @@ public sealed partial class GuestMachine : IDisposable, IVcpuExitHandler
 
     /// <summary>Stops the machine (QMP quit, or the host shutting down).</summary>
     public void Stop(string reason = "stopped by the VMM") => Finish(new MachineExit(MachineExitKind.Quit, 0, reason));
+
+    /// <summary>
+    /// Stops the machine because memory it was promised cannot be brought in (a lazy restore's file failed): vCPUs
+    /// blocked on such a page are taken out by the stop's kick (KVM_RUN returns EINTR); none is given the page.
+    /// </summary>
+    public void StopOnMemoryFault(string reason) => Finish(new MachineExit(MachineExitKind.MemoryFault, 5, reason));
 
     private void OnPowerPort(uint value) => Finish(value == 0
         ? new MachineExit(MachineExitKind.PowerOff, 0, "guest powered off")

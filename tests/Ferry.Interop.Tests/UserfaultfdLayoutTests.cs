@@ -71,7 +71,7 @@ public sealed class UserfaultfdLayoutTests
             Assert($"{field.Name} == {(uint)field.GetValue(null)!}u", field.Name);
         foreach (var field in typeof(UffdConstants).GetFields(BindingFlags.Static | BindingFlags.Public).Where(f => f.IsLiteral))
             Assert($"{field.Name} == {Convert.ToUInt64(field.GetRawConstantValue(), CultureInfo.InvariantCulture)}ULL", field.Name);
-        foreach (var name in new[] { "MADV_DONTNEED", "MADV_REMOVE", "MADV_HUGEPAGE", "MADV_NOHUGEPAGE", "MADV_COLLAPSE" })
+        foreach (var name in new[] { "MADV_DONTNEED", "MADV_REMOVE", "MADV_HUGEPAGE", "MADV_NOHUGEPAGE", "MADV_POPULATE_READ", "MADV_COLLAPSE" })
             Assert($"{name} == {typeof(Libc).GetField(name)!.GetRawConstantValue()}", name);
         return (sb.ToString(), count);
     }

@@ -42,14 +42,25 @@ public sealed unsafe class DemandPagerTests
         }
     }
 
-    /// <summary>A host thread that reads one word of each page in turn (blocking in the fault until it is placed).</summary>
-    private static Thread Toucher(RamBlock block, ulong[] pages, ulong[] seen)
+    /// <summary>
+    /// A host thread that reads one word of each page in turn, blocking in the fault until the page is placed. It
+    /// reads the way a vCPU does, from inside a system call (pwrite from the owed address into a scratch memfd, as
+    /// KVM reads guest memory inside KVM_RUN): a managed thread blocked in a plain page fault could not be suspended
+    /// by the garbage collector (see <see cref="DemandPager"/>).
+    /// </summary>
+    internal static Thread Toucher(RamBlock block, ulong[] pages, ulong[] seen)
     {
         var address = block.Mapping.Address;
         var thread = new Thread(() =>
         {
+            using var scratch = SafeFd.FromResult(Libc.MemfdCreate("toucher", Libc.MFD_CLOEXEC), "memfd_create");
             for (var i = 0; i < pages.Length; i++)
-                seen[i] = Volatile.Read(ref *(ulong*)(address + (nint)(pages[i] * Page.Size + 8)));
+            {
+                ErrnoException.Check(Libc.PWrite(scratch.Fd, (void*)(address + (nint)(pages[i] * Page.Size + 8)), 8, 0), "pwrite");
+                ulong value;
+                ErrnoException.Check(Libc.PRead(scratch.Fd, &value, 8, 0), "pread");
+                seen[i] = value;
+            }
         }) { IsBackground = true, Name = "toucher" };
         thread.Start();
         return thread;
@@ -307,7 +318,8 @@ public sealed unsafe class DemandPagerTests
         var page = new byte[Page.Size];
         var want = new byte[Page.Size];
         PatternSource.Pattern(700, want);
-        block.Mapping.GetSpan(700 * Page.Size, Page.Size).CopyTo(page); // on this thread: the handler resolves it
+        block.EnsureResident(700 * Page.Size, Page.Size); // brings it in from a system call: then it can be read
+        block.Mapping.GetSpan(700 * Page.Size, Page.Size).CopyTo(page);
         Assert.Equal(want, page);
         Assert.Equal(DemandPagingState.Paging, pager.State);
     }

@@ -42,6 +42,8 @@ internal sealed class DemandPagedBacking(RamBacking inner, DemandPager pager) : 
 
     public override ulong AllocatedBytes() => inner.AllocatedBytes();
 
+    public override void EnsureResident(ulong offset, ulong length) => pager.Populate(offset, length);
+
     public override void MappedOver() => throw new InvalidOperationException("a demand-paged block is never mapped over");
 
     /// <summary>The pager first (its threads stop and the userfaultfd closes), then what it paged into.</summary>

@@ -82,6 +82,7 @@ public sealed unsafe class DemandPager : IDisposable
     private long _zeroByFaults, _zeroByFill, _balloonedResolved, _discardedResolved, _sourceReads, _sourcePages;
     private long _piecesFilled, _piecesAlreadyResolved, _piecesLeftEmpty, _piecesCollapsed, _collapseFailures;
     private long _fillStarted, _fillEnded;
+    private int _sourceReleased;
 
     private DemandPager(string block, MappedRegion mapping, IPageSource source, PageSet? present, bool hugePages, bool backgroundFill, UserfaultFd uffd, SafeFd stopEvent)
     {
@@ -262,7 +263,7 @@ public sealed unsafe class DemandPager : IDisposable
                 if (_discarded.Contains(page) || _placed.Contains(page))
                 {
                     // Discarded (it reads zero, whatever the source holds), or placed just before this message was read.
-                    PlaceZero(page, 1, ref _discardedResolved, countIfPlaced: _discarded.Contains(page));
+                    PlaceZero(page, 1, ref IsBallooned(page) ? ref _balloonedResolved : ref _discardedResolved, countIfPlaced: _discarded.Contains(page));
                     _faultLatency.RecordSince(readTimestamp);
                 }
                 else
@@ -398,7 +399,10 @@ public sealed unsafe class DemandPager : IDisposable
         try
         {
             if (State != DemandPagingState.Paging)
+            {
+                _gate.ExitWriteLock();
                 return;
+            }
             if (Interlocked.Read(ref _dataOutstanding) != 0)
                 throw new InvalidOperationException($"RAM block '{_block}': the fill ended with {Interlocked.Read(ref _dataOutstanding)} data pages not in place");
             // Pages never claimed now read zero from the kernel: the pieces left empty, and ballooned pages.
@@ -425,8 +429,16 @@ public sealed unsafe class DemandPager : IDisposable
             }
         }
         Interlocked.CompareExchange(ref _fillEnded, Stopwatch.GetTimestamp(), 0);
+        ReleaseSource();
         _completion.TrySetResult();
         WakeHandler();
+    }
+
+    /// <summary>Nothing reads the source any more (complete, or both threads stopped): a disposable source is closed.</summary>
+    private void ReleaseSource()
+    {
+        if (Interlocked.Exchange(ref _sourceReleased, 1) == 0)
+            (_source as IDisposable)?.Dispose();
     }
 
     // ---- claiming and placing ----
@@ -524,9 +536,9 @@ public sealed unsafe class DemandPager : IDisposable
     private enum PageKind { Data, Zero, Ballooned, Discarded }
 
     private PageKind Kind(ulong page) =>
-        _discarded.Contains(page) ? PageKind.Discarded
+        IsBallooned(page) ? PageKind.Ballooned
+        : _discarded.Contains(page) ? PageKind.Discarded
         : _data.Contains(page) ? PageKind.Data
-        : IsBallooned(page) ? PageKind.Ballooned
         : PageKind.Zero;
 
     /// <summary>Maps zero pages over [page, +count) if missing (a page found in place is only woken); counts them.</summary>
@@ -587,6 +599,27 @@ public sealed unsafe class DemandPager : IDisposable
     // ---- what the block's backing asks while paging ----
 
     /// <summary>
+    /// Brings [offset, offset + length) in before managed code reads or writes it through the mapping: with
+    /// MADV_POPULATE_READ, so a page still owed is waited for inside a system call. A managed thread blocked in a
+    /// plain page fault cannot be suspended by the garbage collector, and a collection that waits for it while the
+    /// fault handler (managed too) waits for the collection would hang the process; inside a system call the thread
+    /// is outside managed code and the collector does not wait for it. vCPUs need nothing: they wait inside KVM_RUN.
+    /// </summary>
+    internal void Populate(ulong offset, ulong length)
+    {
+        if (length == 0 || State is DemandPagingState.Complete or DemandPagingState.Stopped)
+            return;
+        var (first, count) = Page.Covering(offset, length);
+        var at = _mapping.Address + (nint)(first << Page.Shift);
+        while (Libc.Madvise(at, (nuint)(count << Page.Shift), Libc.MADV_POPULATE_READ) != 0)
+        {
+            var errno = Libc.LastErrno;
+            if (errno is not (Libc.EINTR or Libc.EAGAIN))
+                return; // e.g. unsupported (before Linux 5.14): the access below faults as it would have anyway
+        }
+    }
+
+    /// <summary>
     /// The owed data pages not yet in place, added to <paramref name="into"/>: they hold data although nothing is
     /// resident for them yet. Reading them through the mapping brings them in like any fault.
     /// </summary>
@@ -639,9 +672,10 @@ public sealed unsafe class DemandPager : IDisposable
     {
         if (!Page.IsAligned(offset) || !Page.IsAligned((ulong)data.Length))
         {
-            // Partial pages: through the mapping (a fault brings the rest of the page in first).
+            // Partial pages: through the mapping, once the pages are in.
             if (State != DemandPagingState.Paging)
                 return false;
+            Populate(offset, (ulong)data.Length);
             data.CopyTo(_mapping.GetSpan(offset, data.Length));
             return true;
         }
@@ -684,7 +718,10 @@ public sealed unsafe class DemandPager : IDisposable
         {
             var next = r < runs.Count ? (int)((runs.Start(r) - (offset >> Page.Shift)) << Page.Shift) : data.Length;
             if (next > position)
+            {
+                Populate(offset + (ulong)position, (ulong)(next - position));
                 data[position..next].CopyTo(_mapping.GetSpan(offset + (ulong)position, next - position));
+            }
             if (r < runs.Count)
                 position = next + (int)(runs.Length(r) << Page.Shift);
         }
@@ -727,6 +764,7 @@ public sealed unsafe class DemandPager : IDisposable
         _handler.Join();
         if (Interlocked.CompareExchange(ref _state, (int)DemandPagingState.Stopped, (int)DemandPagingState.Paging) == (int)DemandPagingState.Paging)
             _completion.TrySetCanceled();
+        ReleaseSource();
         _uffd.Dispose();
         _stopEvent.Dispose();
         _gate.Dispose();

@@ -10,6 +10,10 @@ namespace Ferry.Kvm;
 /// and throw a <see cref="PageSourceException"/> naming the page rather than return wrong or missing bytes: the pager
 /// then fails and no waiting thread is given anything.
 /// </para>
+/// <para>
+/// The pager owns the source once paging has begun: a source that is <see cref="IDisposable"/> is disposed when
+/// nothing will read it again (paging complete, or the pager disposed).
+/// </para>
 /// </summary>
 public interface IPageSource
 {
