@@ -204,6 +204,26 @@ public sealed class SnapshotMachineTests : IDisposable
         Assert.Equal(0u, restoredBalloon.ActualPages);
     }
 
+    /// <summary>Flips one bit inside the last present page of the first block holding data; returns which page.</summary>
+    private static (string Block, ulong Page) FlipBitInLastPresentPage(string path)
+    {
+        string name;
+        ulong page;
+        long offset;
+        using (var file = SnapshotFile.Open(path))
+        {
+            var block = file.Blocks.First(b => b.PresentPages > 0);
+            page = Enumerable.Range(0, (int)block.PageCount).Select(p => (ulong)p).Last(block.IsPresent);
+            (name, offset) = (block.Name, (long)(block.PagesOffset + page * 4096) + 777);
+        }
+        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+        var b = new byte[1];
+        RandomAccess.Read(handle, b, offset);
+        b[0] ^= 0x04;
+        RandomAccess.Write(handle, b, offset);
+        return (name, page);
+    }
+
     /// <summary>A 128 MiB guest that filled 16 MiB, saved to <paramref name="name"/> in the test directory.</summary>
     private async Task<(BootedGuest Guest, string Path)> SavedFilledGuest(string name)
     {
@@ -240,22 +260,7 @@ public sealed class SnapshotMachineTests : IDisposable
     {
         var (saved, path) = await SavedFilledGuest("bitflip.snap");
         using var guest = saved;
-        string name;
-        ulong page;
-        long offset;
-        using (var file = SnapshotFile.Open(path))
-        {
-            var block = file.Blocks.First(b => b.PresentPages > 0);
-            page = Enumerable.Range(0, (int)block.PageCount).Select(p => (ulong)p).Last(block.IsPresent);
-            (name, offset) = (block.Name, (long)(block.PagesOffset + page * 4096) + 777);
-        }
-        using (var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite))
-        {
-            var b = new byte[1];
-            RandomAccess.Read(handle, b, offset);
-            b[0] ^= 0x04;
-            RandomAccess.Write(handle, b, offset);
-        }
+        var (name, page) = FlipBitInLastPresentPage(path);
         foreach (var mode in new[] { RestoreMode.Eager, RestoreMode.LazyMap })
         {
             using var machine = GuestMachine.Create(guest.Machine.Config, new GuestConsole());
@@ -313,20 +318,7 @@ public sealed class SnapshotMachineTests : IDisposable
     {
         var (saved, path) = await SavedFilledGuest("uffd-bitflip.snap");
         using var guest = saved;
-        string name;
-        ulong page;
-        using (var file = SnapshotFile.Open(path))
-        {
-            var block = file.Blocks.First(b => b.PresentPages > 0);
-            page = Enumerable.Range(0, (int)block.PageCount).Select(p => (ulong)p).Last(block.IsPresent);
-            name = block.Name;
-            using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
-            var b = new byte[1];
-            var offset = (long)(block.PagesOffset + page * 4096) + 777;
-            RandomAccess.Read(handle, b, offset);
-            b[0] ^= 0x04;
-            RandomAccess.Write(handle, b, offset);
-        }
+        var (name, page) = FlipBitInLastPresentPage(path);
         using var machine = GuestMachine.Create(guest.Machine.Config, new GuestConsole());
         machine.Start(paused: true);
         var report = MachineSnapshots.Restore(machine, path, mode: RestoreMode.Lazy);

@@ -2,26 +2,21 @@ namespace Ferry.Interop.Userfault;
 
 /// <summary>
 /// userfaultfd ioctl request numbers and constants, named exactly as the C macros in &lt;linux/userfaultfd.h&gt; so
-/// the layout test can check each against the machine's header. Encoded with the kernel's _IOC rule.
+/// the layout test can check each against the machine's header. Encoded with the kernel's _IOC rule (<see cref="IoctlNumber"/>).
 /// </summary>
 public static unsafe class UffdIoctls
 {
     private const uint UFFDIO = 0xAA;
 
-    private static uint Io(uint nr) => Ioc(0, nr, 0);
-    private static uint Ior(uint nr, int size) => Ioc(2, nr, size);
-    private static uint Iowr(uint nr, int size) => Ioc(3, nr, size);
-    private static uint Ioc(uint dir, uint nr, int size) => (dir << 30) | ((uint)size << 16) | (UFFDIO << 8) | nr;
-
     /// <summary>On /dev/userfaultfd: makes a new userfaultfd (the argument is its open flags).</summary>
-    public static readonly uint USERFAULTFD_IOC_NEW = Io(0x00);
+    public static readonly uint USERFAULTFD_IOC_NEW = IoctlNumber.Io(UFFDIO, 0x00);
 
-    public static readonly uint UFFDIO_API = Iowr(0x3F, sizeof(UffdioApi));
-    public static readonly uint UFFDIO_REGISTER = Iowr(0x00, sizeof(UffdioRegister));
-    public static readonly uint UFFDIO_UNREGISTER = Ior(0x01, sizeof(UffdioRange));
-    public static readonly uint UFFDIO_WAKE = Ior(0x02, sizeof(UffdioRange));
-    public static readonly uint UFFDIO_COPY = Iowr(0x03, sizeof(UffdioCopy));
-    public static readonly uint UFFDIO_ZEROPAGE = Iowr(0x04, sizeof(UffdioZeropage));
+    public static readonly uint UFFDIO_API = IoctlNumber.Iowr(UFFDIO, 0x3F, sizeof(UffdioApi));
+    public static readonly uint UFFDIO_REGISTER = IoctlNumber.Iowr(UFFDIO, 0x00, sizeof(UffdioRegister));
+    public static readonly uint UFFDIO_UNREGISTER = IoctlNumber.Ior(UFFDIO, 0x01, sizeof(UffdioRange));
+    public static readonly uint UFFDIO_WAKE = IoctlNumber.Ior(UFFDIO, 0x02, sizeof(UffdioRange));
+    public static readonly uint UFFDIO_COPY = IoctlNumber.Iowr(UFFDIO, 0x03, sizeof(UffdioCopy));
+    public static readonly uint UFFDIO_ZEROPAGE = IoctlNumber.Iowr(UFFDIO, 0x04, sizeof(UffdioZeropage));
 }
 
 /// <summary>The constants of &lt;linux/userfaultfd.h&gt; Ferry uses (checked against the header by the layout test).</summary>

@@ -518,10 +518,7 @@ public sealed unsafe class DemandPager : IDisposable
                     while (p < end && (Kind(p) is PageKind.Data or PageKind.Zero) == copy)
                         p++;
                     var at = _mapping.Address + (nint)(s << Page.Shift);
-                    if (copy)
-                        CopyIn(at, (nint)(b + ((s - baseline) << Page.Shift)), (p - s) << Page.Shift);
-                    else
-                        ZeroIn(at, (p - s) << Page.Shift);
+                    PlaceRange(at, copy ? (nint)(b + ((s - baseline) << Page.Shift)) : 0, (p - s) << Page.Shift);
                 }
             }
             _placed.AddRange(start, end - start);
@@ -545,43 +542,28 @@ public sealed unsafe class DemandPager : IDisposable
     private void PlaceZero(ulong page, ulong count, ref long counter, bool countIfPlaced)
     {
         var at = _mapping.Address + (nint)(page << Page.Shift);
-        var placed = ZeroIn(at, count << Page.Shift);
+        var placed = PlaceRange(at, 0, count << Page.Shift);
         if (countIfPlaced && placed > 0)
             Interlocked.Add(ref counter, (long)(placed >> Page.Shift));
         _uffd.Wake(at, count << Page.Shift);
     }
 
-    /// <summary>UFFDIO_COPY of a range, going past pages already there (EEXIST) and retrying interruptions (EAGAIN).</summary>
-    private void CopyIn(nint at, nint from, ulong length)
+    /// <summary>
+    /// UFFDIO_COPY from <paramref name="from"/> (UFFDIO_ZEROPAGE when it is 0) over a range, going past pages already
+    /// there (EEXIST: someone placed them; their waiters are woken) and retrying interruptions (EAGAIN). Returns the
+    /// bytes it placed itself.
+    /// </summary>
+    private ulong PlaceRange(nint at, nint from, ulong length)
     {
-        ulong done = 0;
+        ulong done = 0, placed = 0;
         while (done < length)
         {
-            var errno = _uffd.Copy(at + (nint)done, from + (nint)done, length - done, out var copied);
-            done += copied;
-            if (errno == 0)
-                return;
-            if (errno == Libc.EEXIST)
-            {
-                // Already there (someone placed it without claiming: cannot happen for claimed pages, kept safe).
-                _uffd.Wake(at + (nint)done, Page.Size);
-                done += Page.Size;
-                continue;
-            }
-            if (errno != Libc.EAGAIN)
-                throw new ErrnoException("ioctl(UFFDIO_COPY)", errno);
-        }
-    }
-
-    /// <summary>UFFDIO_ZEROPAGE of a range, the same way; returns the bytes it mapped (pages already there excluded).</summary>
-    private ulong ZeroIn(nint at, ulong length)
-    {
-        ulong done = 0, mapped = 0;
-        while (done < length)
-        {
-            var errno = _uffd.ZeroPage(at + (nint)done, length - done, out var zeroed);
-            done += zeroed;
-            mapped += zeroed;
+            ulong n;
+            var errno = from != 0
+                ? _uffd.Copy(at + (nint)done, from + (nint)done, length - done, out n)
+                : _uffd.ZeroPage(at + (nint)done, length - done, out n);
+            done += n;
+            placed += n;
             if (errno == 0)
                 break;
             if (errno == Libc.EEXIST)
@@ -591,9 +573,9 @@ public sealed unsafe class DemandPager : IDisposable
                 continue;
             }
             if (errno != Libc.EAGAIN)
-                throw new ErrnoException("ioctl(UFFDIO_ZEROPAGE)", errno);
+                throw new ErrnoException(from != 0 ? "ioctl(UFFDIO_COPY)" : "ioctl(UFFDIO_ZEROPAGE)", errno);
         }
-        return mapped;
+        return placed;
     }
 
     // ---- what the block's backing asks while paging ----
@@ -694,7 +676,7 @@ public sealed unsafe class DemandPager : IDisposable
                 {
                     var s = runs.Start(r);
                     var n = runs.Length(r);
-                    CopyIn(_mapping.Address + (nint)(s << Page.Shift), (nint)(b + ((s - first) << Page.Shift)), n << Page.Shift);
+                    PlaceRange(_mapping.Address + (nint)(s << Page.Shift), (nint)(b + ((s - first) << Page.Shift)), n << Page.Shift);
                     _placed.AddRange(s, n);
                     long owed = 0;
                     for (var p = s; p < s + n; p++)
