@@ -168,13 +168,19 @@ public static class MachineSnapshots
         if (mode == RestoreMode.Lazy)
         {
             paging = new LazyRestore(machine.Memory.Blocks.Select(b => b.Pager!), started);
-            // A page that cannot be brought in stops the guest (its vCPUs waiting on it are taken out by the stop's
-            // kick): it must not run on without the memory it was promised.
+            // A page that cannot be brought in stops the guest at once (its vCPUs waiting on it are taken out by the
+            // stop's kick): it must not run on without the memory it was promised, nor wait for the other blocks.
+            foreach (var pager in paging.Pagers)
+            {
+                pager.Completion.ContinueWith(t =>
+                {
+                    if (t.IsFaulted)
+                        machine.StopOnMemoryFault($"lazy restore of {path} failed: {t.Exception!.InnerExceptions[0].Message}");
+                }, TaskScheduler.Default);
+            }
             paging.Completion.ContinueWith(t =>
             {
-                if (t.IsFaulted)
-                    machine.StopOnMemoryFault($"lazy restore of {path} failed: {t.Exception!.InnerExceptions[0].Message}");
-                else if (t.IsCompletedSuccessfully)
+                if (t.IsCompletedSuccessfully)
                     paging.MillisecondsToComplete = paging.MillisecondsSinceStart;
             }, TaskScheduler.Default);
         }
