@@ -32,6 +32,7 @@ public sealed class PageScanner(BandwidthLimiter limiter)
             {
                 var page = (ulong)w * 64 + (ulong)BitOperations.TrailingZeroCount(bits);
                 bits &= bits - 1;
+                block.EnsureResident(page * Page.Size, Page.Size);
                 if (ZeroPage.IsZero(block.Mapping.GetSpan(page * Page.Size, Page.Size)))
                     runs.AddZero(page);
                 else
@@ -81,6 +82,7 @@ public sealed class PageScanner(BandwidthLimiter limiter)
                 return;
             var bytes = (int)(_dataLength * Page.Size);
             limiter.Acquire(bytes, cancel);
+            block.EnsureResident(_dataStart * Page.Size, (ulong)bytes);
             sink.WritePages(index, _dataStart * Page.Size, block.Mapping.GetSpan(_dataStart * Page.Size, bytes));
             DataPages += (long)_dataLength;
             _dataLength = 0;
