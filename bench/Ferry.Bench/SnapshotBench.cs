@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
+using Ferry.Kvm;
 using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Machines;
@@ -13,7 +14,8 @@ using Ferry.Migration.Snapshot;
 /// The snapshot benchmark (issue 6, point 6). In one invocation, per size and profile, repeated: Ferry saving a
 /// running 2-vCPU guest into a fixed-offset file (<see cref="MachineSnapshots.Save"/>, live, free page hinting on),
 /// a plain sequential write of the same number of bytes into the same directory (the baseline), Ferry's eager and
-/// lazy restores (warm: the file still in the page cache; cold: after dropping the page cache), and QEMU saving the same
+/// lazy restores (both lazy modes: userfaultfd, `--lazy`, and the copy-on-write mapping, `--lazy=map`; warm: the file
+/// still in the page cache; cold: after dropping the page cache), and QEMU saving the same
 /// guest image with the same profile to a file with its mapped-ram capability (multifd with as many channels as
 /// Ferry has threads), then loading it back (warm and cold). Save figures come from the median run by save time
 /// (each side its own); each restore figure is its own median.
@@ -38,12 +40,19 @@ internal static class SnapshotBench
     /// One restore: GuestMachine.Create + Start(paused) + Restore (what `ferry run --restore [--lazy]` does before the guest
     /// runs); then the guest's `verify`, which reads every page it wrote (for a lazy restore, that is when they are read).
     /// </summary>
-    internal sealed record FerryRestore(bool Cold, bool Lazy, double TotalMs, double CreateStartMs, double RestoreMs, long PagesLoaded, long BytesRead, ulong VerifyPagesChecked, double VerifyMs, double PageCheckMs = 0);
+    /// <remarks>
+    /// For <see cref="RestoreMode.Lazy"/> (userfaultfd) also: <paramref name="FillMs"/> = from the start of Restore until every page
+    /// was in place (the background fill's end), the fault latency percentiles, faults, pages read on fault and by the fill,
+    /// pages resolved as zero without reading, and the 2 MiB pieces made huge pages again.
+    /// </remarks>
+    internal sealed record FerryRestore(bool Cold, RestoreMode Mode, double TotalMs, double CreateStartMs, double RestoreMs, long PagesLoaded, long BytesRead, ulong VerifyPagesChecked, double VerifyMs, double PageCheckMs = 0,
+        double? FillMs = null, double? FaultP50Us = null, double? FaultP99Us = null, long? Faults = null, long? PagesByFaults = null, long? PagesByFill = null, long? PagesZero = null, long? PiecesCollapsed = null, double? FillMiBps = null);
 
     internal sealed record FerryRun(
         ulong GuestUsedBytes, ulong GuestBalloonBytes, ulong GuestTotalBytes, double PrepareMs,
         double SaveWallMs, MigrationStats Stats, FileSize File, long InspectAllocatedBytes, long PresentBytes, long PresentPages,
-        double BaselineMs, long BaselineBytes, FerryRestore? Warm, FerryRestore? Cold, FerryRestore? LazyWarm, FerryRestore? LazyCold);
+        double BaselineMs, long BaselineBytes, FerryRestore? Warm, FerryRestore? Cold, FerryRestore? LazyWarm, FerryRestore? LazyCold,
+        FerryRestore? UffdWarm = null, FerryRestore? UffdCold = null);
 
     /// <summary>One QEMU restore: a fresh QEMU with -incoming defer; load = migrate-incoming until status running.</summary>
     internal sealed record QemuRestore(bool Cold, double StartToQmpMs, double LoadMs, double StartToRunningMs, ulong VerifyPagesChecked);
@@ -122,7 +131,8 @@ internal static class SnapshotBench
                     Console.Error.WriteLine($"[{DateTime.Now:HH:mm:ss}] {size} GiB {profile} #{i + 1}: Ferry save {f.Stats.TotalTimeMs:0} ms (wall {f.SaveWallMs:0}), {f.Stats.DowntimeMs:0.0} ms down, " +
                                             $"{f.Stats.TransferredBytes / MiB:0.0} MiB written, file {f.File.AllocatedBytes / MiB:0.0} MiB allocated / {f.File.ApparentBytes / MiB:0.0} MiB; " +
                                             $"baseline {f.BaselineMs:0} ms; eager restore warm {f.Warm?.TotalMs:0} ms, cold {f.Cold?.TotalMs:0} ms; " +
-                                            $"lazy restore warm {f.LazyWarm?.TotalMs:0} ms, cold {f.LazyCold?.TotalMs:0} ms");
+                                            $"lazy (map) restore warm {f.LazyWarm?.TotalMs:0} ms, cold {f.LazyCold?.TotalMs:0} ms; " +
+                                            $"lazy (userfaultfd) restore warm {f.UffdWarm?.TotalMs:0} ms (filled {f.UffdWarm?.FillMs:0} ms), cold {f.UffdCold?.TotalMs:0} ms (filled {f.UffdCold?.FillMs:0} ms)");
                     if (qemuStatus == "mapped-ram")
                     {
                         var q = await MeasureQemu(size, profile, directory, threads, cold, qemuRestore, paused);
@@ -174,7 +184,7 @@ internal static class SnapshotBench
         Console.WriteLine($"Median of {repeat}. Save columns: the median run by save time (each side its own); restore columns: the median of each figure on its own. " +
                           "Ferry save = the engine's total time (MachineSnapshots.Save: passes, state, fsyncs and completion mark); " +
                           "QEMU save = query-migrate total-time + an fsync of the file afterwards (QEMU itself never syncs the file; the fsync's share in brackets). " +
-                          "Restore: Ferry = GuestMachine.Create + Start(paused) + MachineSnapshots.Restore until the guest runs (eager: every present page read first; lazy: the file mapped copy-on-write, pages read when touched); " +
+                          "Restore: Ferry = GuestMachine.Create + Start(paused) + MachineSnapshots.Restore until the guest runs (eager: every present page read first; lazy = `--lazy=map`: the file mapped copy-on-write, pages read when touched; the userfaultfd mode, `--lazy`, has its own table below); " +
                           $"QEMU = migrate-incoming until query-status says running (process already started). {(cold ? "cold = page cache dropped just before; warm = the file still cached from the save" : "warm only: the file still cached from the save")}.");
         Console.WriteLine();
         Console.WriteLine("| size | profile | guest uses MiB | Ferry save ms | Ferry downtime ms | Ferry file MiB allocated (apparent) | sequential write of same bytes ms | save/baseline | QEMU save ms (fsync) | QEMU file MiB allocated (apparent) | Ferry/QEMU time | Ferry eager restore ms cold / warm | Ferry lazy restore ms cold / warm | QEMU restore ms cold / warm |");
@@ -237,6 +247,25 @@ internal static class SnapshotBench
                 $"{Ms(Med(row.Ferry, r => r.Cold?.VerifyMs))} / {Ms(Med(row.Ferry, r => r.Warm?.VerifyMs))} | {Ms(Med(row.Ferry, r => r.LazyCold?.VerifyMs))} / {Ms(Med(row.Ferry, r => r.LazyWarm?.VerifyMs))} | " +
                 $"{f.Warm?.VerifyPagesChecked ?? f.Cold?.VerifyPagesChecked} | " +
                 $"{Ms(Med(row.Ferry, r => r.Cold?.PageCheckMs))} / {Ms(Med(row.Ferry, r => r.Warm?.PageCheckMs))} | {Ms(Med(row.Ferry, r => r.LazyCold?.PageCheckMs))} / {Ms(Med(row.Ferry, r => r.LazyWarm?.PageCheckMs))} |"));
+        }
+
+        Console.WriteLine();
+        Console.WriteLine("Lazy restore through userfaultfd (`run --restore FILE --lazy`, medians), beside eager and the copy-on-write mapping (`--lazy=map`): " +
+                          "restore() = until the guest runs; verify = the guest's first `verify` right after; filled = from the start of restore() until every page was in place " +
+                          "(the background fill read the whole file once); fault latency = from the handler reading a fault to its page in place; huge = 2 MiB pieces collapsed " +
+                          "back into huge pages (anonymous memory only: FERRY_MEMORY_BACKEND=anon). Issue 14's targets: running within 20 ms, verify <= 1.5x eager's, filled <= 1.2x eager's restore.");
+        Console.WriteLine();
+        Console.WriteLine("| size | profile | restore() ms uffd cold / warm | map cold / warm | eager cold / warm | verify ms uffd cold / warm | map | eager | filled ms cold / warm | fill MiB/s | faults | fault p50 / p99 µs | pages on fault / by fill / zero | huge pieces |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        foreach (var row in rows)
+        {
+            var u = row.Ferry.Select(r => r.UffdWarm).Where(r => r is not null).OrderBy(r => r!.VerifyMs).ElementAtOrDefault(row.Ferry.Count / 2);
+            Console.WriteLine(string.Create(c,
+                $"| {row.MemoryGib} GiB | {row.Profile} | {Ms(Med(row.Ferry, r => r.UffdCold?.RestoreMs))} / {Ms(Med(row.Ferry, r => r.UffdWarm?.RestoreMs))} | " +
+                $"{Ms(Med(row.Ferry, r => r.LazyCold?.RestoreMs))} / {Ms(Med(row.Ferry, r => r.LazyWarm?.RestoreMs))} | {Ms(Med(row.Ferry, r => r.Cold?.RestoreMs))} / {Ms(Med(row.Ferry, r => r.Warm?.RestoreMs))} | " +
+                $"{Ms(Med(row.Ferry, r => r.UffdCold?.VerifyMs))} / {Ms(Med(row.Ferry, r => r.UffdWarm?.VerifyMs))} | {Ms(Med(row.Ferry, r => r.LazyWarm?.VerifyMs))} | {Ms(Med(row.Ferry, r => r.Warm?.VerifyMs))} | " +
+                $"{Ms(Med(row.Ferry, r => r.UffdCold?.FillMs))} / {Ms(Med(row.Ferry, r => r.UffdWarm?.FillMs))} | {Ms(Med(row.Ferry, r => r.UffdWarm?.FillMiBps))} | {u?.Faults} | " +
+                $"{Ms(Med(row.Ferry, r => r.UffdWarm?.FaultP50Us))} / {Ms(Med(row.Ferry, r => r.UffdWarm?.FaultP99Us))} | {u?.PagesByFaults} / {u?.PagesByFill} / {u?.PagesZero} | {u?.PiecesCollapsed} |"));
         }
 
         if (rows.Any(r => r.Qemu.Count > 0))
@@ -388,14 +417,22 @@ internal static class SnapshotBench
         using (var restored = GuestMachine.Create(config, lazyConsole))
         {
             restored.Start(paused: true);
-            MachineSnapshots.Restore(restored, path, lazy: true);
+            MachineSnapshots.Restore(restored, path, mode: RestoreMode.LazyMap);
             await Guest.Cmd(lazyConsole, "verify");
+        }
+        var uffdConsole = new GuestConsole();
+        using (var restored = GuestMachine.Create(config, uffdConsole))
+        {
+            restored.Start(paused: true);
+            var report = MachineSnapshots.Restore(restored, path, mode: RestoreMode.Lazy);
+            await Guest.Cmd(uffdConsole, "verify");
+            await report.Paging!.Completion;
         }
         SequentialWrite(directory, 16 << 20);
         Delete(path);
     }
 
-    private static async Task<FerryRestore> RestoreFerry(ulong memoryGib, string path, bool cold, bool lazy)
+    private static async Task<FerryRestore> RestoreFerry(ulong memoryGib, string path, bool cold, RestoreMode mode)
     {
         if (cold)
             DropCaches();
@@ -405,14 +442,25 @@ internal static class SnapshotBench
         using var machine = GuestMachine.Create(config, console);
         machine.Start(paused: true);
         var createStart = clock.Elapsed.TotalMilliseconds;
-        var report = MachineSnapshots.Restore(machine, path, lazy: lazy);
+        var report = MachineSnapshots.Restore(machine, path, mode: mode);
         var total = clock.Elapsed.TotalMilliseconds;
         var verifyClock = Stopwatch.StartNew();
         var verify = await Guest.Cmd(console, "verify");
         var verifyMs = verifyClock.Elapsed.TotalMilliseconds;
         if (!verify.GetProperty("passed").GetBoolean())
-            throw new InvalidOperationException($"verify failed after restoring {path} ({(cold ? "cold" : "warm")}, {(lazy ? "lazy" : "eager")}): {verify}");
-        return new FerryRestore(cold, lazy, total, createStart, report.Milliseconds, report.PagesLoaded, report.BytesRead, verify.GetProperty("pages_checked").GetUInt64(), verifyMs, report.PageCheckMilliseconds);
+            throw new InvalidOperationException($"verify failed after restoring {path} ({(cold ? "cold" : "warm")}, {mode}): {verify}");
+        var restore = new FerryRestore(cold, mode, total, createStart, report.Milliseconds, report.PagesLoaded, report.BytesRead, verify.GetProperty("pages_checked").GetUInt64(), verifyMs, report.PageCheckMilliseconds);
+        if (report.Paging is not { } paging)
+            return restore;
+        // The whole file paged in: the fill's end, measured from the start of Restore (the pager's own clock).
+        await paging.Completion.WaitAsync(Guest.Timeout);
+        var s = paging.Statistics();
+        return restore with
+        {
+            FillMs = paging.MillisecondsToComplete ?? paging.MillisecondsSinceStart, FaultP50Us = s.FaultLatencyP50Us, FaultP99Us = s.FaultLatencyP99Us,
+            Faults = s.Faults, PagesByFaults = s.PagesFetchedByFaults, PagesByFill = s.PagesFetchedByFill, PagesZero = s.PagesResolvedLocally,
+            PiecesCollapsed = s.PiecesCollapsed, FillMiBps = s.FillMiBPerSecond,
+        };
     }
 
     internal static async Task<FerryRun> MeasureFerry(ulong memoryGib, string profile, string directory, bool cold, bool paused)
@@ -462,12 +510,14 @@ internal static class SnapshotBench
         var baselineBytes = stats.TransferredBytes;
         var baselineMs = SequentialWrite(directory, baselineBytes);
 
-        var warm = await RestoreFerry(memoryGib, path, cold: false, lazy: false);
-        var coldRun = cold ? await RestoreFerry(memoryGib, path, cold: true, lazy: false) : null;
-        var lazyWarm = await RestoreFerry(memoryGib, path, cold: false, lazy: true);
-        var lazyCold = cold ? await RestoreFerry(memoryGib, path, cold: true, lazy: true) : null;
+        var warm = await RestoreFerry(memoryGib, path, cold: false, RestoreMode.Eager);
+        var coldRun = cold ? await RestoreFerry(memoryGib, path, cold: true, RestoreMode.Eager) : null;
+        var lazyWarm = await RestoreFerry(memoryGib, path, cold: false, RestoreMode.LazyMap);
+        var lazyCold = cold ? await RestoreFerry(memoryGib, path, cold: true, RestoreMode.LazyMap) : null;
+        var uffdWarm = await RestoreFerry(memoryGib, path, cold: false, RestoreMode.Lazy);
+        var uffdCold = cold ? await RestoreFerry(memoryGib, path, cold: true, RestoreMode.Lazy) : null;
         Delete(path);
-        return new FerryRun(used, ballooned, total, prepareMs, saveWallMs, stats, file, inspectAllocated, present, presentPages, baselineMs, baselineBytes, warm, coldRun, lazyWarm, lazyCold);
+        return new FerryRun(used, ballooned, total, prepareMs, saveWallMs, stats, file, inspectAllocated, present, presentPages, baselineMs, baselineBytes, warm, coldRun, lazyWarm, lazyCold, uffdWarm, uffdCold);
     }
 
     private static void SetQemuMigrationOptions(Ferry.Qemu.QemuGuest qemu, int channels, bool multifd)

@@ -23,7 +23,7 @@ public enum ExitCode
     /// <summary>`run`: a vCPU stopped on a fault (the message carries a register dump naming RIP); SHUTDOWN's reason is host-error.</summary>
     VcpuFault = 4,
 
-    /// <summary>`run --incoming` or `run --restore`: the migration or the snapshot could not be loaded.</summary>
+    /// <summary>`run --incoming` or `run --restore`: the migration or the snapshot could not be loaded (with --lazy also later, while the guest ran: a page could not be brought in).</summary>
     LoadFailed = 5,
 
     /// <summary>`migrate`, `snapshot save`: cancelled (Ctrl-C or QMP migrate_cancel); the source VM runs on.</summary>
@@ -33,10 +33,11 @@ public enum ExitCode
 internal static class ExitCodes
 {
     /// <summary>How `ferry run` ends for each way a machine stops.</summary>
-    public static ExitCode For(ShutdownCause cause) => cause switch
+    public static ExitCode For(MachineExit exit) => exit switch
     {
-        ShutdownCause.GuestPanic => ExitCode.GuestPanic,
-        ShutdownCause.HostError => ExitCode.VcpuFault,
+        { Cause: ShutdownCause.GuestPanic } => ExitCode.GuestPanic,
+        { Fault: HostFault.Memory } => ExitCode.LoadFailed,
+        { Cause: ShutdownCause.HostError } => ExitCode.VcpuFault,
         _ => ExitCode.Ok,
     };
 

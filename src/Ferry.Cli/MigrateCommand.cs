@@ -16,6 +16,9 @@ internal static class MigrateCommand
     /// <summary>The migration parameters `ferry migrate` has an option for (MigrationParameterTable decides which).</summary>
     private static readonly MigrationParameter[] ParameterOptions = [.. MigrationParameterTable.All.Where(p => p.CliOption is not null)];
 
+    /// <summary>The text parameters `ferry migrate` has an option for (tls-creds, tls-hostname).</summary>
+    private static readonly MigrationTextParameter[] TextOptions = [.. MigrationParameterTable.Texts.Where(p => p.CliOption is not null)];
+
     /// <summary>The capabilities `ferry migrate` has a flag for.</summary>
     private static readonly MigrationCapability[] CapabilityFlags = [.. MigrationCapabilityTable.All.Where(c => c.CliFlag is not null)];
 
@@ -31,6 +34,9 @@ internal static class MigrateCommand
         command.Arguments.Add(target);
         var parameters = ParameterOptions.Select(p => (Parameter: p, Option: ParameterOption(p))).ToArray();
         foreach (var (_, option) in parameters)
+            command.Options.Add(option);
+        var texts = TextOptions.Select(p => (Parameter: p, Option: CliOptions.Text($"--{p.CliOption}", p == MigrationParameterTable.TlsCreds ? "DIR" : "NAME", p.Doc))).ToArray();
+        foreach (var (_, option) in texts)
             command.Options.Add(option);
         var flags = CapabilityFlags.Select(c => (Capability: c, Option: CliOptions.Flag($"--{c.CliFlag}", c.Doc))).ToArray();
         foreach (var (_, option) in flags)
@@ -48,6 +54,11 @@ internal static class MigrateCommand
             {
                 if (parse.GetValue(option) is { } value)
                     values[parameter.Name] = value;
+            }
+            foreach (var (parameter, option) in texts)
+            {
+                if (parse.GetValue(option) is { } text)
+                    values[parameter.Name] = text;
             }
             using var qmp = QmpClient.Connect(parse.GetValue(socket)!);
             if (values.Count > 0)

@@ -4,6 +4,7 @@ using Ferry.Control;
 using Ferry.Interop;
 using Ferry.Machine;
 using Ferry.Kvm;
+using Ferry.Migration.Machines;
 using Ferry.Migration.Transport;
 using Microsoft.Extensions.Logging;
 
@@ -57,10 +58,12 @@ internal static partial class RunCommand
             "exit (0) once an outgoing migration completed, instead of staying paused in postmigrate until quit (QEMU's behaviour); for scripts");
         var restore = CliOptions.Text("--restore", "FILE", "do not boot: load a snapshot (same --memory and --cpus), run the guest");
         var socketMode = CliOptions.Text("--socket-mode", "OCTAL", "file mode of the --qmp and --console sockets (default 0600: the owner only; e.g. 0660 lets the group in)");
-        var lazy = CliOptions.Flag("--lazy", "with --restore: map the file copy-on-write and run at once; pages are read when first touched");
+        var lazy = LazyRestoreReport.Option();
         var command = new Command("run", "boot a guest; exits 0 when it powers off (or on QMP quit), 3 when it panics, 4 on a vCPU fault");
         machine.AddTo(command);
-        foreach (var option in new Option[] { console, qmp, socketMode, incoming, exitAfterMigration, restore, lazy })
+        var tlsCreds = CliOptions.Text("--tls-creds", "DIR", "migrate over TLS 1.3 with both ends authenticated: x509 credentials in QEMU's layout (ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem); sets the tls-creds parameter of migrations into and out of this VM");
+        var tlsAuthz = CliOptions.Text("--tls-authz", "SUBJECTS", "with --tls-creds on a destination: the client certificate subjects allowed to connect, separated by ';' (default: any the CA signed)");
+        foreach (var option in new Option[] { console, qmp, socketMode, incoming, exitAfterMigration, tlsCreds, tlsAuthz, restore, lazy })
             command.Options.Add(option);
         command.SetGuardedAction(parse =>
         {
@@ -69,7 +72,7 @@ internal static partial class RunCommand
             var restoreFile = parse.GetValue(restore);
             if (restoreFile is not null && incomingText is not null)
                 throw new UsageException("--restore and --incoming cannot be combined");
-            if (parse.GetValue(lazy) && restoreFile is null)
+            if (parse.GetValue(lazy) is not null && restoreFile is null)
                 throw new UsageException("--lazy only applies to --restore FILE");
             var qmpSpec = parse.GetValue(qmp);
             if (qmpSpec is not null && (!qmpSpec.StartsWith("unix:", StringComparison.Ordinal) || qmpSpec.Length == 5))
@@ -79,16 +82,33 @@ internal static partial class RunCommand
             var mode = UnixListener.PrivateMode;
             if (parse.GetValue(socketMode) is { } modeText && !UnixListener.TryParseMode(modeText, out mode))
                 throw new UsageException($"--socket-mode '{modeText}' is not an octal file mode such as 0600 or 0660");
+            var tls = parse.GetValue(tlsCreds);
+            var authz = parse.GetValue(tlsAuthz);
+            if (authz is not null && tls is null)
+                throw new UsageException("--tls-authz only applies with --tls-creds DIR");
+            if (tls is not null)
+            {
+                // The credentials this VM's role needs are checked now, before a machine exists: a destination
+                // serves, anything else may later connect as a source.
+                try
+                {
+                    MigrationTls.Load(tls, incomingText is not null ? TlsEndpoint.Server : TlsEndpoint.Client).Dispose();
+                }
+                catch (MigrationTlsException e)
+                {
+                    throw new UsageException($"--tls-creds: {e.Message}");
+                }
+            }
             var config = machine.Parse(parse);
             config.Validate(MachineConfig.HostMemoryBytes());
-            var start = new StartOptions(incomingText is not null, uri, restoreFile, parse.GetValue(lazy), parse.GetValue(exitAfterMigration));
+            var start = new StartOptions(incomingText is not null, uri, restoreFile, parse.GetValue(lazy) ?? RestoreMode.Eager, parse.GetValue(exitAfterMigration), tls, authz);
             return Run(config, parse.GetValue(console) ?? "stdio", qmpSpec, mode, start);
         });
         return command;
     }
 
     /// <summary>How `run` starts the guest: booted, from an incoming migration (a URI, or null for defer), or from a snapshot.</summary>
-    private sealed record StartOptions(bool Incoming, MigrationUri? IncomingUri, string? Restore, bool Lazy, bool ExitAfterMigration);
+    private sealed record StartOptions(bool Incoming, MigrationUri? IncomingUri, string? Restore, RestoreMode Mode, bool ExitAfterMigration, string? TlsCreds, string? TlsAuthz);
 
     private static MigrationUri ParseIncoming(string text)
     {
@@ -114,6 +134,8 @@ internal static partial class RunCommand
         using var machine = GuestMachine.Create(config, console, Program.Loggers);
         var control = new GuestMachineControl(machine);
         var migration = new MigrationCommands(control, start.ExitAfterMigration);
+        if (start.TlsCreds is not null)
+            migration.Settings.Update(p => p with { TlsCreds = start.TlsCreds, TlsAuthz = start.TlsAuthz ?? "" });
         QmpServer? qmp = null;
         if (qmpSpec is not null)
         {
@@ -139,7 +161,7 @@ internal static partial class RunCommand
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; machine.Stop(ShutdownCause.HostSignal, "terminated (SIGTERM)"); });
             console.Start(machine.Serial);
             if (start.Restore is { } restore)
-                Restore(machine, restore, start.Lazy, log);
+                Restore(machine, restore, start.Mode, log);
             else if (start.Incoming)
                 IncomingMigration.Run(machine, migration, start.IncomingUri, log);
             else
@@ -147,7 +169,7 @@ internal static partial class RunCommand
             var exit = machine.Exited.GetAwaiter().GetResult();
             if (qmp is not null)
                 MachineCommands.EmitShutdown(qmp, exit);
-            var code = ExitCodes.For(exit.Cause);
+            var code = ExitCodes.For(exit);
             if (code == ExitCode.Ok)
                 LogExit(log, exit.Message);
             else
@@ -161,16 +183,20 @@ internal static partial class RunCommand
         }
     }
 
-    private static void Restore(GuestMachine machine, string restore, bool lazy, ILogger log)
+    private static void Restore(GuestMachine machine, string restore, RestoreMode mode, ILogger log)
     {
         machine.Start(paused: true);
         try
         {
-            var report = Ferry.Migration.Machines.MachineSnapshots.Restore(machine, restore, lazy: lazy);
-            var pages = report.Lazy
-                ? $"{report.PagesMapped} pages mapped from the file (read when first touched)"
-                : $"{report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read)";
+            var report = MachineSnapshots.Restore(machine, restore, mode: mode);
+            var pages = report.Mode switch
+            {
+                RestoreMode.Lazy => $"{report.PagesMapped} pages owed by the file (paged in when first touched, the rest in the background)",
+                RestoreMode.LazyMap => $"{report.PagesMapped} pages mapped from the file (read when first touched)",
+                _ => $"{report.PagesLoaded} pages ({report.BytesRead / (1024.0 * 1024):F1} MiB read)",
+            };
             LogRestored(log, restore, report.Lazy ? " lazily" : "", report.Milliseconds, pages, report.BalloonedPages, report.StateSections);
+            report.Paging?.Completion.ContinueWith(t => LazyRestoreReport.Log(log, restore, report.Paging), TaskScheduler.Default);
         }
         catch (Exception e) when (e is Ferry.Migration.Snapshot.SnapshotFormatException or InvalidDataException or IOException or UnauthorizedAccessException)
         {

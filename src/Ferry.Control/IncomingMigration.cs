@@ -14,7 +14,7 @@ public sealed class IncomingRefusedException(string message) : Exception(message
 /// How an incoming migration ended. <paramref name="Report"/> for a channel load, <paramref name="Restored"/> for a
 /// file; <paramref name="ExitOnError"/>: the VMM should exit on a failure (migrate-incoming's exit-on-error).
 /// </summary>
-public sealed record IncomingOutcome(MigrationStatus Status, string Uri, string? Error, IncomingReport? Report, RestoreReport? Restored, bool ExitOnError);
+public sealed record IncomingOutcome(MigrationStatus Status, string Uri, string? Error, IncomingReport? Report, RestoreReport? Restored, bool ExitOnError, MigrationErrorKind ErrorKind = MigrationErrorKind.Internal);
 
 /// <summary>
 /// The destination's side of a migration, as QEMU's: `ferry run --incoming URI` or QMP's migrate-incoming (after
@@ -104,7 +104,7 @@ public sealed class IncomingMigration : IDisposable
             {
                 try
                 {
-                    listener = MigrationTransports.Listen(uri);
+                    listener = MigrationTransports.Listen(uri, parameters);
                 }
                 catch (IOException e)
                 {
@@ -128,6 +128,7 @@ public sealed class IncomingMigration : IDisposable
         IncomingReport? report = null;
         RestoreReport? restored = null;
         string? error = null;
+        var kind = MigrationErrorKind.Internal;
         try
         {
             if (uri.Kind == MigrationUriKind.File)
@@ -143,15 +144,16 @@ public sealed class IncomingMigration : IDisposable
         }
         catch (MigrationException e)
         {
-            error = e.Message;
+            (error, kind) = (e.Message, e.Kind);
         }
         catch (OperationCanceledException)
         {
-            error = "interrupted while waiting";
+            (error, kind) = ("interrupted while waiting", MigrationErrorKind.Cancelled);
         }
         catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException or Migration.Snapshot.SnapshotFormatException)
         {
             error = $"{uri}: {(e is UnauthorizedAccessException ? "permission denied" : e.Message)}";
+            kind = e is IOException or UnauthorizedAccessException ? MigrationErrorKind.ChannelFailed : MigrationErrorKind.InvalidStream;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
@@ -163,7 +165,7 @@ public sealed class IncomingMigration : IDisposable
         lock (_gate)
         {
             _clock.Stop();
-            _outcome = outcome = new IncomingOutcome(status, uri.ToString(), error, report, restored, exitOnError);
+            _outcome = outcome = new IncomingOutcome(status, uri.ToString(), error, report, restored, exitOnError, kind);
         }
         MoveTo(status);
         _finished.TrySetResult(outcome);
@@ -217,7 +219,10 @@ public sealed class IncomingMigration : IDisposable
             }
             var result = new JsonObject { ["status"] = _status.ToQmp(), ["total-time"] = (long)_clock.Elapsed.TotalMilliseconds };
             if (_outcome?.Error is { } error)
+            {
                 result["error-desc"] = error;
+                result["ferry-error-kind"] = MigrationQmpText.ErrorKind(_outcome.ErrorKind);
+            }
             result["ferry"] = ferry;
             if ((_outcome?.Report?.Postcopy ?? Postcopy.Stats()) is { } postcopy)
                 PostcopyCommands.AddStats(result, ferry, postcopy);

@@ -68,7 +68,7 @@ public sealed class MigrationCommands
         });
         server.Register("ferry-snapshot-save", QmpArgumentsContext.Default.SnapshotSaveArguments, QmpObjectType.Empty, SnapshotSave);
         PostcopyCommands.Register(server, Current);
-        PostcopyCommands.RegisterIncoming(server, Incoming.Postcopy);
+        PostcopyCommands.RegisterIncoming(server, Incoming.Postcopy, uri => MigrationTransports.Listen(uri, _settings.Parameters));
         _settings.Register(server);
     }
 
@@ -98,7 +98,7 @@ public sealed class MigrationCommands
         if (args.Blk == true || args.Inc == true)
             throw new QmpException(QmpException.GenericError, "Parameter 'blk'/'inc': block migration is not supported by Ferry");
         if (args.Resume == true)
-            return PostcopyCommands.Resume(Current(), ParseUri(args.Uri));
+            return PostcopyCommands.Resume(Current(), ParseUri(args.Uri), _settings.Parameters);
         var uri = ParseUri(args.Uri);
         var (parameters, capabilities) = (_settings.Parameters, _settings.Capabilities);
         if (MigrationTransports.CheckOutgoing(uri, parameters, capabilities) is { } refused)
@@ -114,7 +114,16 @@ public sealed class MigrationCommands
                 completed => MachineSnapshots.Commit(path, completed));
             return null;
         }
-        StartJob(uri.ToString(), new ChannelOutput(MigrationTransports.Connect(uri), parameters, capabilities),
+        IChannelConnector connector;
+        try
+        {
+            connector = MigrationTransports.Connect(uri, parameters);
+        }
+        catch (MigrationTlsException e)
+        {
+            throw new QmpException(QmpException.GenericError, e.Message);
+        }
+        StartJob(uri.ToString(), new ChannelOutput(connector, parameters, capabilities),
             source => new PrecopyMigration(source, parameters, capabilities),
             isMigration: true);
         return null;

@@ -32,6 +32,18 @@ public sealed class MigrationSettingsCommands
         }
     }
 
+    /// <summary>Changes the parameters from the command line before QMP serves anyone (`ferry run --tls-creds`); throws <see cref="ArgumentException"/> naming a bad value.</summary>
+    public void Update(Func<MigrationParameters, MigrationParameters> change)
+    {
+        ArgumentNullException.ThrowIfNull(change);
+        lock (_gate)
+        {
+            var next = change(_parameters);
+            next.Validate();
+            _parameters = next;
+        }
+    }
+
     public MigrationCapabilities Capabilities
     {
         get

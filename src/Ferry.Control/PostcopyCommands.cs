@@ -23,26 +23,39 @@ public static class PostcopyCommands
         });
     }
 
-    /// <summary>migrate {"uri": ..., "resume": true}: reconnects a postcopy-paused migration to a destination that ran migrate-recover on that URI.</summary>
-    public static JsonNode? Resume(PrecopyMigration? current, MigrationUri uri)
+    /// <summary>
+    /// migrate {"uri": ..., "resume": true}: reconnects a postcopy-paused migration to a destination that ran
+    /// migrate-recover on that URI, under TLS when <paramref name="parameters"/> have tls-creds (as migrate).
+    /// </summary>
+    public static JsonNode? Resume(PrecopyMigration? current, MigrationUri uri, MigrationParameters parameters)
     {
         ArgumentNullException.ThrowIfNull(uri);
         var migration = current ?? throw new QmpException(QmpException.GenericError, "Parameter 'resume': no migration to resume (none is postcopy-paused)");
         if (MigrationTransports.CheckPostcopy(uri) is { } refused)
             throw new QmpException(QmpException.GenericError, $"Parameter 'uri': {refused}");
-        QmpException.Relay(() => migration.ResumePostcopy(MigrationTransports.Connect(uri)));
+        IChannelConnector connector;
+        try
+        {
+            connector = MigrationTransports.Connect(uri, parameters);
+        }
+        catch (MigrationTlsException e)
+        {
+            throw new QmpException(QmpException.GenericError, e.Message);
+        }
+        QmpException.Relay(() => migration.ResumePostcopy(connector));
         return null;
     }
 
     /// <summary>
     /// The destination's command: migrate-recover {"uri": "tcp:HOST:PORT" or "unix:PATH"} listens there for the
     /// source's reconnection of a postcopy-paused incoming migration (the source then runs migrate with resume).
+    /// <paramref name="listen"/> makes the listener (the incoming path's: under TLS when tls-creds is set).
     /// </summary>
-    public static void RegisterIncoming(QmpServer server, PostcopyIncoming incoming, Func<MigrationUri, IChannelListener>? listen = null)
+    public static void RegisterIncoming(QmpServer server, PostcopyIncoming incoming, Func<MigrationUri, IChannelListener> listen)
     {
         ArgumentNullException.ThrowIfNull(server);
         ArgumentNullException.ThrowIfNull(incoming);
-        listen ??= MigrationTransports.Listen;
+        ArgumentNullException.ThrowIfNull(listen);
         server.Register("migrate-recover", new QmpObjectType("q_obj_migrate-recover-arg", [new("uri", QmpType.Str)]), QmpObjectType.Empty, args =>
         {
             MigrationUri uri;

@@ -38,7 +38,11 @@ public static unsafe partial class Libc
     public const int MADV_DONTNEED = 4;
     public const int MADV_REMOVE = 9;
     public const int MADV_HUGEPAGE = 14;
+    /// <summary>Faults the range in as reads would, inside the system call (Linux 5.14+).</summary>
+    public const int MADV_POPULATE_READ = 22;
     public const int MADV_NOHUGEPAGE = 15;
+    /// <summary>Synchronously collapses a 2 MiB aligned range into a transparent huge page (Linux 6.1+).</summary>
+    public const int MADV_COLLAPSE = 25;
 
     public const int SIG_BLOCK = 0;
     public const int SIG_UNBLOCK = 1;
@@ -52,6 +56,20 @@ public static unsafe partial class Libc
     public const int ENXIO = 6;
     public const int E2BIG = 7;
     public const int ENOMEM = 12;
+    public const int EFAULT = 14;
+    public const int EBUSY = 16;
+    public const int EEXIST = 17;
+    public const int EINVAL = 22;
+    public const int ENOTTY = 25;
+    public const int ENOSYS = 38;
+
+    public const short POLLIN = 1;
+
+    public const int EFD_CLOEXEC = 0x80000;
+    public const int EFD_NONBLOCK = 0x800;
+
+    /// <summary>x86-64 syscall number of userfaultfd(2) (glibc has no wrapper).</summary>
+    public const long SYS_userfaultfd = 323;
 
     [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
     public static partial int Ioctl(int fd, nuint request, nint arg);
@@ -107,6 +125,19 @@ public static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "eventfd", SetLastError = true)]
     public static partial int EventFd(uint initval, int flags);
 
+    public const int F_DUPFD_CLOEXEC = 1030;
+
+    /// <summary>fcntl(2) with an integer argument.</summary>
+    [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int Fcntl(int fd, int command, int argument);
+
+    [LibraryImport(Lib, EntryPoint = "poll", SetLastError = true)]
+    public static partial int Poll(PollFd* fds, nuint count, int timeoutMs);
+
+    /// <summary>syscall(2) with one integer argument (for system calls glibc does not wrap).</summary>
+    [LibraryImport(Lib, EntryPoint = "syscall", SetLastError = true)]
+    public static partial long Syscall(long number, long argument);
+
     [LibraryImport(Lib, EntryPoint = "gettid")]
     public static partial int GetTid();
 
@@ -152,6 +183,15 @@ public struct SigAction
     public SigSet Mask;
     public int Flags;
     public nint Restorer;
+}
+
+/// <summary>struct pollfd.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct PollFd
+{
+    public int Fd;
+    public short Events;
+    public short Revents;
 }
 
 [StructLayout(LayoutKind.Sequential)]

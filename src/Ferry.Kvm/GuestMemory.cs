@@ -68,6 +68,7 @@ public sealed unsafe class GuestMemory : IDisposable
     {
         if (!TryTranslate(gpa, length, out var block, out var offset))
             throw new GuestMemoryException(gpa, length);
+        block.EnsureResident(offset, length);
         return (block, offset);
     }
 

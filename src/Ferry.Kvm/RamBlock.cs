@@ -8,7 +8,8 @@ namespace Ferry.Kvm;
 /// (name + offset) is the unit that migration and snapshots address, never a global address. Owns its mapping
 /// and its <see cref="RamBacking"/>, which answers everything that depends on what is behind the range: which
 /// pages hold data, discard, bulk writes, allocated bytes. A block starts on a memfd (<see cref="MemfdBacking"/>);
-/// a lazy restore swaps in a copy-on-write file mapping (<see cref="MapCopyOnWrite"/>) at the same address.
+/// a lazy restore swaps in a copy-on-write file mapping (<see cref="MapCopyOnWrite"/>) or demand paging
+/// (<see cref="BeginDemandPaging"/>) at the same address.
 /// </summary>
 public sealed class RamBlock : IDisposable
 {
@@ -47,6 +48,12 @@ public sealed class RamBlock : IDisposable
 
     /// <summary>The block is mapped copy-on-write from a snapshot file (a lazy restore), not backed by its memfd.</summary>
     public bool IsFileMapped => _backing is FileCopyOnWriteBacking;
+
+    /// <summary>
+    /// The demand pager of a block started "empty but owed" (<see cref="BeginDemandPaging"/>), also once it has
+    /// completed (for its figures); null for a block that never was.
+    /// </summary>
+    public DemandPager? Pager => (_backing as DemandPagedBacking)?.Pager;
 
     /// <summary>Pages of a file-mapped block still read through the file (0 for a memfd block).</summary>
     public ulong FileMappedPages => _backing.FileMappedPages;
@@ -96,10 +103,53 @@ public sealed class RamBlock : IDisposable
     /// </summary>
     public void MapCopyOnWrite(SafeHandle file, ulong fileOffset, ReadOnlySpan<ulong> present)
     {
-        if (IsFileMapped)
-            throw new InvalidOperationException($"{Name} is already mapped from a file");
+        if (IsFileMapped || Pager is not null)
+            throw new InvalidOperationException($"{Name} is already {(IsFileMapped ? "mapped from a file" : "demand-paged")}");
         _backing = FileCopyOnWriteBacking.Map(Name, Mapping, _backing, file, fileOffset, present);
     }
+
+    /// <summary>
+    /// Starts the block "empty but owed" (<see cref="DemandPager"/>): every page outside
+    /// <see cref="DemandPagingOptions.Present"/> is discarded (whatever boot set-up wrote is dead), the range is
+    /// registered with a userfaultfd, and from then on a page is brought from <paramref name="source"/> when first
+    /// touched, and (with the fill) in the background. The KVM slot is unchanged. Call before the vCPUs run the
+    /// guest; the pager runs until complete, failed, or the block is disposed. Throws an
+    /// <see cref="ErrnoException"/> when userfaultfd is unavailable, before anything is discarded.
+    /// </summary>
+    public DemandPager BeginDemandPaging(IPageSource source, DemandPagingOptions? options = null)
+    {
+        options ??= new DemandPagingOptions();
+        if (IsFileMapped || Pager is not null)
+            throw new InvalidOperationException($"{Name} is already {(IsFileMapped ? "mapped from a file" : "demand-paged")}");
+        if (source.DataPages.PageCount != PageCount || (source.BalloonedPages is { } b && b.PageCount != PageCount) ||
+            (options.Present is { } p && p.PageCount != PageCount))
+            throw new ArgumentException($"{Name}: the page source's sets do not match the block's {PageCount} pages", nameof(source));
+        var backing = _backing;
+        var present = options.Present;
+        void Empty()
+        {
+            if (present is null)
+            {
+                backing.Discard(0, Size);
+                return;
+            }
+            ulong position = 0;
+            while (present.NextGap(ref position, PageCount, out var start, out var count))
+                backing.Discard(start << Page.Shift, count << Page.Shift);
+        }
+        var pager = DemandPager.Start(Name, Mapping, source, present, Empty,
+            hugePages: options.HugePages ?? Backend == RamBackend.Anonymous, options.BackgroundFill, shmem: Backend == RamBackend.Memfd);
+        _backing = new DemandPagedBacking(_backing, pager);
+        return pager;
+    }
+
+    /// <summary>
+    /// Call before managed code reads or writes [offset, offset + length) through <see cref="Mapping"/> (GuestMemory
+    /// and the page scanner do): while the block is demand-paged, pages still owed are brought in from a system call
+    /// (<see cref="DemandPager"/> explains why a managed thread must not wait for them in a plain page fault). A
+    /// field test and nothing more for every other block.
+    /// </summary>
+    public void EnsureResident(ulong offset, ulong length) => _backing.EnsureResident(offset, length);
 
     /// <summary>
     /// The byte ranges of this block that hold data, in order and page-granular. Everything else reads as zero
@@ -131,9 +181,10 @@ public sealed class RamBlock : IDisposable
         _backing.WriteAt(offset, data);
     }
 
+    /// <summary>The backing first: a demand pager's threads must stop before the range they place pages in goes.</summary>
     public void Dispose()
     {
-        Mapping.Dispose();
         _backing.Dispose();
+        Mapping.Dispose();
     }
 }

@@ -9,8 +9,20 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Ferry.Machine;
 
-/// <summary>How a machine stopped: why (<paramref name="Cause"/>), and a line for the log (<paramref name="Message"/>: what the guest or the host said).</summary>
-public sealed record MachineExit(ShutdownCause Cause, string Message);
+/// <summary>What a host error was, where the VMM tells them apart (QEMU's ShutdownCause has one host-error for all).</summary>
+public enum HostFault
+{
+    None,
+
+    /// <summary>A vCPU exit the VMM cannot handle.</summary>
+    Vcpu,
+
+    /// <summary>Guest memory that was owed (a lazy restore) could not be brought in: the guest must not run on without it.</summary>
+    Memory,
+}
+
+/// <summary>How a machine stopped: why (<paramref name="Cause"/>), and a line for the log (<paramref name="Message"/>: what the guest or the host said); <paramref name="Fault"/> tells host errors apart.</summary>
+public sealed record MachineExit(ShutdownCause Cause, string Message, HostFault Fault = HostFault.None);
 
 /// <summary>
 /// One running VM: KVM objects, guest RAM, devices and a thread per vCPU. Built from a <see cref="MachineConfig"/>
@@ -310,11 +322,17 @@ public sealed partial class GuestMachine : IDisposable, IVcpuExitHandler
     /// <summary>Stops the machine on the host's behalf (QMP quit, a signal, a migrated-away guest); <paramref name="detail"/> is for the log.</summary>
     public void Stop(ShutdownCause cause, string detail) => Finish(new MachineExit(cause, detail));
 
+    /// <summary>
+    /// Stops the machine because memory it was promised cannot be brought in (a lazy restore's file failed): vCPUs
+    /// blocked on such a page are taken out by the stop's kick (KVM_RUN returns EINTR); none is given the page.
+    /// </summary>
+    public void StopOnMemoryFault(string reason) => Finish(new MachineExit(ShutdownCause.HostError, reason, HostFault.Memory));
+
     private void OnPowerPort(uint value) => Finish(value == 0
         ? new MachineExit(ShutdownCause.GuestShutdown, "guest powered off")
         : new MachineExit(ShutdownCause.GuestPanic, $"guest panicked with code {value}"));
 
-    private void OnVcpuFault(VcpuFault fault) => Finish(new MachineExit(ShutdownCause.HostError, fault.ToString()));
+    private void OnVcpuFault(VcpuFault fault) => Finish(new MachineExit(ShutdownCause.HostError, fault.ToString(), HostFault.Vcpu));
 
     private void Finish(MachineExit exit)
     {

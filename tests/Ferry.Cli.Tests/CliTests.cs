@@ -393,6 +393,24 @@ public sealed class CliMigrationTests
         (code, _, stderr) = CliTests.Ferry("", null, "run", "--lazy");
         Assert.Equal(2, code);
         Assert.Contains("--lazy only applies to --restore FILE", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = CliTests.Ferry("", null, "run", "--restore", "/nonexistent.snap", "--lazy=copy");
+        Assert.Equal(2, code);
+        Assert.Contains("--lazy 'copy' is not uffd or map", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Tls_options_with_unusable_credentials_are_refused_before_a_machine_exists()
+    {
+        var (code, _, stderr) = CliTests.Ferry("", null, "run", "--tls-creds", "/nonexistent/tls", "--incoming", "tcp:127.0.0.1:0");
+        Assert.Equal(2, code);
+        Assert.Contains("--tls-creds: tls-creds '/nonexistent/tls' is not a directory", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = CliTests.Ferry("", null, "run", "--tls-authz", "CN=x");
+        Assert.Equal(2, code);
+        Assert.Contains("--tls-authz only applies with --tls-creds DIR", stderr, StringComparison.Ordinal);
+        var (helpCode, help, _) = CliTests.Ferry("", null, "migrate", "--help");
+        Assert.Equal(0, helpCode);
+        Assert.Contains("--tls-creds", help, StringComparison.Ordinal);
+        Assert.Contains("--tls-hostname", help, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -459,16 +477,16 @@ public sealed class CliSnapshotTests : IDisposable
         Assert.True(pageChecks["passed"]!.GetValue<bool>());
         Assert.True(pageChecks["pages-checked"]!.GetValue<long>() > 0);
 
-        foreach (var lazy in new[] { false, true })
+        foreach (var lazy in new[] { null, "--lazy", "--lazy=map" })
             await RestoreAndQuit(file, lazy);
     }
 
-    /// <summary>`ferry run --restore FILE [--lazy]` runs the guest (QMP says running) and says how it restored.</summary>
-    private async Task RestoreAndQuit(string file, bool lazy)
+    /// <summary>`ferry run --restore FILE [--lazy[=map]]` runs the guest (QMP says running) and says how it restored.</summary>
+    private async Task RestoreAndQuit(string file, string? lazy)
     {
-        var socket = Path.Combine(_directory, lazy ? "lazy.sock" : "eager.sock");
+        var socket = Path.Combine(_directory, lazy is null ? "eager.sock" : lazy.Length > 6 ? "map.sock" : "lazy.sock");
         string[] arguments = [FerryDll, "run", "--memory", "256M", "--restore", file, "--qmp", $"unix:{socket}", "--console", $"unix:{socket}.console"];
-        var psi = new ProcessStartInfo("dotnet", lazy ? [.. arguments, "--lazy"] : arguments)
+        var psi = new ProcessStartInfo("dotnet", lazy is not null ? [.. arguments, lazy] : arguments)
         {
             RedirectStandardError = true,
             RedirectStandardOutput = true,
@@ -489,8 +507,8 @@ public sealed class CliSnapshotTests : IDisposable
             CliTests.Ferry("", null, "quit", $"unix:{socket}");
             Assert.True(restored.WaitForExit(30_000));
             var said = restored.StandardError.ReadToEnd();
-            Assert.Contains(lazy ? $"restored {file} lazily" : $"restored {file} in", said, StringComparison.Ordinal);
-            Assert.Contains(lazy ? "mapped from the file" : "MiB read", said, StringComparison.Ordinal);
+            Assert.Contains(lazy is not null ? $"restored {file} lazily" : $"restored {file} in", said, StringComparison.Ordinal);
+            Assert.Contains(lazy switch { null => "MiB read", "--lazy" => "owed by the file", _ => "mapped from the file" }, said, StringComparison.Ordinal);
         }
         finally
         {

@@ -119,7 +119,7 @@ public sealed class CommandLineTests : IDisposable
     {
         var root = Program.BuildCommand();
         var migrate = root.Subcommands.Single(c => c.Name == "migrate");
-        Assert.Equal("ferry migrate unix:SOCK URI [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--postcopy-after-passes N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--verify] [--mapped-ram] [--postcopy] [--report FILE] [--quiet]",
+        Assert.Equal("ferry migrate unix:SOCK URI [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--postcopy-after-passes N] [--tls-creds DIR] [--tls-hostname NAME] [--auto-converge] [--no-hint] [--no-balloon-skip] [--verify] [--mapped-ram] [--postcopy] [--report FILE] [--quiet]",
             Program.UsageLine(migrate, "migrate"));
     }
 
@@ -162,5 +162,9 @@ public sealed class ExitCodeTests
     [InlineData(Ferry.Machine.ShutdownCause.GuestPanic, ExitCode.GuestPanic)]
     [InlineData(Ferry.Machine.ShutdownCause.HostError, ExitCode.VcpuFault)]
     public void Machine_exits_map_onto_the_table(Ferry.Machine.ShutdownCause kind, ExitCode expected) =>
-        Assert.Equal(expected, ExitCodes.For(kind));
+        Assert.Equal(expected, ExitCodes.For(new Ferry.Machine.MachineExit(kind, "", kind == Ferry.Machine.ShutdownCause.HostError ? Ferry.Machine.HostFault.Vcpu : Ferry.Machine.HostFault.None)));
+
+    [Fact]
+    public void Memory_a_lazy_restore_could_not_bring_in_is_a_load_failure() =>
+        Assert.Equal(ExitCode.LoadFailed, ExitCodes.For(new Ferry.Machine.MachineExit(Ferry.Machine.ShutdownCause.HostError, "", Ferry.Machine.HostFault.Memory)));
 }

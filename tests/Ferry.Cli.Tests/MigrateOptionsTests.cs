@@ -10,7 +10,7 @@ public sealed class MigrateOptionsTests
     {
         var (code, _, stderr) = CliTests.Ferry("", null, "migrate", "unix:/nonexistent.sock");
         Assert.Equal(2, code);
-        Assert.Contains("usage: ferry migrate unix:SOCK URI [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--postcopy-after-passes N] [--auto-converge] [--no-hint] [--no-balloon-skip] [--verify] [--mapped-ram] [--postcopy] [--report FILE] [--quiet]", stderr, StringComparison.Ordinal);
+        Assert.Contains("usage: ferry migrate unix:SOCK URI [--max-bandwidth SIZE] [--downtime-limit MS] [--channels N] [--postcopy-after-passes N] [--tls-creds DIR] [--tls-hostname NAME] [--auto-converge] [--no-hint] [--no-balloon-skip] [--verify] [--mapped-ram] [--postcopy] [--report FILE] [--quiet]", stderr, StringComparison.Ordinal);
     }
 
     [Theory]

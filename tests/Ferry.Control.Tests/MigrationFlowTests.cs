@@ -2,6 +2,7 @@ using System.Text.Json.Nodes;
 using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Tests.Synthetic;
+using Ferry.TestSupport;
 using Xunit;
 
 namespace Ferry.Control.Tests;
@@ -232,6 +233,45 @@ public sealed class MigrationFlowTests : IDisposable
         destination.Client.Execute("migrate-incoming", Uri("tcp:127.0.0.1:0"));
         Assert.Equal("The incoming migration has already been started", destination.Refusal("migrate-incoming", Uri("tcp:127.0.0.1:0")));
         Assert.Equal("inmigrate", destination.Status);
+    }
+
+    [Fact]
+    public void Over_tls_set_on_both_sides_by_qmp_the_migration_completes_and_a_plain_source_is_refused_running_on()
+    {
+        using var certificates = new TestCertificates();
+        var credentials = certificates.Directory();
+        using var source = new MigrationSide(SyntheticMachine.Source());
+        using var destination = new MigrationSide(SyntheticMachine.DestinationFor(source.Machine));
+        var uri = $"unix:{Path.Combine(_dir, "tls.sock")}";
+        // A unix: URI names no host: the destination's certificate name comes from tls-hostname.
+        destination.Client.Execute("migrate-set-parameters", new JsonObject { ["tls-creds"] = credentials, ["tls-authz"] = "CN=source.example,O=Ferry" });
+        destination.Client.Execute("migrate-incoming", Uri(uri));
+        source.Client.Execute("migrate-set-parameters", new JsonObject { ["tls-creds"] = credentials, ["tls-hostname"] = "localhost" });
+        source.Client.Execute("migrate", Uri(uri));
+        Assert.Equal("completed", source.WaitForFinalStatus()["status"]!.GetValue<string>());
+        Assert.Equal("completed", destination.WaitForFinalStatus()["status"]!.GetValue<string>());
+        SyntheticMachine.AssertSameMemory(source.Machine, destination.Machine);
+
+        // A second pair: the destination wants TLS, the source speaks plain; the source says why and runs on.
+        using var plain = new MigrationSide(SyntheticMachine.Source());
+        using var guarded = new MigrationSide(SyntheticMachine.DestinationFor(plain.Machine));
+        var uri2 = $"unix:{Path.Combine(_dir, "tls2.sock")}";
+        guarded.Client.Execute("migrate-set-parameters", new JsonObject { ["tls-creds"] = credentials });
+        guarded.Client.Execute("migrate-incoming", new JsonObject { ["uri"] = uri2, ["exit-on-error"] = false });
+        plain.Client.Execute("migrate-set-parameters", new JsonObject { ["multifd-channels"] = 1 });
+        plain.Client.Execute("migrate", Uri(uri2));
+        var refused = plain.WaitForFinalStatus();
+        Assert.Equal("failed", refused["status"]!.GetValue<string>());
+        Assert.Equal("running", plain.Status);
+        var failed = guarded.WaitForFinalStatus();
+        Assert.Equal("failed", failed["status"]!.GetValue<string>());
+        Assert.Contains("does not speak TLS", failed["error-desc"]!.GetValue<string>(), StringComparison.Ordinal);
+        Assert.Equal("tls-refused", failed["ferry-error-kind"]!.GetValue<string>());
+
+        // Credentials that cannot be used are refused by migrate itself, naming the file, before anything connects.
+        File.Delete(Path.Combine(credentials, "client-key.pem"));
+        plain.Client.Execute("migrate-set-parameters", new JsonObject { ["tls-creds"] = credentials });
+        Assert.Contains("client-key.pem is missing", plain.Refusal("migrate", Uri(uri2)), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -58,7 +58,7 @@ public sealed class PostcopyCommandsTests : IAsyncLifetime, IDisposable
 
     [Fact]
     public void Resume_without_a_paused_migration_is_refused() =>
-        Assert.Contains("no migration to resume", Assert.Throws<QmpException>(() => PostcopyCommands.Resume(null, MigrationUri.Parse("tcp:127.0.0.1:1"))).Message, StringComparison.Ordinal);
+        Assert.Contains("no migration to resume", Assert.Throws<QmpException>(() => PostcopyCommands.Resume(null, MigrationUri.Parse("tcp:127.0.0.1:1"), new MigrationParameters())).Message, StringComparison.Ordinal);
 
     [Fact]
     public void Query_migrate_shows_qemus_postcopy_fields_and_ferrys()

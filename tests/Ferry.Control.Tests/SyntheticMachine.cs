@@ -91,7 +91,7 @@ internal sealed class SyntheticMachine : IMigratableMachine, IDisposable
         var loaded = file.LoadInto(Target!.Blocks, 2);
         Target.RestoreState(loaded.State);
         Target.ResumeGuest();
-        return new RestoreReport(false, loaded.PagesLoaded, loaded.BytesRead, 0, 0, loaded.State.Count, 0);
+        return new RestoreReport(RestoreMode.Eager, loaded.PagesLoaded, loaded.BytesRead, 0, 0, loaded.State.Count, 0);
     }
 
     public bool MarkPaused(MachineStatus pausedAs)

@@ -16,6 +16,10 @@ public sealed class LibcConstantsTests
         #include <fcntl.h>
         #include <signal.h>
         #include <sys/mman.h>
+        #include <linux/mman.h>
+        #include <poll.h>
+        #include <sys/eventfd.h>
+        #include <sys/syscall.h>
         #include <linux/falloc.h>
         #include <linux/memfd.h>
         #include <unistd.h>
@@ -32,7 +36,8 @@ public sealed class LibcConstantsTests
             if (!field.IsLiteral || field.GetRawConstantValue() is not (int or uint or long))
                 continue;
             var value = Convert.ToInt64(field.GetRawConstantValue(), System.Globalization.CultureInfo.InvariantCulture);
-            // A constant a newer kernel added may be missing from this machine's headers: say so rather than pass.
+            // A constant a newer kernel added may be missing from this machine's headers: say so rather than pass
+            // (glibc's lag behind the kernel is why <linux/mman.h> is included too: MADV_COLLAPSE is only there).
             sb.Append($"#ifndef {field.Name}\n#error \"{field.Name} is not defined by the headers\"\n#else\n");
             sb.Append($"_Static_assert({field.Name} == {value}L, \"{field.Name} is {value} in Libc.cs\");\n#endif\n");
             checkedNames.Add(field.Name);

@@ -2,6 +2,7 @@ using System.Net;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Tests.Synthetic;
 using Ferry.Migration.Transport;
+using Ferry.TestSupport;
 using Xunit;
 
 namespace Ferry.Migration.Tests;

@@ -14,14 +14,17 @@ public sealed class SnapshotMachineTests : IDisposable
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
-    private static BootedGuest Restore(BootedGuest like, string path, bool lazy = false)
+    private static BootedGuest Restore(BootedGuest like, string path, RestoreMode mode = RestoreMode.Eager) => Restore(like, path, mode, out _);
+
+    private static BootedGuest Restore(BootedGuest like, string path, RestoreMode mode, out RestoreReport report)
     {
         var console = new GuestConsole();
         var machine = GuestMachine.Create(like.Machine.Config, console);
         machine.Start(paused: true);
-        var report = MachineSnapshots.Restore(machine, path, lazy: lazy);
-        Assert.Equal(lazy, report.Lazy);
-        Assert.Equal(lazy, machine.Memory.Blocks.All(b => b.IsFileMapped));
+        report = MachineSnapshots.Restore(machine, path, mode: mode);
+        Assert.Equal(mode, report.Mode);
+        Assert.Equal(mode == RestoreMode.LazyMap, machine.Memory.Blocks.All(b => b.IsFileMapped));
+        Assert.Equal(mode == RestoreMode.Lazy, machine.Memory.Blocks.All(b => b.Pager is not null));
         return BootedGuest.Adopt(machine, console);
     }
 
@@ -76,7 +79,7 @@ public sealed class SnapshotMachineTests : IDisposable
                     present = file.Inspect().PresentBytes;
                 Assert.True(present >= 96L << 20, $"round {round}: only {present} bytes present in the file");
                 // The last round restores eagerly from a file written out of file-mapped memory.
-                var restored = Restore(guest, path, lazy: round < 2);
+                var restored = Restore(guest, path, round < 2 ? RestoreMode.LazyMap : RestoreMode.Eager);
                 guest.Dispose();
                 guest = restored;
                 var running = await guest.Cmd("stats");
@@ -91,8 +94,10 @@ public sealed class SnapshotMachineTests : IDisposable
         }
     }
 
-    [KvmFact]
-    public async Task Pages_inflated_into_the_balloon_after_a_lazy_restore_read_zero_not_the_files_old_contents()
+    [KvmTheory]
+    [InlineData(RestoreMode.LazyMap)]
+    [InlineData(RestoreMode.Lazy)]
+    public async Task Pages_inflated_into_the_balloon_after_a_lazy_restore_read_zero_not_the_files_old_contents(RestoreMode mode)
     {
         using var guest = await BootedGuest.StartAsync(memoryMib: 512, commandLine: "report_delay_ms=600000");
         while (!guest.Machine.Balloon!.DriverReady)
@@ -102,7 +107,7 @@ public sealed class SnapshotMachineTests : IDisposable
         guest.Machine.Pause(); // a paused save cannot hint: the freed pages go into the file with their old data
         var path = Path.Combine(_directory, "inflate.snap");
         MachineSnapshots.Save(guest.Machine, path);
-        using var restored = Restore(guest, path, lazy: true);
+        using var restored = Restore(guest, path, mode);
         var balloon = restored.Machine.Balloon!;
         var target = 384u * 256; // 384 of 512 MiB: it must take most of the freed, once filled pages
         balloon.SetTargetPages(target);
@@ -199,6 +204,26 @@ public sealed class SnapshotMachineTests : IDisposable
         Assert.Equal(0u, restoredBalloon.ActualPages);
     }
 
+    /// <summary>Flips one bit inside the last present page of the first block holding data; returns which page.</summary>
+    private static (string Block, ulong Page) FlipBitInLastPresentPage(string path)
+    {
+        string name;
+        ulong page;
+        long offset;
+        using (var file = SnapshotFile.Open(path))
+        {
+            var block = file.Blocks.First(b => b.PresentPages > 0);
+            page = Enumerable.Range(0, (int)block.PageCount).Select(p => (ulong)p).Last(block.IsPresent);
+            (name, offset) = (block.Name, (long)(block.PagesOffset + page * 4096) + 777);
+        }
+        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+        var b = new byte[1];
+        RandomAccess.Read(handle, b, offset);
+        b[0] ^= 0x04;
+        RandomAccess.Write(handle, b, offset);
+        return (name, page);
+    }
+
     /// <summary>A 128 MiB guest that filled 16 MiB, saved to <paramref name="name"/> in the test directory.</summary>
     private async Task<(BootedGuest Guest, string Path)> SavedFilledGuest(string name)
     {
@@ -231,34 +256,104 @@ public sealed class SnapshotMachineTests : IDisposable
     }
 
     [KvmFact]
-    public async Task A_flipped_bit_in_a_page_refuses_eager_and_lazy_restores_naming_it_and_nothing_runs()
+    public async Task A_flipped_bit_in_a_page_refuses_eager_and_mapped_restores_naming_it_and_nothing_runs()
     {
         var (saved, path) = await SavedFilledGuest("bitflip.snap");
         using var guest = saved;
-        string name;
-        ulong page;
-        long offset;
-        using (var file = SnapshotFile.Open(path))
-        {
-            var block = file.Blocks.First(b => b.PresentPages > 0);
-            page = Enumerable.Range(0, (int)block.PageCount).Select(p => (ulong)p).Last(block.IsPresent);
-            (name, offset) = (block.Name, (long)(block.PagesOffset + page * 4096) + 777);
-        }
-        using (var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite))
-        {
-            var b = new byte[1];
-            RandomAccess.Read(handle, b, offset);
-            b[0] ^= 0x04;
-            RandomAccess.Write(handle, b, offset);
-        }
-        foreach (var lazy in new[] { false, true })
+        var (name, page) = FlipBitInLastPresentPage(path);
+        foreach (var mode in new[] { RestoreMode.Eager, RestoreMode.LazyMap })
         {
             using var machine = GuestMachine.Create(guest.Machine.Config, new GuestConsole());
             machine.Start(paused: true);
-            var e = Assert.Throws<SnapshotFormatException>(() => MachineSnapshots.Restore(machine, path, lazy: lazy));
+            var e = Assert.Throws<SnapshotFormatException>(() => MachineSnapshots.Restore(machine, path, mode: mode));
             Assert.Equal(SnapshotFault.PageChecksum, e.Fault);
             Assert.Contains($"block '{name}' page {page}: page checksum mismatch", e.Message, StringComparison.Ordinal);
             Assert.Equal(MachineStatus.Paused, machine.Status);
         }
     }
+
+    [KvmTheory]
+    [InlineData(RamBackend.Memfd)]
+    [InlineData(RamBackend.Anonymous)]
+    public async Task A_guest_restored_lazily_through_userfaultfd_runs_verify_and_is_saved_again_while_the_fill_runs(RamBackend backend)
+    {
+        var guest = await BootedGuest.StartAsync(memoryMib: 1024, cpus: 2, commandLine: "report_delay_ms=600000");
+        try
+        {
+            await guest.Cmd("fill 400");
+            await guest.Cmd("dirty 50 16");
+            var path = Path.Combine(_directory, "uffd.snap");
+            MachineSnapshots.Save(guest.Machine, path);
+            var like = guest;
+            var console = new GuestConsole();
+            var machine = GuestMachine.Create(like.Machine.Config with { MemoryBackend = backend }, console);
+            machine.Start(paused: true);
+            var report = MachineSnapshots.Restore(machine, path, mode: RestoreMode.Lazy);
+            guest.Dispose();
+            guest = BootedGuest.Adopt(machine, console);
+            Assert.NotNull(report.Paging);
+            // Saved again at once, while the background fill is still bringing the file in: complete and correct.
+            var again = Path.Combine(_directory, "again.snap");
+            MachineSnapshots.Save(guest.Machine, again);
+            var verify = await guest.Cmd("verify");
+            Assert.True(verify.GetProperty("passed").GetBoolean(), $"{verify}");
+            Assert.True(report.Paging.Completion.Wait(BootedGuest.Timeout));
+            var stats = report.Paging.Statistics();
+            Assert.Equal(DemandPagingState.Complete, stats.State);
+            // Each page read once at most (pages the guest gave back meanwhile are never read).
+            Assert.InRange(stats.PagesFetched, 1, report.PagesMapped);
+            Assert.Equal(stats.SourcePages, stats.PagesFetched);
+            Assert.True(stats.FaultLatencyP99Us > 0);
+            var reloaded = Restore(guest, again);
+            guest.Dispose();
+            guest = reloaded;
+            Assert.True((await guest.Cmd("verify")).GetProperty("passed").GetBoolean());
+        }
+        finally
+        {
+            guest.Dispose();
+        }
+    }
+
+    [KvmFact]
+    public async Task A_bad_page_stops_a_guest_restored_through_userfaultfd_with_a_memory_fault_naming_it()
+    {
+        var (saved, path) = await SavedFilledGuest("uffd-bitflip.snap");
+        using var guest = saved;
+        var (name, page) = FlipBitInLastPresentPage(path);
+        using var machine = GuestMachine.Create(guest.Machine.Config, new GuestConsole());
+        machine.Start(paused: true);
+        var report = MachineSnapshots.Restore(machine, path, mode: RestoreMode.Lazy);
+        // The fill reaches the page (or the guest touches it first): either way the machine stops, naming it.
+        var exit = await machine.Exited.WaitAsync(BootedGuest.Timeout);
+        Assert.Equal((ShutdownCause.HostError, HostFault.Memory), (exit.Cause, exit.Fault));
+        Assert.Contains($"RAM block '{name}' page {page}", exit.Message, StringComparison.Ordinal);
+        Assert.Contains("page checksum mismatch", exit.Message, StringComparison.Ordinal);
+        Assert.Equal(DemandPagingState.Failed, report.Paging!.Statistics().State);
+    }
+
+    [KvmFact]
+    public async Task A_snapshot_file_truncated_while_a_lazily_restored_guest_runs_stops_it_with_a_clear_error()
+    {
+        using var guest = await BootedGuest.StartAsync(memoryMib: 1024, commandLine: "report_delay_ms=600000");
+        await guest.Cmd("fill 600");
+        var path = Path.Combine(_directory, "shrinks.snap");
+        MachineSnapshots.Save(guest.Machine, path);
+        var console = new GuestConsole();
+        using var machine = GuestMachine.Create(guest.Machine.Config, console);
+        machine.Start(paused: true);
+        MachineSnapshots.Restore(machine, path, mode: RestoreMode.Lazy);
+        File.Delete(path); // unlinking is harmless: the pager holds the file open
+        using (var handle = File.OpenHandle("/proc/self/fd/" + OpenFd(path), FileMode.Open, FileAccess.ReadWrite))
+            RandomAccess.SetLength(handle, RandomAccess.GetLength(handle) / 4);
+        var exit = await machine.Exited.WaitAsync(BootedGuest.Timeout);
+        Assert.Equal((ShutdownCause.HostError, HostFault.Memory), (exit.Cause, exit.Fault));
+        Assert.Contains("truncated", exit.Message, StringComparison.Ordinal);
+        Assert.Contains("RAM block '", exit.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>The descriptor number under which this process still holds the (unlinked) file at <paramref name="path"/>.</summary>
+    private static string OpenFd(string path) =>
+        Directory.GetFiles("/proc/self/fd").Select(f => (Fd: Path.GetFileName(f), Target: new FileInfo(f).LinkTarget))
+            .First(f => f.Target == path + " (deleted)").Fd;
 }

@@ -2,17 +2,16 @@ namespace Ferry.Interop.Kvm;
 
 /// <summary>
 /// KVM ioctl request numbers, named exactly as the C macros in &lt;linux/kvm.h&gt; so the layout test can
-/// check each against the machine's headers. Encoded with the kernel's _IOC rule from the struct sizes here.
+/// check each against the machine's headers. Encoded with the kernel's _IOC rule (<see cref="IoctlNumber"/>) from the struct sizes here.
 /// </summary>
 public static unsafe class KvmIoctls
 {
     private const uint KVMIO = 0xAE;
 
-    private static uint Io(uint nr) => Ioc(0, nr, 0);
-    private static uint Ior(uint nr, int size) => Ioc(2, nr, size);
-    private static uint Iow(uint nr, int size) => Ioc(1, nr, size);
-    private static uint Iowr(uint nr, int size) => Ioc(3, nr, size);
-    private static uint Ioc(uint dir, uint nr, int size) => (dir << 30) | ((uint)size << 16) | (KVMIO << 8) | nr;
+    private static uint Io(uint nr) => IoctlNumber.Io(KVMIO, nr);
+    private static uint Ior(uint nr, int size) => IoctlNumber.Ior(KVMIO, nr, size);
+    private static uint Iow(uint nr, int size) => IoctlNumber.Iow(KVMIO, nr, size);
+    private static uint Iowr(uint nr, int size) => IoctlNumber.Iowr(KVMIO, nr, size);
 
     // System ioctls
     public static readonly uint KVM_GET_API_VERSION = Io(0x00);

@@ -37,6 +37,12 @@ internal abstract class RamBacking : IDisposable
     /// </summary>
     public abstract void MappedOver();
 
+    /// <summary>
+    /// Called before managed code touches [offset, offset + length) through the mapping: a backing whose pages may be
+    /// missing-and-owed (demand paging) brings them in from a system call. Nothing to do for the others.
+    /// </summary>
+    public virtual void EnsureResident(ulong offset, ulong length) { }
+
     /// <summary>Pages still read through a file (0 unless the backing is a file mapping).</summary>
     public virtual ulong FileMappedPages => 0;
 

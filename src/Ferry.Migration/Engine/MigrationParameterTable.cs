@@ -150,7 +150,7 @@ public static class MigrationParameterTable
     public static readonly MigrationTextParameter TlsAuthz = new(
         "tls-authz",
         "on the destination: the client certificate subjects allowed to connect, separated by ';' (e.g. 'CN=src1,O=Example;CN=src2,O=Example'); empty: any the CA signed (QEMU names an authz object here)",
-        p => p.TlsAuthz, (p, v) => p with { TlsAuthz = v }, cliOption: "tls-authz");
+        p => p.TlsAuthz, (p, v) => p with { TlsAuthz = v }); // a destination's setting: `ferry run --tls-authz`
 
     public static IReadOnlyList<MigrationParameter> All { get; } =
         [MaxBandwidth, DowntimeLimit, MultifdChannels, CpuThrottleInitial, CpuThrottleIncrement, MaxCpuThrottle, ThrottleTriggerThreshold, HintBudget, SwitchoverTimeout, ChannelTimeout, PostcopyAfterPasses];

@@ -64,6 +64,7 @@ public sealed class PageScanner(BandwidthLimiter limiter)
         /// <summary>A page of the scan, in ascending order: a zero page or a data page.</summary>
         public void Add(ulong page)
         {
+            block.EnsureResident(page * Page.Size, Page.Size);
             if (ZeroPage.IsZero(block.Mapping.GetSpan(page * Page.Size, Page.Size)))
                 AddZero(page);
             else
@@ -111,6 +112,7 @@ public sealed class PageScanner(BandwidthLimiter limiter)
                 return;
             var bytes = (int)(_dataLength * Page.Size);
             limiter.Acquire(bytes, cancel);
+            block.EnsureResident(_dataStart * Page.Size, (ulong)bytes);
             sink.WritePages(index, _dataStart * Page.Size, block.Mapping.GetSpan(_dataStart * Page.Size, bytes));
             DataPages += (long)_dataLength;
             _dataLength = 0;

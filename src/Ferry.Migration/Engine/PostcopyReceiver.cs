@@ -165,7 +165,7 @@ public static partial class MigrationReceiver
             private readonly PostcopyIncoming _handle;
             private readonly object _gate = new();     // the link, completion, the pending faults
             private readonly Dictionary<(int Block, ulong Page), List<PostcopyFault>> _pending = [];
-            private readonly FaultLatency _latency = new();
+            private readonly LatencyHistogram _latency = new(); // fault to placement
             private readonly PostcopyBlocktime _blocktime;
             private readonly Stopwatch _clock = Stopwatch.StartNew();
             private readonly List<Link> _links = [];
@@ -388,7 +388,7 @@ public static partial class MigrationReceiver
                             continue;
                         foreach (var fault in faults)
                         {
-                            _latency.Record(fault.Timestamp, now);
+                            _latency.Record((long)Stopwatch.GetElapsedTime(fault.Timestamp, now).TotalNanoseconds);
                             _blocktime.Woken(fault.Vcpu, now);
                         }
                         _pendingCount -= faults.Count;
@@ -419,7 +419,7 @@ public static partial class MigrationReceiver
                 var blocktime = _blocktime.PerVcpuNs();
                 Send(link, s => PostcopyMessages.WriteDone(s, new PostcopyDoneMessage(
                     (ulong)Interlocked.Read(ref _faults), (ulong)Interlocked.Read(ref _requests), (ulong)Interlocked.Read(ref _duplicates),
-                    _blocktime.AllBlockedNs, (ulong)_latency.PercentileNs(50), (ulong)_latency.PercentileNs(99), (ulong)_latency.MaxNs, blocktime)));
+                    _blocktime.AllBlockedNs, (ulong)_latency.Percentile(50).TotalNanoseconds, (ulong)_latency.Percentile(99).TotalNanoseconds, (ulong)_latency.Max.TotalNanoseconds, blocktime)));
                 lock (_gate)
                 {
                     link.Completed = true;
@@ -667,9 +667,9 @@ public static partial class MigrationReceiver
                         DuplicatePages = Interlocked.Read(ref _duplicates),
                         BlocktimeMs = _blocktime.AllBlockedNs / 1e6,
                         VcpuBlocktimeMs = [.. _blocktime.PerVcpuNs().Select(ns => ns / 1e6)],
-                        LatencyP50Us = _latency.PercentileNs(50) / 1e3,
-                        LatencyP99Us = _latency.PercentileNs(99) / 1e3,
-                        LatencyMaxUs = _latency.MaxNs / 1e3,
+                        LatencyP50Us = _latency.Percentile(50).TotalMicroseconds,
+                        LatencyP99Us = _latency.Percentile(99).TotalMicroseconds,
+                        LatencyMaxUs = _latency.Max.TotalMicroseconds,
                     };
                 }
             }

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Numerics;
 
 namespace Ferry.Migration.Engine;
 
@@ -61,73 +60,6 @@ public sealed record PostcopyStats
     public double LatencyP99Us { get; init; }
 
     public double LatencyMaxUs { get; init; }
-}
-
-/// <summary>
-/// Fault-to-placement latencies in buckets of 1/8 octave (each value known within 12.5%): recording is a few atomic
-/// increments, safe from any thread, and percentiles can be read at any time. (The memory layer's demand pager keeps
-/// its own for lazy restore; the two should become one when both are merged.)
-/// </summary>
-public sealed class FaultLatency
-{
-    private const int SubBits = 3;
-    private const int Octaves = 48;
-    private readonly long[] _buckets = new long[Octaves << SubBits];
-    private long _count, _maxNs;
-
-    public long Count => Interlocked.Read(ref _count);
-
-    public long MaxNs => Interlocked.Read(ref _maxNs);
-
-    /// <summary>Records the time from <paramref name="since"/> to <paramref name="now"/> (Stopwatch timestamps).</summary>
-    public void Record(long since, long now) => RecordNs((long)((now - since) * (1e9 / Stopwatch.Frequency)));
-
-    public void RecordNs(long ns)
-    {
-        var value = (ulong)Math.Max(ns, 0);
-        Interlocked.Increment(ref _buckets[Bucket(value)]);
-        Interlocked.Increment(ref _count);
-        long max;
-        while (ns > (max = Interlocked.Read(ref _maxNs)) && Interlocked.CompareExchange(ref _maxNs, ns, max) != max)
-        {
-        }
-    }
-
-    /// <summary>The latency at or below which <paramref name="percent"/>% of the recorded ones lie (a bucket's upper edge, at most the maximum); 0 when empty.</summary>
-    public long PercentileNs(double percent)
-    {
-        var count = Count;
-        if (count == 0)
-            return 0;
-        var rank = Math.Max(1, (long)Math.Ceiling(count * percent / 100));
-        long seen = 0;
-        for (var i = 0; i < _buckets.Length; i++)
-        {
-            seen += Interlocked.Read(ref _buckets[i]);
-            if (seen >= rank)
-                return (long)Math.Min(UpperEdge(i), (ulong)MaxNs);
-        }
-        return MaxNs;
-    }
-
-    /// <summary>Values below 8 have a bucket each; above, an octave is split in 8 by the 3 bits after the leading one.</summary>
-    private static int Bucket(ulong ns)
-    {
-        if (ns < 1 << SubBits)
-            return (int)ns;
-        var octave = BitOperations.Log2(ns);
-        var index = ((octave - SubBits + 1) << SubBits) + (int)((ns >> (octave - SubBits)) & ((1 << SubBits) - 1));
-        return Math.Min(index, (Octaves << SubBits) - 1);
-    }
-
-    private static ulong UpperEdge(int bucket)
-    {
-        if (bucket < 1 << SubBits)
-            return (ulong)bucket;
-        var octave = (bucket >> SubBits) + SubBits - 1;
-        var step = 1UL << (octave - SubBits);
-        return (1UL << octave) + (ulong)(bucket & ((1 << SubBits) - 1)) * step + step - 1;
-    }
 }
 
 /// <summary>

@@ -1,20 +1,76 @@
 using Ferry.Interop;
+using Ferry.Kvm;
 using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Snapshot;
 
 namespace Ferry.Migration.Machines;
 
+/// <summary>How a snapshot's RAM is brought back (`ferry run --restore FILE [--lazy[=map]]`).</summary>
+public enum RestoreMode
+{
+    /// <summary>Every present page read (and checked) before the guest runs.</summary>
+    Eager,
+
+    /// <summary>
+    /// The guest runs at once; each block is demand-paged from the file through userfaultfd (a page touched first is
+    /// read and checked then, the rest by a background fill): <see cref="SnapshotFile.PageInto"/>. The default of --lazy.
+    /// </summary>
+    Lazy,
+
+    /// <summary>
+    /// The guest runs after one verifying read of the file, which is then mapped copy-on-write
+    /// (<see cref="SnapshotFile.MapInto"/>): pages are read by the kernel at 4 KiB granularity when first touched,
+    /// and a file that shrinks under the mapping faults the process. Kept as an alternative until measured under KVM.
+    /// </summary>
+    LazyMap,
+}
+
 /// <summary>
-/// What a restore did. Eager: <paramref name="PagesLoaded"/> pages read into RAM. Lazy: nothing loaded,
-/// <paramref name="PagesMapped"/> pages left to be copied from the file when first touched. Either way
-/// <paramref name="PagesChecked"/> pages were checked against their checksums first, in
-/// <paramref name="PageCheckMilliseconds"/> (eager: the checks alone, by the busiest loading thread; lazy: the
-/// verifying read of the file).
+/// What a restore did. Eager: <paramref name="PagesLoaded"/> pages read into RAM. Lazy: nothing loaded yet,
+/// <paramref name="PagesMapped"/> pages owed by the file (read when first touched, the rest by the background fill:
+/// <paramref name="Paging"/>; for <see cref="RestoreMode.LazyMap"/>, copied from the mapping when first touched).
+/// <paramref name="PagesChecked"/> pages were checked against their checksums before the guest ran, in
+/// <paramref name="PageCheckMilliseconds"/> (eager: the checks alone, by the busiest loading thread; lazy map: the
+/// verifying read of the file; lazy: none yet, each page is checked as it is paged in).
 /// </summary>
 public sealed record RestoreReport(
-    bool Lazy, long PagesLoaded, long BytesRead, long PagesMapped, long BalloonedPages, int StateSections, double Milliseconds,
-    long PagesChecked = 0, double PageCheckMilliseconds = 0);
+    RestoreMode Mode, long PagesLoaded, long BytesRead, long PagesMapped, long BalloonedPages, int StateSections, double Milliseconds,
+    long PagesChecked = 0, double PageCheckMilliseconds = 0, LazyRestore? Paging = null)
+{
+    public bool Lazy => Mode != RestoreMode.Eager;
+}
+
+/// <summary>
+/// A lazy restore still paging in (<see cref="RestoreMode.Lazy"/>): the pagers of every block, their combined figures,
+/// and a task that completes when the whole file is in place (faults with the first pager's failure).
+/// </summary>
+public sealed class LazyRestore
+{
+    private readonly DemandPager[] _pagers;
+    private readonly long _started;
+
+    internal LazyRestore(IEnumerable<DemandPager> pagers, long startedTimestamp)
+    {
+        _pagers = [.. pagers];
+        _started = startedTimestamp;
+        Completion = Task.WhenAll(_pagers.Select(p => p.Completion));
+    }
+
+    public IReadOnlyList<DemandPager> Pagers => _pagers;
+
+    /// <summary>Completes when every block's pages are in place; faults when a block's source failed.</summary>
+    public Task Completion { get; }
+
+    /// <summary>All blocks' figures as one (<see cref="DemandPagingStatistics.Sum"/>).</summary>
+    public DemandPagingStatistics Statistics() => DemandPagingStatistics.Sum([.. _pagers.Select(p => p.Statistics())]);
+
+    /// <summary>From the start of the restore to now (or to completion, once complete: see <see cref="MillisecondsToComplete"/>).</summary>
+    public double MillisecondsSinceStart => System.Diagnostics.Stopwatch.GetElapsedTime(_started).TotalMilliseconds;
+
+    /// <summary>From the start of the restore until every page was in place (set when <see cref="Completion"/> succeeds).</summary>
+    public double? MillisecondsToComplete { get; internal set; }
+}
 
 /// <summary>
 /// Snapshots of a machine to a fixed-offset file (docs/snapshot-format.md) and restores from one. Saving is the
@@ -95,20 +151,47 @@ public static class MachineSnapshots
 
     /// <summary>
     /// Loads a snapshot into a machine created with the same configuration and started paused: pages, the
-    /// balloon's bitmap, vCPU and device state; then runs the guest. Everything in the file is checked before use;
-    /// on any fault nothing runs. Eager (the default) reads every present page with parallel positional reads
-    /// before the guest runs, checking each against its checksum; <paramref name="lazy"/> checks every present page
-    /// (one read of the file) and then maps the file copy-on-write, so the guest runs without waiting for its RAM
-    /// to be copied and each page is copied when first touched (the file must then stay unchanged while the VM
-    /// runs). A bad page fails the restore naming its block and page.
+    /// balloon's bitmap, vCPU and device state; then runs the guest. Everything in the file but the pages is checked
+    /// before use; on any fault nothing runs. <see cref="RestoreMode.Eager"/> (the default) reads every present page
+    /// with parallel positional reads before the guest runs, checking each against its checksum (a bad page fails the
+    /// restore naming its block and page). <see cref="RestoreMode.Lazy"/> runs the guest at once and pages RAM in from
+    /// the file (each page checked before the guest can see it; <see cref="RestoreReport.Paging"/> follows it): a bad
+    /// page, a read error or a file that shrinks later stops the machine with <see cref="MachineExitKind.MemoryFault"/>
+    /// and a message naming the block and page, instead of giving the guest wrong or zero memory.
+    /// <see cref="RestoreMode.LazyMap"/> checks every page (one read of the file) and maps the file copy-on-write (the
+    /// file must then stay unchanged while the VM runs).
     /// </summary>
-    public static RestoreReport Restore(GuestMachine machine, string path, int threads = 0, bool lazy = false)
+    public static RestoreReport Restore(GuestMachine machine, string path, int threads = 0, RestoreMode mode = RestoreMode.Eager)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
         using var file = SnapshotFile.Open(path);
-        var loaded = lazy
-            ? file.MapInto(machine.Memory.Blocks, threads > 0 ? threads : DefaultThreads)
-            : file.LoadInto(machine.Memory.Blocks, threads > 0 ? threads : DefaultThreads);
+        var loaded = mode switch
+        {
+            RestoreMode.Lazy => file.PageInto(machine.Memory.Blocks),
+            RestoreMode.LazyMap => file.MapInto(machine.Memory.Blocks, threads > 0 ? threads : DefaultThreads),
+            _ => file.LoadInto(machine.Memory.Blocks, threads > 0 ? threads : DefaultThreads),
+        };
+        LazyRestore? paging = null;
+        if (mode == RestoreMode.Lazy)
+        {
+            paging = new LazyRestore(machine.Memory.Blocks.Select(b => b.Pager!), started);
+            // A page that cannot be brought in stops the guest at once (its vCPUs waiting on it are taken out by the
+            // stop's kick): it must not run on without the memory it was promised, nor wait for the other blocks.
+            foreach (var pager in paging.Pagers)
+            {
+                pager.Completion.ContinueWith(t =>
+                {
+                    if (t.IsFaulted)
+                        machine.StopOnMemoryFault($"lazy restore of {path} failed: {t.Exception!.InnerExceptions[0].Message}");
+                }, TaskScheduler.Default);
+            }
+            paging.Completion.ContinueWith(t =>
+            {
+                if (t.IsCompletedSuccessfully)
+                    paging.MillisecondsToComplete = paging.MillisecondsSinceStart;
+            }, TaskScheduler.Default);
+        }
         long ballooned = 0;
         foreach (var block in file.Blocks)
         {
@@ -121,8 +204,8 @@ public static class MachineSnapshots
         }
         MachineState.Restore(machine, loaded.State);
         machine.Resume();
-        var mapped = lazy ? file.Blocks.Sum(b => (long)b.PresentPages) : 0;
-        return new RestoreReport(lazy, loaded.PagesLoaded, loaded.BytesRead, mapped, ballooned, loaded.State.Count, clock.Elapsed.TotalMilliseconds,
-            loaded.PagesChecked, loaded.PageCheckMilliseconds);
+        var mapped = mode != RestoreMode.Eager ? file.Blocks.Sum(b => (long)b.PresentPages) : 0;
+        return new RestoreReport(mode, loaded.PagesLoaded, loaded.BytesRead, mapped, ballooned, loaded.State.Count, clock.Elapsed.TotalMilliseconds,
+            loaded.PagesChecked, loaded.PageCheckMilliseconds, paging);
     }
 }

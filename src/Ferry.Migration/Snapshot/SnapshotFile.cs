@@ -79,7 +79,7 @@ public sealed record SnapshotLoadResult(
 /// check up front: each present page is checked against its CRC32C as it is loaded (<see cref="LoadInto"/>), before
 /// the file is mapped (<see cref="MapInto"/>), or by <see cref="VerifyPages"/>; the bitmaps say which slots hold a page.
 /// </summary>
-public sealed class SnapshotFile : IDisposable
+public sealed partial class SnapshotFile : IDisposable
 {
     private const ulong LoadChunkPages = 4 * Page.ChunkPages; // 8 MiB: the unit threads take, and the largest single read
 
@@ -333,22 +333,30 @@ public sealed class SnapshotFile : IDisposable
     }
 
     /// <summary>Reads pages [start, start + count) of <paramref name="block"/> into <paramref name="into"/>.</summary>
-    private void ReadPages(SnapshotBlock block, ulong start, ulong count, Span<byte> into)
+    private void ReadPages(SnapshotBlock block, ulong start, ulong count, Span<byte> into) => ReadPages(_file, block, start, count, into);
+
+    /// <summary>The same from <paramref name="file"/> (this file's own handle, or a duplicate that outlives it).</summary>
+    private void ReadPages(SafeFileHandle file, SnapshotBlock block, ulong start, ulong count, Span<byte> into)
     {
-        if (!SparseFile.ReadExactly(_file, into, (long)(block.PagesOffset + start * Page.Size)))
+        if (!SparseFile.ReadExactly(file, into, (long)(block.PagesOffset + start * Page.Size)))
             throw new SnapshotFormatException(SnapshotFault.Truncated, $"snapshot {Path}: truncated: block '{block.Name}' pages {start}..{start + count - 1} end early (the file changed after it was opened?)");
     }
 
     /// <summary>
     /// One thread's page checks: the stored checksums of its current chunk (one read per chunk), and the
     /// checksums of the pages it read, compared. With <c>stopAtFirst</c> a bad page throws; without, each is counted
-    /// (and the first ones kept by name).
+    /// (and the first ones kept by name). Reads from <paramref name="handle"/> when given (a duplicate of the file's
+    /// handle that outlives it: a lazy restore's page source).
     /// </summary>
-    private sealed class PageChecker(SnapshotFile file, bool stopAtFirst)
+    private sealed class PageChecker(SnapshotFile file, bool stopAtFirst, SafeFileHandle? handle = null)
     {
         private readonly uint[] _stored = new uint[LoadChunkPages];
         private readonly uint[] _computed = new uint[LoadChunkPages];
+        private readonly SafeFileHandle _handle = handle ?? file._file;
         private long _ticks;
+
+        /// <summary>With stopAtFirst: the bad page the last check threw for.</summary>
+        public ulong FirstBad { get; private set; }
 
         public List<SnapshotBadPage> Bad { get; } = [];
 
@@ -364,7 +372,7 @@ public sealed class SnapshotFile : IDisposable
             if (!block.Present.NextRun(ref position, end, out _, out _))
                 return false;
             var bytes = MemoryMarshal.AsBytes(_stored.AsSpan(0, (int)(end - first)));
-            if (!SparseFile.ReadExactly(file._file, bytes, (long)(block.PageChecksumsOffset + first * SnapshotFormat.PageChecksumSize)))
+            if (!SparseFile.ReadExactly(_handle, bytes, (long)(block.PageChecksumsOffset + first * SnapshotFormat.PageChecksumSize)))
                 throw new SnapshotFormatException(SnapshotFault.Truncated, $"snapshot {file.Path}: truncated: the page checksums of block '{block.Name}' pages {first}..{end - 1} end early (the file changed after it was opened?)");
             return true;
         }
@@ -384,6 +392,7 @@ public sealed class SnapshotFile : IDisposable
                     if (computed[i] == stored[i])
                         continue;
                     var page = start + (ulong)i;
+                    FirstBad = page;
                     if (stopAtFirst)
                         throw new SnapshotFormatException(SnapshotFault.PageChecksum,
                             $"snapshot {file.Path}: block '{block.Name}' page {page}: page checksum mismatch (stored 0x{stored[i]:X8}, computed 0x{computed[i]:X8}): the page or its checksum is damaged");

@@ -9,26 +9,43 @@ namespace Ferry.Migration.Transport;
 /// </summary>
 public static class MigrationTransports
 {
-    /// <summary>The source's end of a channel transport (tcp:, unix:, exec:).</summary>
-    public static IChannelConnector Connect(MigrationUri uri) => uri.Kind switch
+    /// <summary>
+    /// The source's end of a channel transport (tcp:, unix:, exec:), every channel under TLS when tls-creds is set
+    /// in <paramref name="parameters"/>. Throws <see cref="MigrationTlsException"/> naming a credential file that
+    /// cannot be used, before anything connects.
+    /// </summary>
+    public static IChannelConnector Connect(MigrationUri uri, MigrationParameters? parameters = null)
     {
-        MigrationUriKind.Tcp => new TcpChannelConnector(uri),
-        MigrationUriKind.Unix => new UnixChannelConnector(uri),
-        MigrationUriKind.Exec => new ExecChannelConnector(uri),
-        _ => throw new ArgumentException($"{uri} is a file, not a channel transport", nameof(uri)),
-    };
+        var tls = parameters is null ? null : MigrationTls.For(parameters, TlsEndpoint.Client);
+        IChannelConnector transport = uri.Kind switch
+        {
+            MigrationUriKind.Tcp => new TcpChannelConnector(uri),
+            MigrationUriKind.Unix => new UnixChannelConnector(uri),
+            MigrationUriKind.Exec => new ExecChannelConnector(uri),
+            _ => throw new ArgumentException($"{uri} is a file, not a channel transport", nameof(uri)),
+        };
+        // The name the destination's certificate must carry: tls-hostname, else the host a tcp: URI names.
+        return tls is null ? transport : new TlsChannelConnector(transport, tls, uri.Kind == MigrationUriKind.Tcp ? uri.Host : null);
+    }
 
     /// <summary>
     /// The destination's end of a channel transport, listening (tcp:, unix:) or with its command running (exec:)
-    /// when this returns. Throws <see cref="IOException"/> naming the URI when it cannot.
+    /// when this returns; with tls-creds set in <paramref name="parameters"/> every channel must authenticate with
+    /// TLS before a record is read. Throws <see cref="IOException"/> naming the URI or the credential file when it cannot.
     /// </summary>
-    public static IChannelListener Listen(MigrationUri uri) => uri.Kind switch
+    public static IChannelListener Listen(MigrationUri uri, MigrationParameters? parameters = null)
     {
-        MigrationUriKind.Tcp => new TcpChannelListener(uri),
-        MigrationUriKind.Unix => new UnixChannelListener(uri),
-        MigrationUriKind.Exec => new ExecChannelListener(uri),
-        _ => throw new ArgumentException($"{uri} is a file, not a channel transport", nameof(uri)),
-    };
+        // Credentials first: a destination that cannot do TLS must not listen at all.
+        var tls = parameters is null ? null : MigrationTls.For(parameters, TlsEndpoint.Server);
+        IChannelListener transport = uri.Kind switch
+        {
+            MigrationUriKind.Tcp => new TcpChannelListener(uri),
+            MigrationUriKind.Unix => new UnixChannelListener(uri),
+            MigrationUriKind.Exec => new ExecChannelListener(uri),
+            _ => throw new ArgumentException($"{uri} is a file, not a channel transport", nameof(uri)),
+        };
+        return tls is null ? transport : new TlsChannelListener(transport, tls);
+    }
 
     /// <summary>
     /// Null when an outgoing migration with these settings can use <paramref name="uri"/>; otherwise QEMU's reason

@@ -2,7 +2,7 @@ using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 
-namespace Ferry.Migration.Tests.Synthetic;
+namespace Ferry.TestSupport;
 
 /// <summary>
 /// x509 credentials made by the test, written as QEMU's tls-creds-x509 directory layout (ca-cert.pem,

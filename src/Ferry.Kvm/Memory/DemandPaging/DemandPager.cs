@@ -1,0 +1,791 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Ferry.Interop;
+using Ferry.Interop.Userfault;
+
+namespace Ferry.Kvm;
+
+/// <summary>
+/// The one demand-paging mechanism: a RAM block that is "empty but owed" (<see cref="RamBlock.BeginDemandPaging"/>).
+/// Its range is registered with a userfaultfd in MISSING mode, so the first touch of a page that is not in place
+/// (by a vCPU inside KVM_RUN, or by any VMM thread) blocks the toucher and reports the page here. A fault-handler
+/// thread resolves it from the <see cref="IPageSource"/> (with the rest of its aligned 64 KiB group, so a
+/// sequential reader faults once per group), and a fill thread brings everything else in, 2 MiB piece by piece in
+/// order, skipping what is already in place, then unregisters the range: the block is then its plain backing again.
+/// <para>
+/// Every page is fetched once: a page is <em>claimed</em> (taken out of the unclaimed set, atomically per word)
+/// before it is fetched, and only its claimer fetches and places it; a fault on a page someone else claimed simply
+/// waits for that claimer's UFFDIO_COPY, which wakes it. Pages the source does not hold are zero and are resolved
+/// here without asking it (zero-filled, or UFFDIO_ZEROPAGE for ballooned and discarded pages), counted per class.
+/// </para>
+/// <para>
+/// Huge pages (anonymous memory): UFFDIO_COPY places 4 KiB pages even in a MADV_HUGEPAGE range, and MADV_COLLAPSE
+/// refuses a range under userfaultfd that has a missing or zero-page entry. So the fill copies the zero pages of a
+/// piece that holds data too (a real, zeroed page each) and then collapses the complete piece into one huge page
+/// (measured on Linux 6.18: AnonHugePages goes from 0 to 2048 kB per piece); a piece with no data that nothing
+/// touched is left alone, and after the range is unregistered the kernel gives it a huge page on first touch.
+/// </para>
+/// <para>
+/// Failure: when the source cannot deliver a page (I/O error, short read, bad checksum) the pager stops placing
+/// pages and <see cref="Completion"/> faults with a <see cref="DemandPagingException"/> naming the block and page.
+/// A thread touching a page that is not in place then stays blocked (it is never given zeros); a vCPU blocked so is
+/// taken out by its kick signal (KVM_RUN returns EINTR), see docs/snapshots.md. Closing the userfaultfd releases
+/// every waiter with zero-filled memory, so <see cref="Dispose"/> must come after every thread that could be
+/// waiting is gone (a machine joins its vCPU threads before it disposes its memory).
+/// </para>
+/// </summary>
+public sealed unsafe class DemandPager : IDisposable
+{
+    /// <summary>Pages a fault brings in around the faulting one (an aligned 64 KiB group).</summary>
+    public const int FaultAroundPages = 16;
+
+    private const int MessageBatch = 32;
+
+    private readonly string _block;
+    private readonly MappedRegion _mapping;
+    private readonly IPageSource _source;
+    private readonly PageSet _data;
+    private readonly PageSet? _ballooned;
+    private readonly ulong _pageCount;
+    private readonly bool _hugePages;
+    private readonly UserfaultFd _uffd;
+    private readonly SafeFd _stopEvent;
+
+    /// <summary>Pages nobody has taken responsibility for yet; taking pages out of it is how they are claimed.</summary>
+    private readonly PageSet _unclaimed;
+
+    /// <summary>Pages placed (copied, zeroed, or found present).</summary>
+    private readonly PageSet _placed;
+
+    /// <summary>Pages given back since paging began: they read zero and are never fetched.</summary>
+    private readonly PageSet _discarded;
+
+    /// <summary>Pieces made one huge page.</summary>
+    private readonly bool[] _collapsed;
+
+    /// <summary>
+    /// Shared by every placing (faults, fill, writes), exclusive for a discard and for completion: a discard must not
+    /// land between a fetch and its copy, and the range must not be unregistered while a copy is on its way.
+    /// </summary>
+    private readonly ReaderWriterLockSlim _gate = new(LockRecursionPolicy.NoRecursion);
+
+    private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly LatencyHistogram _faultLatency = new();
+    private readonly Thread _handler;
+    private readonly Thread? _fill;
+
+    private int _state = (int)DemandPagingState.Paging;
+    private int _stopping;
+    private string? _error;
+    private long _dataOutstanding;
+    private long _faults, _faultsInFlight, _faultsLeftWaiting, _fetchedByFaults, _fetchedByFill, _written;
+    private long _zeroByFaults, _zeroByFill, _balloonedResolved, _discardedResolved, _sourceReads, _sourcePages;
+    private long _piecesFilled, _piecesAlreadyResolved, _piecesLeftEmpty, _piecesCollapsed, _collapseFailures;
+    private long _fillStarted, _fillEnded;
+    private int _sourceReleased;
+
+    private DemandPager(string block, MappedRegion mapping, IPageSource source, PageSet? present, bool hugePages, bool backgroundFill, UserfaultFd uffd, SafeFd stopEvent)
+    {
+        _block = block;
+        _mapping = mapping;
+        _source = source;
+        _data = source.DataPages;
+        _ballooned = source.BalloonedPages;
+        _pageCount = mapping.Length >> Page.Shift;
+        _hugePages = hugePages;
+        _uffd = uffd;
+        _stopEvent = stopEvent;
+        _unclaimed = new PageSet(_pageCount);
+        _unclaimed.AddRange(0, _pageCount);
+        _placed = new PageSet(_pageCount);
+        _discarded = new PageSet(_pageCount);
+        _collapsed = new bool[Page.ChunksFor(_pageCount)];
+        if (present is not null)
+        {
+            _unclaimed.RemoveAll(present);
+            _placed.CopyFrom(present);
+        }
+        // The data pages still owed: completion waits for this to reach zero.
+        foreach (var run in _data.Runs())
+        {
+            for (var p = run.Start; p < run.End; p++)
+            {
+                if (!_placed.Contains(p))
+                    _dataOutstanding++;
+            }
+        }
+        _handler = new Thread(HandleFaults) { Name = $"ferry-pager-fault:{block}", IsBackground = true };
+        if (backgroundFill)
+            _fill = new Thread(Fill) { Name = $"ferry-pager-fill:{block}", IsBackground = true };
+    }
+
+    /// <summary>The block's name.</summary>
+    public string Block => _block;
+
+    /// <summary>Pages in the block.</summary>
+    public ulong PageCount => _pageCount;
+
+    public DemandPagingState State => (DemandPagingState)Volatile.Read(ref _state);
+
+    /// <summary>The failure, naming block and page (null unless <see cref="State"/> is Failed).</summary>
+    public string? Error => Volatile.Read(ref _error);
+
+    /// <summary>
+    /// Completes when every owed page is in place; faults with a <see cref="DemandPagingException"/> when the source
+    /// failed; cancelled when the pager was disposed first.
+    /// </summary>
+    public Task Completion => _completion.Task;
+
+    /// <summary>How the userfaultfd was made (/dev/userfaultfd or the system call).</summary>
+    public string OpenedVia => _uffd.OpenedVia;
+
+    /// <summary>
+    /// Opens a userfaultfd, has <paramref name="empty"/> give back every page of <paramref name="mapping"/> outside
+    /// <paramref name="present"/>, registers the range and starts the threads. Throws an <see cref="ErrnoException"/>
+    /// when userfaultfd is unavailable, before anything is emptied.
+    /// </summary>
+    internal static DemandPager Start(string block, MappedRegion mapping, IPageSource source, PageSet? present, Action empty, bool hugePages, bool backgroundFill, bool shmem)
+    {
+        var uffd = UserfaultFd.Open(shmem ? UffdConstants.UFFD_FEATURE_MISSING_SHMEM : 0);
+        SafeFd? stopEvent = null;
+        try
+        {
+            if (shmem && (uffd.Features & UffdConstants.UFFD_FEATURE_MISSING_SHMEM) == 0)
+                throw new ErrnoException($"userfaultfd: this kernel cannot page shared memory (features 0x{uffd.Features:X}); use --memory-backend anon");
+            stopEvent = SafeFd.FromResult(Libc.EventFd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK), "eventfd");
+            empty();
+            uffd.Register(mapping.Address, mapping.Length);
+            var pager = new DemandPager(block, mapping, source, present, hugePages, backgroundFill, uffd, stopEvent);
+            pager._handler.Start();
+            pager._fillStarted = Stopwatch.GetTimestamp();
+            pager._fill?.Start();
+            if (pager._fill is null && pager._dataOutstanding == 0)
+                pager.TryComplete();
+            return pager;
+        }
+        catch
+        {
+            stopEvent?.Dispose();
+            uffd.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The figures so far.</summary>
+    public DemandPagingStatistics Statistics()
+    {
+        var fillEnd = Interlocked.Read(ref _fillEnded);
+        var fillMs = _fillStarted == 0 ? 0 : Stopwatch.GetElapsedTime(_fillStarted, fillEnd != 0 ? fillEnd : Stopwatch.GetTimestamp()).TotalMilliseconds;
+        var fillBytes = Interlocked.Read(ref _fetchedByFill) * (double)Page.Size;
+        return new DemandPagingStatistics(
+            _block, State, Error,
+            Interlocked.Read(ref _faults), Interlocked.Read(ref _faultsInFlight), Interlocked.Read(ref _faultsLeftWaiting),
+            Interlocked.Read(ref _fetchedByFaults), Interlocked.Read(ref _fetchedByFill), Interlocked.Read(ref _written),
+            Interlocked.Read(ref _zeroByFaults), Interlocked.Read(ref _zeroByFill), Interlocked.Read(ref _balloonedResolved), Interlocked.Read(ref _discardedResolved),
+            Interlocked.Read(ref _sourceReads), Interlocked.Read(ref _sourcePages),
+            Interlocked.Read(ref _piecesFilled), Interlocked.Read(ref _piecesAlreadyResolved), Interlocked.Read(ref _piecesLeftEmpty),
+            Interlocked.Read(ref _piecesCollapsed), Interlocked.Read(ref _collapseFailures),
+            _faultLatency.Percentile(50).TotalMicroseconds, _faultLatency.Percentile(99).TotalMicroseconds, _faultLatency.Max.TotalMicroseconds,
+            _faultLatency.Total.TotalMilliseconds,
+            _fill is null ? 0 : fillMs,
+            fillMs > 0 ? fillBytes / (1 << 20) / (fillMs / 1000) : 0);
+    }
+
+    // ---- fault handler ----
+
+    private void HandleFaults()
+    {
+        var messages = new UffdMsg[MessageBatch];
+        var buffer = GC.AllocateUninitializedArray<byte>(FaultAroundPages * Page.Size, pinned: true);
+        var runs = new ClaimedRuns(FaultAroundPages);
+        Span<PollFd> fds = stackalloc PollFd[2];
+        fds[0] = new PollFd { Fd = _uffd.Handle.Fd, Events = Libc.POLLIN };
+        fds[1] = new PollFd { Fd = _stopEvent.Fd, Events = Libc.POLLIN };
+        while (Volatile.Read(ref _stopping) == 0)
+        {
+            fds[0].Revents = fds[1].Revents = 0;
+            int ready;
+            fixed (PollFd* p = fds)
+                ready = Libc.Poll(p, 2, -1);
+            if (ready < 0)
+            {
+                if (Libc.LastErrno == Libc.EINTR)
+                    continue;
+                Fail(new ErrnoException("poll(userfaultfd)", Libc.LastErrno), 0);
+                return;
+            }
+            if (fds[1].Revents != 0)
+                return;
+            int count;
+            try
+            {
+                count = _uffd.ReadMessages(messages);
+            }
+            catch (ErrnoException e)
+            {
+                Fail(e, 0);
+                return;
+            }
+            var read = Stopwatch.GetTimestamp();
+            for (var i = 0; i < count; i++)
+            {
+                if (messages[i].Event != UffdConstants.UFFD_EVENT_PAGEFAULT)
+                    continue;
+                var offset = messages[i].PagefaultAddress - (ulong)_mapping.Address;
+                if (offset >= _mapping.Length)
+                    continue; // not ours (cannot happen: one range per descriptor)
+                HandleFault(offset >> Page.Shift, read, buffer, runs);
+            }
+        }
+    }
+
+    private void HandleFault(ulong page, long readTimestamp, byte[] buffer, ClaimedRuns runs)
+    {
+        Interlocked.Increment(ref _faults);
+        _gate.EnterReadLock();
+        try
+        {
+            if (State != DemandPagingState.Paging)
+            {
+                // Complete: the range was unregistered and the kernel retried the fault. Failed: the page will not
+                // come, and the thread must not be given zeros: it stays blocked until its owner stops it.
+                if (State == DemandPagingState.Failed)
+                    Interlocked.Increment(ref _faultsLeftWaiting);
+                return;
+            }
+            var group = page & ~(ulong)(FaultAroundPages - 1);
+            var end = Math.Min(group + FaultAroundPages, _pageCount);
+            runs.Clear();
+            // Zero pages around the fault are taken too only where the piece will become a huge page anyway.
+            ClaimWhere(group, end, runs, page);
+            if (!runs.Contains(page))
+            {
+                if (_discarded.Contains(page) || _placed.Contains(page))
+                {
+                    // Discarded (it reads zero, whatever the source holds), or placed just before this message was read.
+                    PlaceZero(page, 1, ref IsBallooned(page) ? ref _balloonedResolved : ref _discardedResolved, countIfPlaced: _discarded.Contains(page));
+                    _faultLatency.RecordSince(readTimestamp);
+                }
+                else
+                {
+                    // Someone else claimed it and is bringing it in: its UFFDIO_COPY wakes this thread.
+                    Interlocked.Increment(ref _faultsInFlight);
+                }
+                return;
+            }
+            Resolve(runs, buffer, group, byFill: false);
+            _faultLatency.RecordSince(readTimestamp);
+        }
+        catch (Exception e)
+        {
+            Fail(e, page);
+        }
+        finally
+        {
+            _gate.ExitReadLock();
+        }
+        CompleteWithoutFill();
+    }
+
+    /// <summary>Without a fill, paging is complete once the last owed data page is in place (placed by faults or writes).</summary>
+    private void CompleteWithoutFill()
+    {
+        if (_fill is null && State == DemandPagingState.Paging && Interlocked.Read(ref _dataOutstanding) == 0)
+            TryComplete();
+    }
+
+    // ---- background fill ----
+
+    private void Fill()
+    {
+        var buffer = GC.AllocateUninitializedArray<byte>(Page.ChunkSize, pinned: true);
+        var runs = new ClaimedRuns(Page.ChunkPages);
+        var pieces = Page.ChunksFor(_pageCount);
+        try
+        {
+            for (ulong piece = 0; piece < pieces && Volatile.Read(ref _stopping) == 0; piece++)
+            {
+                var first = piece << Page.ChunkShift;
+                var end = Math.Min(first + Page.ChunkPages, _pageCount);
+                _gate.EnterReadLock();
+                try
+                {
+                    if (State != DemandPagingState.Paging)
+                        return;
+                    var position = first;
+                    var hasData = _data.NextRun(ref position, end, out _, out _);
+                    position = first;
+                    var untouched = !_unclaimed.NextGap(ref position, end, out _, out _);
+                    if (!hasData && untouched)
+                    {
+                        // Zero and never touched: left to the kernel, which gives it a huge page on first touch once
+                        // the range is unregistered (until then a touch is resolved as a fault like any other).
+                        Interlocked.Increment(ref _piecesLeftEmpty);
+                        continue;
+                    }
+                    runs.Clear();
+                    ClaimWhere(first, end, runs, faultPage: ulong.MaxValue);
+                    if (runs.Count == 0)
+                    {
+                        Interlocked.Increment(ref _piecesAlreadyResolved);
+                    }
+                    else
+                    {
+                        Resolve(runs, buffer, first, byFill: true);
+                        Interlocked.Increment(ref _piecesFilled);
+                    }
+                }
+                finally
+                {
+                    _gate.ExitReadLock();
+                }
+                if (_hugePages)
+                    Collapse(piece, first, end);
+            }
+            if (Volatile.Read(ref _stopping) == 0)
+                TryComplete();
+        }
+        catch (Exception e)
+        {
+            Fail(e, runs.Count > 0 ? runs.Start(0) : 0);
+        }
+        finally
+        {
+            Interlocked.Exchange(ref _fillEnded, Stopwatch.GetTimestamp());
+        }
+    }
+
+    /// <summary>
+    /// Makes piece <paramref name="piece"/> one huge page if every page of it is in place (MADV_COLLAPSE refuses a
+    /// registered range with a missing or zero-page entry; it is tried again after completion).
+    /// </summary>
+    private void Collapse(ulong piece, ulong first, ulong end)
+    {
+        if (_collapsed[piece] || end - first != Page.ChunkPages)
+            return;
+        var position = first;
+        if (_placed.NextGap(ref position, end, out _, out _) || HasGivenBack(first, end))
+            return;
+        if (Libc.Madvise(_mapping.Address + (nint)(first << Page.Shift), Page.ChunkSize, Libc.MADV_COLLAPSE) == 0)
+        {
+            _collapsed[piece] = true;
+            Interlocked.Increment(ref _piecesCollapsed);
+        }
+        else
+        {
+            Interlocked.Increment(ref _collapseFailures);
+        }
+    }
+
+    /// <summary>Whether a ballooned or discarded page lies in [first, end): such a piece stays 4 KiB pages.</summary>
+    private bool HasGivenBack(ulong first, ulong end)
+    {
+        var position = first;
+        if (_discarded.NextRun(ref position, end, out _, out _))
+            return true;
+        position = first;
+        return _ballooned is not null && _ballooned.NextRun(ref position, end, out _, out _);
+    }
+
+    private bool IsBallooned(ulong page) => _ballooned is not null && _ballooned.Contains(page);
+
+    /// <summary>
+    /// Every owed data page is in place: unregister the range (under the exclusive gate, so no copy is on its way),
+    /// collapse the pieces that could not be while registered, and complete.
+    /// </summary>
+    private void TryComplete()
+    {
+        _gate.EnterWriteLock();
+        try
+        {
+            if (State != DemandPagingState.Paging)
+            {
+                _gate.ExitWriteLock();
+                return;
+            }
+            if (Interlocked.Read(ref _dataOutstanding) != 0)
+                throw new InvalidOperationException($"RAM block '{_block}': the fill ended with {Interlocked.Read(ref _dataOutstanding)} data pages not in place");
+            // Pages never claimed now read zero from the kernel: the pieces left empty, and ballooned pages.
+            _uffd.Unregister(_mapping.Address, _mapping.Length);
+            Volatile.Write(ref _state, (int)DemandPagingState.Complete);
+        }
+        catch (Exception e)
+        {
+            _gate.ExitWriteLock();
+            Fail(e, 0);
+            return;
+        }
+        _gate.ExitWriteLock();
+        if (_hugePages)
+        {
+            var pieces = Page.ChunksFor(_pageCount);
+            for (ulong piece = 0; piece < pieces; piece++)
+            {
+                var first = piece << Page.ChunkShift;
+                var position = first;
+                var end = Math.Min(first + Page.ChunkPages, _pageCount);
+                if (!_collapsed[piece] && _placed.NextRun(ref position, end, out _, out _))
+                    Collapse(piece, first, end);
+            }
+        }
+        Interlocked.CompareExchange(ref _fillEnded, Stopwatch.GetTimestamp(), 0);
+        ReleaseSource();
+        _completion.TrySetResult();
+        WakeHandler();
+    }
+
+    /// <summary>Nothing reads the source any more (complete, or both threads stopped): a disposable source is closed.</summary>
+    private void ReleaseSource()
+    {
+        if (Interlocked.Exchange(ref _sourceReleased, 1) == 0)
+            (_source as IDisposable)?.Dispose();
+    }
+
+    // ---- claiming and placing ----
+
+    /// <summary>
+    /// Claims the pages of [first, end) nobody claimed before that are worth bringing in now: data pages, and zero
+    /// pages where the piece is to become a huge page (ballooned ones never: the guest gave them back), plus the
+    /// faulting page <paramref name="faultPage"/> whatever it is.
+    /// </summary>
+    private void ClaimWhere(ulong first, ulong end, ClaimedRuns runs, ulong faultPage)
+    {
+        bool wanted(ulong p) => p == faultPage || _data.Contains(p) || (_hugePages && !IsBallooned(p));
+        var p = first;
+        while (p < end)
+        {
+            if (!wanted(p))
+            {
+                p++;
+                continue;
+            }
+            var start = p;
+            while (p < end && wanted(p))
+                p++;
+            _unclaimed.RemoveRange(start, p - start, ref runs, static (ref ClaimedRuns r, ulong s, ulong n) => r.Add(s, n));
+        }
+    }
+
+    /// <summary>
+    /// Fetches and places the claimed runs (all inside the piece or group from <paramref name="baseline"/>, which
+    /// <paramref name="buffer"/> covers): data pages read from the source, zero pages copied as zeros, ballooned and
+    /// discarded pages mapped as zero pages. Nothing of a run is placed if its read fails.
+    /// </summary>
+    private void Resolve(ClaimedRuns runs, byte[] buffer, ulong baseline, bool byFill)
+    {
+        for (var r = 0; r < runs.Count; r++)
+        {
+            var start = runs.Start(r);
+            var end = start + runs.Length(r);
+            // 1. Read the data pages (each run of them in one read); zero the rest of the buffer.
+            long dataPages = 0, zeroPages = 0, ballooned = 0, discarded = 0;
+            var p = start;
+            while (p < end)
+            {
+                var kind = Kind(p);
+                var s = p;
+                while (p < end && Kind(p) == kind)
+                    p++;
+                var into = buffer.AsSpan((int)((s - baseline) << Page.Shift), (int)((p - s) << Page.Shift));
+                switch (kind)
+                {
+                    case PageKind.Data:
+                        Interlocked.Increment(ref _sourceReads);
+                        Interlocked.Add(ref _sourcePages, (long)(p - s));
+                        _source.ReadPages(s, p - s, into);
+                        dataPages += (long)(p - s);
+                        break;
+                    case PageKind.Zero:
+                        into.Clear();
+                        zeroPages += (long)(p - s);
+                        break;
+                    case PageKind.Ballooned:
+                        ballooned += (long)(p - s);
+                        break;
+                    default:
+                        discarded += (long)(p - s);
+                        break;
+                }
+            }
+            // 2. Place: copy runs of data and zero pages, map zero pages over given-back ones.
+            p = start;
+            fixed (byte* b = buffer)
+            {
+                while (p < end)
+                {
+                    var copy = Kind(p) is PageKind.Data or PageKind.Zero;
+                    var s = p;
+                    while (p < end && (Kind(p) is PageKind.Data or PageKind.Zero) == copy)
+                        p++;
+                    var at = _mapping.Address + (nint)(s << Page.Shift);
+                    PlaceRange(at, copy ? (nint)(b + ((s - baseline) << Page.Shift)) : 0, (p - s) << Page.Shift);
+                }
+            }
+            _placed.AddRange(start, end - start);
+            Interlocked.Add(ref _dataOutstanding, -dataPages);
+            Interlocked.Add(ref byFill ? ref _fetchedByFill : ref _fetchedByFaults, dataPages);
+            Interlocked.Add(ref byFill ? ref _zeroByFill : ref _zeroByFaults, zeroPages);
+            Interlocked.Add(ref _balloonedResolved, ballooned);
+            Interlocked.Add(ref _discardedResolved, discarded);
+        }
+    }
+
+    private enum PageKind { Data, Zero, Ballooned, Discarded }
+
+    private PageKind Kind(ulong page) =>
+        IsBallooned(page) ? PageKind.Ballooned
+        : _discarded.Contains(page) ? PageKind.Discarded
+        : _data.Contains(page) ? PageKind.Data
+        : PageKind.Zero;
+
+    /// <summary>Maps zero pages over [page, +count) if missing (a page found in place is only woken); counts them.</summary>
+    private void PlaceZero(ulong page, ulong count, ref long counter, bool countIfPlaced)
+    {
+        var at = _mapping.Address + (nint)(page << Page.Shift);
+        var placed = PlaceRange(at, 0, count << Page.Shift);
+        if (countIfPlaced && placed > 0)
+            Interlocked.Add(ref counter, (long)(placed >> Page.Shift));
+        _uffd.Wake(at, count << Page.Shift);
+    }
+
+    /// <summary>
+    /// UFFDIO_COPY from <paramref name="from"/> (UFFDIO_ZEROPAGE when it is 0) over a range, going past pages already
+    /// there (EEXIST: someone placed them; their waiters are woken) and retrying interruptions (EAGAIN). Returns the
+    /// bytes it placed itself.
+    /// </summary>
+    private ulong PlaceRange(nint at, nint from, ulong length)
+    {
+        ulong done = 0, placed = 0;
+        while (done < length)
+        {
+            ulong n;
+            var errno = from != 0
+                ? _uffd.Copy(at + (nint)done, from + (nint)done, length - done, out n)
+                : _uffd.ZeroPage(at + (nint)done, length - done, out n);
+            done += n;
+            placed += n;
+            if (errno == 0)
+                break;
+            if (errno == Libc.EEXIST)
+            {
+                _uffd.Wake(at + (nint)done, Page.Size);
+                done += Page.Size;
+                continue;
+            }
+            if (errno != Libc.EAGAIN)
+                throw new ErrnoException(from != 0 ? "ioctl(UFFDIO_COPY)" : "ioctl(UFFDIO_ZEROPAGE)", errno);
+        }
+        return placed;
+    }
+
+    // ---- what the block's backing asks while paging ----
+
+    /// <summary>
+    /// Brings [offset, offset + length) in before managed code reads or writes it through the mapping: with
+    /// MADV_POPULATE_READ, so a page still owed is waited for inside a system call. A managed thread blocked in a
+    /// plain page fault cannot be suspended by the garbage collector, and a collection that waits for it while the
+    /// fault handler (managed too) waits for the collection would hang the process; inside a system call the thread
+    /// is outside managed code and the collector does not wait for it. vCPUs need nothing: they wait inside KVM_RUN.
+    /// </summary>
+    internal void Populate(ulong offset, ulong length)
+    {
+        if (length == 0 || State is DemandPagingState.Complete or DemandPagingState.Stopped)
+            return;
+        var (first, count) = Page.Covering(offset, length);
+        var at = _mapping.Address + (nint)(first << Page.Shift);
+        while (Libc.Madvise(at, (nuint)(count << Page.Shift), Libc.MADV_POPULATE_READ) != 0)
+        {
+            var errno = Libc.LastErrno;
+            if (errno is not (Libc.EINTR or Libc.EAGAIN))
+                return; // e.g. unsupported (before Linux 5.14): the access below faults as it would have anyway
+        }
+    }
+
+    /// <summary>
+    /// The owed data pages not yet in place, added to <paramref name="into"/>: they hold data although nothing is
+    /// resident for them yet. Reading them through the mapping brings them in like any fault.
+    /// </summary>
+    internal void AddOwedData(PageSet into)
+    {
+        if (State != DemandPagingState.Paging && State != DemandPagingState.Failed)
+            return;
+        var data = _data.Words;
+        var placed = _placed.Words;
+        var discarded = _discarded.Words;
+        var target = into.Words;
+        for (var w = 0; w < target.Length; w++)
+            target[w] |= data[w] & ~Volatile.Read(ref placed[w]) & ~Volatile.Read(ref discarded[w]);
+    }
+
+    /// <summary>
+    /// A discard while paging: the pages are claimed (never fetched from now on) and marked discarded (a later
+    /// touch is resolved as zero), then <paramref name="discard"/> gives their memory back. Returns false when
+    /// paging is over and the caller discards as usual.
+    /// </summary>
+    internal bool Discard(ulong firstPage, ulong count, Action discard)
+    {
+        _gate.EnterWriteLock();
+        try
+        {
+            if (State is DemandPagingState.Complete or DemandPagingState.Stopped)
+                return false;
+            _unclaimed.RemoveRange(firstPage, count);
+            for (var p = firstPage; p < firstPage + count; p++)
+            {
+                if (_data.Contains(p) && !_placed.Contains(p) && !_discarded.Contains(p))
+                    Interlocked.Decrement(ref _dataOutstanding);
+            }
+            _discarded.AddRange(firstPage, count);
+            discard();
+            return true;
+        }
+        finally
+        {
+            _gate.ExitWriteLock();
+        }
+    }
+
+    /// <summary>
+    /// A bulk write while paging (what postcopy's background stream does): pages nobody claimed are placed with
+    /// UFFDIO_COPY straight from <paramref name="data"/> and never fetched; the rest are written through the mapping
+    /// (a page still on its way is waited for, then overwritten). Returns false when paging is over.
+    /// </summary>
+    internal bool Write(ulong offset, ReadOnlySpan<byte> data)
+    {
+        if (!Page.IsAligned(offset) || !Page.IsAligned((ulong)data.Length))
+        {
+            // Partial pages: through the mapping, once the pages are in.
+            if (State != DemandPagingState.Paging)
+                return false;
+            Populate(offset, (ulong)data.Length);
+            data.CopyTo(_mapping.GetSpan(offset, data.Length));
+            return true;
+        }
+        var runs = new ClaimedRuns(data.Length / Page.Size);
+        _gate.EnterReadLock();
+        try
+        {
+            if (State != DemandPagingState.Paging)
+                return false;
+            var first = offset >> Page.Shift;
+            var count = (ulong)data.Length >> Page.Shift;
+            _unclaimed.RemoveRange(first, count, ref runs, static (ref ClaimedRuns r, ulong s, ulong n) => r.Add(s, n));
+            fixed (byte* b = data)
+            {
+                for (var r = 0; r < runs.Count; r++)
+                {
+                    var s = runs.Start(r);
+                    var n = runs.Length(r);
+                    PlaceRange(_mapping.Address + (nint)(s << Page.Shift), (nint)(b + ((s - first) << Page.Shift)), n << Page.Shift);
+                    _placed.AddRange(s, n);
+                    long owed = 0;
+                    for (var p = s; p < s + n; p++)
+                    {
+                        if (_data.Contains(p) && !_discarded.Contains(p))
+                            owed++;
+                    }
+                    Interlocked.Add(ref _dataOutstanding, -owed);
+                    Interlocked.Add(ref _written, (long)n);
+                }
+            }
+        }
+        finally
+        {
+            _gate.ExitReadLock();
+        }
+        // Pages claimed by someone else (or already in place): written through the mapping, outside the gate (the
+        // write may wait in a fault for the page's claimer, and the handler must be free to resolve it).
+        var position = 0;
+        for (var r = 0; r <= runs.Count; r++)
+        {
+            var next = r < runs.Count ? (int)((runs.Start(r) - (offset >> Page.Shift)) << Page.Shift) : data.Length;
+            if (next > position)
+            {
+                Populate(offset + (ulong)position, (ulong)(next - position));
+                data[position..next].CopyTo(_mapping.GetSpan(offset + (ulong)position, next - position));
+            }
+            if (r < runs.Count)
+                position = next + (int)(runs.Length(r) << Page.Shift);
+        }
+        CompleteWithoutFill();
+        return true;
+    }
+
+    // ---- failure and shutdown ----
+
+    private void Fail(Exception e, ulong page)
+    {
+        var where = e is PageSourceException p ? p.Page : page;
+        var message = e switch
+        {
+            PageSourceException => $"RAM block '{_block}' page {where} (offset 0x{where << Page.Shift:X}): {e.Message}",
+            _ => $"RAM block '{_block}' page {where}: demand paging failed: {e.Message}",
+        };
+        if (Interlocked.CompareExchange(ref _error, message, null) is not null)
+            return;
+        Volatile.Write(ref _state, (int)DemandPagingState.Failed);
+        _completion.TrySetException(new DemandPagingException(message, _block, where, e));
+    }
+
+    private void WakeHandler()
+    {
+        ulong one = 1;
+        Libc.Write(_stopEvent.Fd, &one, sizeof(ulong));
+    }
+
+    /// <summary>
+    /// Stops both threads (the fill after its current piece), then closes the userfaultfd, which releases any thread
+    /// still waiting with zero-filled memory: call it only once nothing that must not see that can be waiting.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _stopping, 1) != 0)
+            return;
+        WakeHandler();
+        _fill?.Join();
+        _handler.Join();
+        if (Interlocked.CompareExchange(ref _state, (int)DemandPagingState.Stopped, (int)DemandPagingState.Paging) == (int)DemandPagingState.Paging)
+            _completion.TrySetCanceled();
+        ReleaseSource();
+        _uffd.Dispose();
+        _stopEvent.Dispose();
+        _gate.Dispose();
+    }
+
+    /// <summary>Runs of claimed pages (start, length), in ascending order, in preallocated arrays.</summary>
+    private sealed class ClaimedRuns(int capacity)
+    {
+        private readonly ulong[] _starts = new ulong[Math.Max(1, (capacity + 1) / 2)];
+        private readonly ulong[] _lengths = new ulong[Math.Max(1, (capacity + 1) / 2)];
+
+        public int Count { get; private set; }
+
+        public ulong Start(int i) => _starts[i];
+
+        public ulong Length(int i) => _lengths[i];
+
+        public void Clear() => Count = 0;
+
+        public void Add(ulong start, ulong length)
+        {
+            if (Count > 0 && _starts[Count - 1] + _lengths[Count - 1] == start)
+            {
+                _lengths[Count - 1] += length;
+                return;
+            }
+            _starts[Count] = start;
+            _lengths[Count] = length;
+            Count++;
+        }
+
+        public bool Contains(ulong page)
+        {
+            for (var i = 0; i < Count; i++)
+            {
+                if (page >= _starts[i] && page < _starts[i] + _lengths[i])
+                    return true;
+            }
+            return false;
+        }
+    }
+}
