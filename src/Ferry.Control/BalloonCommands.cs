@@ -67,7 +67,10 @@ public static class BalloonCommands
                 ["actual-pages"] = d.ActualPages,
                 ["poison-value"] = d.PoisonValue,
                 ["ballooned-pages"] = machine.Memory.Blocks.Sum(b => (long)d.BalloonBitmap(b).Count()),
+                // What the host really holds (pagemap: resident private pages, the shared zero page excluded), not RSS.
                 ["host-allocated-bytes"] = machine.Memory.Blocks.Sum(b => (long)b.AllocatedBytes()),
+                ["discarded-whole-2m-chunks"] = machine.Memory.Blocks.Sum(b => b.WholeChunksDiscarded),
+                ["discarded-scattered-pages"] = machine.Memory.Blocks.Sum(b => b.ScatteredPagesDiscarded),
                 ["inflated-pages"] = c.InflatedPages,
                 ["deflated-pages"] = c.DeflatedPages,
                 ["reported-pages"] = c.ReportedPages,

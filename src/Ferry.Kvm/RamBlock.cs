@@ -158,6 +158,17 @@ public sealed class RamBlock : IDisposable
     /// </summary>
     public IEnumerable<(ulong Offset, ulong Length)> DataExtents() => _backing.DataExtents();
 
+    private long _wholeChunksDiscarded, _scatteredPagesDiscarded;
+
+    /// <summary>
+    /// Whole aligned 2 MiB chunks given back by <see cref="Discard"/>: on huge-page memory each frees a huge page at
+    /// once (the balloon and free page reporting prefer them).
+    /// </summary>
+    public long WholeChunksDiscarded => Interlocked.Read(ref _wholeChunksDiscarded);
+
+    /// <summary>4 KiB pages given back outside whole chunks: they read zero at once; on huge-page memory the host frees them only when the rest of their huge page goes too, or under pressure.</summary>
+    public long ScatteredPagesDiscarded => Interlocked.Read(ref _scatteredPagesDiscarded);
+
     /// <summary>Gives the pages in [offset, offset + length) back to the host: they read as zero afterwards.</summary>
     public void Discard(ulong offset, ulong length)
     {
@@ -166,6 +177,12 @@ public sealed class RamBlock : IDisposable
         if (length == 0)
             return;
         _backing.Discard(offset, length);
+        const ulong chunk = Page.ChunkSize;
+        var wholeStart = (offset + chunk - 1) & ~(chunk - 1);
+        var wholeEnd = (offset + length) & ~(chunk - 1);
+        var whole = wholeEnd > wholeStart ? (wholeEnd - wholeStart) / chunk : 0;
+        Interlocked.Add(ref _wholeChunksDiscarded, (long)whole);
+        Interlocked.Add(ref _scatteredPagesDiscarded, (long)((length - whole * chunk) >> Page.Shift));
     }
 
     /// <summary>

@@ -16,6 +16,28 @@ public sealed class RamBlockBackingTests : IDisposable
 
     private static byte[] Bytes(byte value, ulong length) => Enumerable.Repeat(value, (int)length).ToArray();
 
+    [Theory]
+    [InlineData(RamBackend.Memfd)]
+    [InlineData(RamBackend.Anonymous)]
+    public void Discards_count_whole_2_MiB_chunks_apart_from_scattered_pages_and_really_free_memory(RamBackend backend)
+    {
+        const ulong chunk = Page.ChunkSize;
+        using var block = RamBlock.Create("ram", 0, 8 * chunk, 0, backend);
+        block.Mapping.GetSpan(0, (int)(8 * chunk)).Fill(0x5A);
+        var before = block.AllocatedBytes();
+        Assert.Equal(8 * chunk, before);
+
+        block.Discard(2 * chunk, 2 * chunk);                 // two whole aligned chunks
+        block.Discard(5 * chunk + 3 * P, 7 * P);             // scattered pages inside one chunk
+        block.Discard(6 * chunk - 2 * P, chunk + 4 * P);     // 2 pages, one whole chunk, 2 pages
+
+        Assert.Equal(3L, block.WholeChunksDiscarded);
+        Assert.Equal(7L + 2 + 2, block.ScatteredPagesDiscarded);
+        // The whole chunks are given back at once on both backings (what the host really holds, not RSS).
+        Assert.True(block.AllocatedBytes() <= before - 3 * chunk, $"{block.AllocatedBytes()} bytes still allocated");
+        Assert.True(block.Mapping.GetSpan(2 * chunk, (int)chunk).IndexOfAnyExcept((byte)0) < 0);
+    }
+
     [Fact]
     public void Memfd_block_written_pages_are_its_data_extents_and_its_allocation()
     {

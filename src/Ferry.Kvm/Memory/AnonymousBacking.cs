@@ -28,17 +28,10 @@ internal sealed class AnonymousBacking : RamBacking
 
     private readonly MappedRegion _mapping;
     private bool _mappedOver;
-    private long _wholeHugePagesDiscarded, _scatteredPagesDiscarded;
 
     private AnonymousBacking(MappedRegion mapping) => _mapping = mapping;
 
     private ulong PageCount => _mapping.Length >> Page.Shift;
-
-    /// <summary>Huge pages given back whole by discards (each freed at once).</summary>
-    public long WholeHugePagesDiscarded => Interlocked.Read(ref _wholeHugePagesDiscarded);
-
-    /// <summary>4 KiB pages discarded outside whole huge pages (they read zero; the host frees them later).</summary>
-    public long ScatteredPagesDiscarded => Interlocked.Read(ref _scatteredPagesDiscarded);
 
     /// <summary>
     /// Maps <paramref name="size"/> bytes of private anonymous memory at a 2 MiB boundary and asks for huge pages.
@@ -71,13 +64,8 @@ internal sealed class AnonymousBacking : RamBacking
 
     public override void Discard(ulong offset, ulong length)
     {
+        // Whole aligned huge pages are counted apart from the scattered rest by RamBlock.Discard, for every backing.
         ErrnoException.Check(Libc.Madvise(_mapping.Address + (nint)offset, (nuint)length, Libc.MADV_DONTNEED), "madvise(DONTNEED)");
-        // Count what came back at once (whole aligned huge pages) apart from the scattered rest.
-        var wholeStart = (offset + HugePageSize - 1) & ~(HugePageSize - 1);
-        var wholeEnd = (offset + length) & ~(HugePageSize - 1);
-        var whole = wholeEnd > wholeStart ? (wholeEnd - wholeStart) / HugePageSize : 0;
-        Interlocked.Add(ref _wholeHugePagesDiscarded, (long)whole);
-        Interlocked.Add(ref _scatteredPagesDiscarded, (long)((length - whole * HugePageSize) >> Page.Shift));
     }
 
     public override void WriteAt(ulong offset, ReadOnlySpan<byte> data) => data.CopyTo(_mapping.GetSpan(offset, data.Length));
