@@ -205,6 +205,7 @@ public sealed class SnapshotOutputTests
     private sealed class SecondWriterFails(SnapshotOutput inner) : IMigrationOutput
     {
         private readonly ManualResetEventSlim _aborted = new();
+        private readonly ManualResetEventSlim _channel0Writing = new();
 
         public bool EchoThrown { get; private set; }
 
@@ -231,6 +232,7 @@ public sealed class SnapshotOutputTests
         {
             inner.Dispose();
             _aborted.Dispose();
+            _channel0Writing.Dispose();
         }
 
         private sealed class Sink(SecondWriterFails output, IPageSink inner, int channel) : IPageSink
@@ -240,7 +242,14 @@ public sealed class SnapshotOutputTests
             public void WritePages(ushort block, ulong pageOffset, ReadOnlySpan<byte> pages)
             {
                 if (channel == 1)
+                {
+                    // Fail only once channel 0 is inside a write, so its echo of the abort is certain to follow (a
+                    // loaded machine may start channel 0 late, and a cancelled token would then stop it before any write).
+                    if (!output._channel0Writing.Wait(TimeSpan.FromSeconds(30)))
+                        throw new TimeoutException("channel 0 never wrote");
                     throw new IOException("No space left on device (simulated)");
+                }
+                output._channel0Writing.Set();
                 if (!output._aborted.Wait(TimeSpan.FromSeconds(30)))
                     throw new TimeoutException("channel 1 never failed");
                 output.EchoThrown = true;
