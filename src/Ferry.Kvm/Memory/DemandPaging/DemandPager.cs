@@ -507,6 +507,13 @@ public sealed unsafe class DemandPager : IDisposable
                         break;
                 }
             }
+            // Counted before placing: a placement wakes the threads waiting on these pages, and what they can see
+            // must already be in the statistics (a placement that fails fails the whole pager anyway). What is
+            // outstanding drops only once they are in place: it decides when paging is complete.
+            Interlocked.Add(ref byFill ? ref _fetchedByFill : ref _fetchedByFaults, dataPages);
+            Interlocked.Add(ref byFill ? ref _zeroByFill : ref _zeroByFaults, zeroPages);
+            Interlocked.Add(ref _balloonedResolved, ballooned);
+            Interlocked.Add(ref _discardedResolved, discarded);
             // 2. Place: copy runs of data and zero pages, map zero pages over given-back ones.
             p = start;
             fixed (byte* b = buffer)
@@ -523,10 +530,6 @@ public sealed unsafe class DemandPager : IDisposable
             }
             _placed.AddRange(start, end - start);
             Interlocked.Add(ref _dataOutstanding, -dataPages);
-            Interlocked.Add(ref byFill ? ref _fetchedByFill : ref _fetchedByFaults, dataPages);
-            Interlocked.Add(ref byFill ? ref _zeroByFill : ref _zeroByFaults, zeroPages);
-            Interlocked.Add(ref _balloonedResolved, ballooned);
-            Interlocked.Add(ref _discardedResolved, discarded);
         }
     }
 
