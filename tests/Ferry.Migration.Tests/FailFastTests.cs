@@ -232,13 +232,14 @@ public sealed class FailFastTests
     {
         using var vm = new SyntheticVm(16 * MiB);
         vm.Fill(0, 0, 100, 1);
-        // A guest that never answers the hint run: pass 1 waits 2.5 s with nothing on any channel.
+        // A guest that never answers the hint run: pass 1 waits 5 s with nothing on any channel, 2.5 time-outs. (A 1 s
+        // time-out made this fail under a loaded full test run: a keepalive every 250 ms was once late by a second.)
         vm.SyntheticBalloon = new SyntheticBalloon(vm) { FreeRanges = null };
         vm.Start();
         using var target = new SyntheticTarget(vm.Blocks);
         var channels = new InMemoryChannels();
-        var receive = Task.Run(() => MigrationReceiver.Receive(target, channels, CancellationToken.None, TimeSpan.FromSeconds(1)));
-        using var migration = new PrecopyMigration(vm, new MigrationParameters { MultifdChannels = 2, HintBudgetMs = 2500, ChannelTimeoutMs = 1000 }, new MigrationCapabilities());
+        var receive = Task.Run(() => MigrationReceiver.Receive(target, channels, CancellationToken.None, TimeSpan.FromSeconds(2)));
+        using var migration = new PrecopyMigration(vm, new MigrationParameters { MultifdChannels = 2, HintBudgetMs = 5000, ChannelTimeoutMs = 2000 }, new MigrationCapabilities());
 
         var stats = migration.Run(channels);
 
