@@ -115,7 +115,7 @@ public sealed class MigrationTls : IDisposable
                     // An untrusted source still completes the handshake, so that it can be told why over an
                     // encrypted channel (its user reads the reason, not "connection closed"); nothing it sends is
                     // ever read: the channel is refused right below.
-                    RemoteCertificateValidationCallback = (_, certificate, _, errors) => channel.Judge(certificate, errors),
+                    RemoteCertificateValidationCallback = (_, certificate, _, errors) => channel.InspectAndLetFinish(certificate, errors),
                 }, deadline.Token).ConfigureAwait(false);
                 if (channel.Rejection is { } refused)
                 {
@@ -138,7 +138,7 @@ public sealed class MigrationTls : IDisposable
                     EnabledSslProtocols = SslProtocols.Tls13,
                     CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
                     CertificateChainPolicy = TrustOnlyTheCa(),
-                    RemoteCertificateValidationCallback = (_, certificate, _, errors) => channel.Judge(certificate, errors) && channel.Rejection is null,
+                    RemoteCertificateValidationCallback = (_, certificate, _, errors) => channel.Inspect(certificate, errors),
                 }, deadline.Token).ConfigureAwait(false);
                 await channel.WriteAsync(new[] { Confirmation }, deadline.Token).ConfigureAwait(false);
                 await channel.FlushAsync(deadline.Token).ConfigureAwait(false);
@@ -186,7 +186,7 @@ public sealed class MigrationTls : IDisposable
     }
 
     /// <summary>Decides one peer certificate; returns the reason it is refused, or null.</summary>
-    internal string? Judge(X509Certificate? certificate, SslPolicyErrors errors)
+    internal string? RefusalOf(X509Certificate? certificate, SslPolicyErrors errors)
     {
         var peer = _endpoint == TlsEndpoint.Server ? "the source" : "the destination";
         if (certificate is null || errors.HasFlag(SslPolicyErrors.RemoteCertificateNotAvailable))
@@ -272,10 +272,21 @@ public sealed class TlsChannel : SslStream
     /// <summary>Why the peer's certificate was refused (set during the handshake).</summary>
     internal string? Rejection { get; private set; }
 
-    /// <summary>Records the verdict on the peer's certificate; true: let the handshake finish (the caller acts on <see cref="Rejection"/>).</summary>
-    internal bool Judge(X509Certificate? certificate, SslPolicyErrors errors)
+    /// <summary>Records the verdict on the peer's certificate in <see cref="Rejection"/>; true when it is accepted.</summary>
+    internal bool Inspect(X509Certificate? certificate, SslPolicyErrors errors)
     {
-        Rejection = _tls.Judge(certificate, errors);
+        Rejection = _tls.RefusalOf(certificate, errors);
+        return Rejection is null;
+    }
+
+    /// <summary>
+    /// The destination's verdict on a source: recorded, and the handshake allowed to finish either way, so that a
+    /// refused source can be told why inside TLS; the caller refuses the channel on <see cref="Rejection"/> before
+    /// reading anything from it.
+    /// </summary>
+    internal bool InspectAndLetFinish(X509Certificate? certificate, SslPolicyErrors errors)
+    {
+        Inspect(certificate, errors);
         return true;
     }
 }
