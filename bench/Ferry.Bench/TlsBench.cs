@@ -1,12 +1,10 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
-using System.Security.Cryptography;
-using System.Security.Cryptography.X509Certificates;
 using Ferry.Kvm;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Stream;
 using Ferry.Migration.Transport;
+using Ferry.TestSupport;
 
 /// <summary>
 /// What TLS costs a migration (issue 17), without KVM: a paused machine of G GiB of pseudo-random data (nothing
@@ -21,27 +19,21 @@ internal static class TlsBench
         var c = CultureInfo.InvariantCulture;
         var size = gib << 30;
         Console.WriteLine(string.Create(c, $"TLS cost: {gib} GiB of random pages, paused source, loopback TCP, {channels} channels, {Environment.ProcessorCount} cores, median of {repeat}"));
-        var credentials = MakeCredentials();
-        try
+        using var certificates = new TestCertificates();
+        var credentials = certificates.Directory();
+        using var source = new PausedMemory(size);
+        var plain = new List<double>();
+        var tls = new List<double>();
+        for (var i = 0; i < repeat; i++)
         {
-            using var source = new PausedMemory(size);
-            var plain = new List<double>();
-            var tls = new List<double>();
-            for (var i = 0; i < repeat; i++)
-            {
-                plain.Add(Once(source, channels, null));
-                tls.Add(Once(source, channels, credentials));
-            }
-            double Median(List<double> runs) => runs.Order().ElementAt(runs.Count / 2);
-            double Rate(double ms) => gib / (ms / 1000);
-            var p = Median(plain);
-            var t = Median(tls);
-            Console.WriteLine(string.Create(c, $"| | time | rate |\n|---|---|---|\n| plain TCP (baseline) | {p:F0} ms | {Rate(p):F2} GiB/s |\n| TLS 1.3 | {t:F0} ms | {Rate(t):F2} GiB/s |\n| TLS / plain | {t / p:F2}x | |"));
+            plain.Add(Once(source, channels, null));
+            tls.Add(Once(source, channels, credentials));
         }
-        finally
-        {
-            Directory.Delete(credentials, recursive: true);
-        }
+        double Median(List<double> runs) => runs.Order().ElementAt(runs.Count / 2);
+        double Rate(double ms) => gib / (ms / 1000);
+        var p = Median(plain);
+        var t = Median(tls);
+        Console.WriteLine(string.Create(c, $"| | time | rate |\n|---|---|---|\n| plain TCP (baseline) | {p:F0} ms | {Rate(p):F2} GiB/s |\n| TLS 1.3 | {t:F0} ms | {Rate(t):F2} GiB/s |\n| TLS / plain | {t / p:F2}x | |"));
         return 0;
     }
 
@@ -61,31 +53,6 @@ internal static class TlsBench
         migration.Run(connector);
         receive.GetAwaiter().GetResult();
         return clock.Elapsed.TotalMilliseconds;
-    }
-
-    /// <summary>A CA and a server/client pair for 127.0.0.1 in QEMU's layout, in a temporary directory.</summary>
-    private static string MakeCredentials()
-    {
-        var dir = Directory.CreateTempSubdirectory("ferry-tls-bench-").FullName;
-        using var caKey = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var caRequest = new CertificateRequest("CN=bench CA", caKey, HashAlgorithmName.SHA256);
-        caRequest.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
-        caRequest.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign, true));
-        using var ca = caRequest.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
-        File.WriteAllText(Path.Combine(dir, "ca-cert.pem"), ca.ExportCertificatePem());
-        foreach (var (prefix, eku) in new[] { ("server", "1.3.6.1.5.5.7.3.1"), ("client", "1.3.6.1.5.5.7.3.2") })
-        {
-            using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-            var request = new CertificateRequest($"CN={prefix}", key, HashAlgorithmName.SHA256);
-            request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid(eku)], false));
-            var names = new SubjectAlternativeNameBuilder();
-            names.AddIpAddress(IPAddress.Loopback);
-            request.CertificateExtensions.Add(names.Build());
-            using var cert = request.Create(ca, DateTimeOffset.UtcNow.AddHours(-1), DateTimeOffset.UtcNow.AddHours(12), RandomNumberGenerator.GetBytes(8));
-            File.WriteAllText(Path.Combine(dir, $"{prefix}-cert.pem"), cert.ExportCertificatePem());
-            File.WriteAllText(Path.Combine(dir, $"{prefix}-key.pem"), key.ExportPkcs8PrivateKeyPem());
-        }
-        return dir;
     }
 
     /// <summary>A paused machine whose one RAM block is full of random bytes.</summary>
