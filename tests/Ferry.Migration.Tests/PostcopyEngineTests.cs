@@ -82,6 +82,21 @@ public sealed class PostcopyEngineTests
         return migration;
     }
 
+    /// <summary>
+    /// The guest writes its first <paramref name="pages"/> pages again at every dirty-log sync while it runs, so they
+    /// are dirty at the end of every pass and owed at the switch however little CPU its writer thread gets (under a
+    /// loaded full run a starved writer once left pass 1 clean: the migration converged and never switched).
+    /// </summary>
+    private static void DirtyAtEverySync(SyntheticVm vm, ulong pages)
+    {
+        var generation = 100UL;
+        vm.Syncing += _ =>
+        {
+            if (!vm.IsPaused)
+                vm.Fill(0, 0, pages, Interlocked.Increment(ref generation));
+        };
+    }
+
     private static List<(int Block, ulong Page)> Pages(int block, ulong first, ulong count) => [.. Enumerable.Range(0, (int)count).Select(i => (block, first + (ulong)i))];
 
     /// <summary>Waits for a condition that other threads bring about; fails the test with what it waited for.</summary>
@@ -266,6 +281,7 @@ public sealed class PostcopyEngineTests
     public void Urgent_pages_overtake_the_background_stream()
     {
         using var vm = WritingGuest(16 * MiB, 1024, 1024, 200_000);
+        DirtyAtEverySync(vm, 1024);
         using var destination = new Destination(vm, 1, []);
         var channels = new InMemoryChannels();
         destination.Receive(channels);
@@ -273,7 +289,8 @@ public sealed class PostcopyEngineTests
         using var migration = PostcopyAfterPass1(vm, Switching(1), (long)MiB);
         // Right after the switch the guest needs the last pages of the owed set, which the background would bring last.
         var waited = new List<(ulong Page, int PlacedAt, int PlacedBefore)>();
-        destination.Target.GuestResumed += () => Task.Run(() =>
+        // A thread of its own (a vCPU is one): a pool thread may start late when the pool is busy with other tests.
+        destination.Target.GuestResumed += () => new Thread(() =>
         {
             var page = new byte[4096];
             for (ulong p = 1016; p < 1024; p++)
@@ -284,7 +301,7 @@ public sealed class PostcopyEngineTests
             }
             // Measured: let the rest go at full speed.
             migration.SetMaxBandwidth(0);
-        });
+        }) { IsBackground = true, Name = "urgent-reader" }.Start();
 
         var stats = migration.Run(channels);
         destination.Receiving!.GetAwaiter().GetResult();
@@ -295,9 +312,48 @@ public sealed class PostcopyEngineTests
         Assert.Equal(8, waited.Count);
         // Each was placed while most of the background stream was still to come: its queue position is near the
         // front, where the background order would have put it last.
-        Assert.All(waited, w => Assert.True(w.PlacedAt >= 0 && w.PlacedAt < owed / 2, $"page {w.Page} placed {w.PlacedAt}th of {owed}"));
+        Assert.All(waited, w => Assert.True(w.PlacedAt >= 0 && w.PlacedAt < owed / 2, $"page {w.Page} placed {w.PlacedAt}th of {owed}; {stats.Postcopy}"));
         Assert.True(stats.Postcopy.UrgentPages >= 1);
         Assert.True(stats.Postcopy.Requests >= 1);
+        AssertNoViolations(destination);
+        PrecopyEngineTests.AssertSameMemory(vm, destination.Target);
+    }
+
+    [Fact]
+    public void A_fault_taken_before_the_first_connection_is_up_is_asked_for_once_it_is()
+    {
+        using var vm = WritingGuest(16 * MiB, 1024, 1024, 200_000);
+        DirtyAtEverySync(vm, 1024);
+        using var destination = new Destination(vm, 1, []);
+        var channels = new InMemoryChannels();
+        destination.Receive(channels);
+        using var migration = PostcopyAfterPass1(vm, Switching(1), (long)MiB);
+        var placedAt = -1;
+        Thread? reader = null;
+        // The guest faults on the last owed page the moment it runs, before the receiver has its connection up
+        // (the resume comes first). Found by a loaded run: such a fault was never asked for, and its vCPU waited
+        // for the whole background stream.
+        destination.Target.GuestResumed += () =>
+        {
+            reader = new Thread(() =>
+            {
+                var page = new byte[4096];
+                destination.Memory.Read(0, 0, 1023, page, TimeSpan.FromSeconds(30));
+                placedAt = destination.Memory.PlacedAt(0, 1023);
+                migration.SetMaxBandwidth(0);
+            }) { IsBackground = true, Name = "early-fault" };
+            reader.Start();
+            WaitUntil(() => Interlocked.Read(ref destination.Memory.FaultsReported) >= 1, "the fault");
+            Thread.Sleep(100); // the receiver's fault thread takes it now, with no connection to ask on yet
+        };
+
+        var stats = migration.Run(channels);
+        destination.Receiving!.GetAwaiter().GetResult();
+        Assert.True(reader!.Join(TimeSpan.FromSeconds(30)));
+
+        Assert.Equal(MigrationStatus.Completed, stats.Status);
+        Assert.True(placedAt >= 0 && placedAt < (int)stats.Postcopy!.OwedPages / 2, $"page 1023 placed {placedAt}th of {stats.Postcopy!.OwedPages}");
+        Assert.Equal(1, stats.Postcopy.Requests);
         AssertNoViolations(destination);
         PrecopyEngineTests.AssertSameMemory(vm, destination.Target);
     }
@@ -374,7 +430,10 @@ public sealed class PostcopyEngineTests
     public void A_request_for_a_page_outside_the_block_is_refused_by_the_source()
     {
         using var vm = WritingGuest(16 * MiB, 1024, 512, 100_000);
-        using var destination = new Destination(vm, 1, Pages(0, 0, 16));
+        DirtyAtEverySync(vm, 512);
+        // Pages at the end of the working set: the background stream (1 MiB/s, in page order) reaches them only after
+        // about two seconds, so the guest faults on them and asks even when its threads start late.
+        using var destination = new Destination(vm, 1, Pages(0, 496, 16));
         var channels = new InMemoryChannels();
         destination.Receive(new RequestForger(channels));
         using var migration = PostcopyAfterPass1(vm, Switching(1), (long)MiB);

@@ -239,7 +239,22 @@ public static partial class MigrationReceiver
                 }
                 _handle.MoveTo(MigrationStatus.PostcopyActive);
                 Send(link, s => PostcopyMessages.WriteRunning(s));
+                // The guest ran (and faulted) before there was a connection to ask on: those faults are asked for now.
+                RequestOpenFaults();
                 return link;
+            }
+
+            /// <summary>Asks the current connection for every page a thread still waits on (a request per page and connection at most).</summary>
+            private void RequestOpenFaults()
+            {
+                (int Block, ulong Page)[] open;
+                lock (_gate)
+                    open = [.. _pending.Keys];
+                foreach (var (block, page) in open)
+                {
+                    if (_missing[block].Contains(page))
+                        Request(block, page);
+                }
             }
 
             /// <summary>Serves connections until every owed page is here; throws when the source is gone or the wait for a recovery is given up.</summary>
@@ -621,14 +636,7 @@ public static partial class MigrationReceiver
                             requested.Clear();
                     }
                     // Threads still wait for pages they asked for on the broken connection: ask again.
-                    (int Block, ulong Page)[] open;
-                    lock (_gate)
-                        open = [.. _pending.Keys];
-                    foreach (var (block, page) in open)
-                    {
-                        if (_missing[block].Contains(page))
-                            Request(block, page);
-                    }
+                    RequestOpenFaults();
                     return link;
                 }
                 catch

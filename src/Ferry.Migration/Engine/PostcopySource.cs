@@ -134,7 +134,9 @@ internal sealed class PostcopySource
         _ = link.Output.RemoteFailure();
         if (failure is not (StreamFormatException or TimeoutException or MigrationException) && link.Output.ReturnPathFailure is { } returnPath)
             failure = returnPath;
-        return PrecopyMigration.Describe(failure, null).Item2;
+        var (kind, text) = PrecopyMigration.Describe(failure, null);
+        // Which sender saw the break first is a race; whichever it was, the user needs to know which peer was lost.
+        return kind == MigrationErrorKind.ChannelFailed ? $"lost the connection to the destination: {text}" : text;
     }
 
     /// <summary>Runs one connection until the destination has every page (true) or the connection fails (false).</summary>
