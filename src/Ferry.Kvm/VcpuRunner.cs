@@ -37,6 +37,9 @@ public sealed unsafe class VcpuRunner : IDisposable
 
     public Vcpu Vcpu { get; }
 
+    /// <summary>The kernel id of the thread running this vCPU (0 before it started and after it stopped): what a userfaultfd reports a vCPU's fault by.</summary>
+    public int ThreadId => _tid;
+
     public RunnerState State
     {
         get

@@ -8,15 +8,13 @@ using Xunit;
 namespace Ferry.Migration.Tests;
 
 /// <summary>
-/// Postcopy with real guests between two machines in this process. They need KVM and a destination machine whose
-/// memory can be demand-paged (<see cref="IMigrationTarget.Postcopy"/> on <see cref="MachineMigrationTarget"/>,
-/// which the userfaultfd pager of the memory layer provides); until both are there they are skipped, saying so.
-/// The engine's logic is covered without KVM by <see cref="PostcopyEngineTests"/>.
+/// Postcopy with real guests between two machines in this process: the destination machine's memory is demand-paged
+/// by the memory layer's userfaultfd pager (<see cref="MachineMigrationTarget.Postcopy"/>), and its vCPUs block
+/// inside KVM_RUN on owed pages. They need KVM. Without KVM the engine is covered by <see cref="PostcopyEngineTests"/>
+/// and the same engine into real demand-paged memory by <see cref="UserfaultPostcopyTests"/>.
 /// </summary>
 public sealed class PostcopyLiveTests
 {
-    private const string NeedsPager = "needs KVM and the userfaultfd demand pager behind MachineMigrationTarget.Postcopy (issue 14, item 1)";
-
     private static readonly MigrationCapabilities Postcopy = new() { PostcopyRam = true };
 
     /// <summary>A destination machine like <paramref name="source"/>'s, parked, receiving on <paramref name="listener"/>.</summary>
@@ -29,7 +27,7 @@ public sealed class PostcopyLiveTests
         return (BootedGuest.Adopt(machine, console), receiving);
     }
 
-    [KvmTheory(Skip = NeedsPager)]
+    [KvmTheory]
     [InlineData(1)]
     [InlineData(2)]
     public async Task A_guest_dirtying_faster_than_the_bandwidth_completes_with_postcopy_and_verifies(int cpus)
@@ -52,7 +50,7 @@ public sealed class PostcopyLiveTests
         Assert.True(verify.GetProperty("passed").GetBoolean(), verify.ToString());
     }
 
-    [KvmFact(Skip = NeedsPager)]
+    [KvmFact]
     public async Task Cutting_postcopy_at_random_points_then_recovering_keeps_the_guest_20_times()
     {
         var random = new Random(14);

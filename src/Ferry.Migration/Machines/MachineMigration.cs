@@ -3,6 +3,7 @@ using Ferry.Kvm;
 using Ferry.Machine;
 using Ferry.Migration.Engine;
 using Ferry.Migration.Stream;
+using Microsoft.Extensions.Logging;
 
 namespace Ferry.Migration.Machines;
 
@@ -114,9 +115,42 @@ public sealed class MachineMigrationSource(GuestMachine machine) : IMigrationSou
 }
 
 /// <summary>A freshly created machine, started paused, as the destination of a migration or a restore.</summary>
-public sealed class MachineMigrationTarget(GuestMachine machine) : IMigrationTarget
+public sealed partial class MachineMigrationTarget(GuestMachine machine) : IMigrationTarget
 {
+    private readonly Lazy<UserfaultPostcopyMemory?> _postcopy = new(() => CreatePostcopyMemory(machine));
+
     public IReadOnlyList<RamBlock> Blocks => machine.Memory.Blocks;
+
+    /// <summary>
+    /// The machine's memory demand-paged for postcopy (<see cref="UserfaultPostcopyMemory"/>); null, and postcopy
+    /// declined, where userfaultfd cannot page it (the reason is logged). A block whose pages cannot all be placed
+    /// stops the machine (exit as a host memory fault): its vCPUs must not run on without them.
+    /// </summary>
+    public IPostcopyMemory? Postcopy => _postcopy.Value;
+
+    private static UserfaultPostcopyMemory? CreatePostcopyMemory(GuestMachine machine)
+    {
+        if (UserfaultPostcopyMemory.Unavailable(machine.Memory.Blocks) is { } reason)
+        {
+            LogPostcopyUnavailable(machine.Loggers.CreateLogger("Ferry.Migration"), reason);
+            return null;
+        }
+        var memory = new UserfaultPostcopyMemory(machine.Memory.Blocks, machine.Config.Cpus, tid =>
+        {
+            var runners = machine.Runners;
+            for (var i = 0; i < runners.Count; i++)
+            {
+                if (runners[i].ThreadId == tid)
+                    return runners[i].Vcpu.Index;
+            }
+            return -1;
+        });
+        memory.Failed += message => machine.StopOnMemoryFault($"postcopy: {message}");
+        return memory;
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "postcopy is declined on this destination: {Reason}")]
+    private static partial void LogPostcopyUnavailable(ILogger logger, string reason);
 
     public void ApplyBalloonBitmap(int block, ulong firstPage, ReadOnlySpan<byte> bitmap)
     {

@@ -26,6 +26,12 @@ namespace Ferry.Kvm;
 /// touched is left alone, and after the range is unregistered the kernel gives it a huge page on first touch.
 /// </para>
 /// <para>
+/// Pushed pages (<see cref="IPushedPageSource"/>, postcopy): nothing is read and there is no fill; whoever receives
+/// the owed pages places them (<see cref="Place"/>, <see cref="PlaceZero"/>), and a fault on one that has not arrived
+/// is reported to the source (with the faulting thread's id) instead of being resolved here. The block keeps every
+/// page outside the owed set as it was (<see cref="DemandPagingOptions.Present"/>); a hole among those reads zero.
+/// </para>
+/// <para>
 /// Failure: when the source cannot deliver a page (I/O error, short read, bad checksum) the pager stops placing
 /// pages and <see cref="Completion"/> faults with a <see cref="DemandPagingException"/> naming the block and page.
 /// A thread touching a page that is not in place then stays blocked (it is never given zeros); a vCPU blocked so is
@@ -44,6 +50,7 @@ public sealed unsafe class DemandPager : IDisposable
     private readonly string _block;
     private readonly MappedRegion _mapping;
     private readonly IPageSource _source;
+    private readonly IPushedPageSource? _pushed;
     private readonly PageSet _data;
     private readonly PageSet? _ballooned;
     private readonly ulong _pageCount;
@@ -89,6 +96,7 @@ public sealed unsafe class DemandPager : IDisposable
         _block = block;
         _mapping = mapping;
         _source = source;
+        _pushed = source as IPushedPageSource;
         _data = source.DataPages;
         _ballooned = source.BalloonedPages;
         _pageCount = mapping.Length >> Page.Shift;
@@ -146,7 +154,10 @@ public sealed unsafe class DemandPager : IDisposable
     /// </summary>
     internal static DemandPager Start(string block, MappedRegion mapping, IPageSource source, PageSet? present, Action empty, bool hugePages, bool backgroundFill, bool shmem)
     {
-        var uffd = UserfaultFd.Open(shmem ? UffdConstants.UFFD_FEATURE_MISSING_SHMEM : 0);
+        if (backgroundFill && source is IPushedPageSource)
+            throw new ArgumentException($"RAM block '{block}': pages that are pushed in are not filled in the background", nameof(backgroundFill));
+        // The faulting thread's id comes with each fault (postcopy counts vCPUs' blocked time by it).
+        var uffd = UserfaultFd.Open(UffdConstants.UFFD_FEATURE_THREAD_ID | (shmem ? UffdConstants.UFFD_FEATURE_MISSING_SHMEM : 0));
         SafeFd? stopEvent = null;
         try
         {
@@ -234,12 +245,12 @@ public sealed unsafe class DemandPager : IDisposable
                 var offset = messages[i].PagefaultAddress - (ulong)_mapping.Address;
                 if (offset >= _mapping.Length)
                     continue; // not ours (cannot happen: one range per descriptor)
-                HandleFault(offset >> Page.Shift, read, buffer, runs);
+                HandleFault(offset >> Page.Shift, (int)messages[i].PagefaultPtid, read, buffer, runs);
             }
         }
     }
 
-    private void HandleFault(ulong page, long readTimestamp, byte[] buffer, ClaimedRuns runs)
+    private void HandleFault(ulong page, int threadId, long readTimestamp, byte[] buffer, ClaimedRuns runs)
     {
         Interlocked.Increment(ref _faults);
         _gate.EnterReadLock();
@@ -253,17 +264,37 @@ public sealed unsafe class DemandPager : IDisposable
                     Interlocked.Increment(ref _faultsLeftWaiting);
                 return;
             }
-            var group = page & ~(ulong)(FaultAroundPages - 1);
-            var end = Math.Min(group + FaultAroundPages, _pageCount);
             runs.Clear();
-            // Zero pages around the fault are taken too only where the piece will become a huge page anyway.
-            ClaimWhere(group, end, runs, page);
+            var group = page & ~(ulong)(FaultAroundPages - 1);
+            if (_pushed is not null)
+            {
+                // Nothing is claimed here: owed pages are placed only by whoever receives them.
+                if (_unclaimed.Contains(page))
+                {
+                    // An owed page that has not arrived: its placement wakes this thread.
+                    Interlocked.Increment(ref _sourceReads);
+                    Interlocked.Increment(ref _sourcePages);
+                    _pushed.Faulted(page, readTimestamp, threadId);
+                    return;
+                }
+            }
+            else
+            {
+                // Zero pages around the fault are taken too only where the piece will become a huge page anyway.
+                ClaimWhere(group, Math.Min(group + FaultAroundPages, _pageCount), runs, page);
+            }
             if (!runs.Contains(page))
             {
                 if (_discarded.Contains(page) || _placed.Contains(page))
                 {
-                    // Discarded (it reads zero, whatever the source holds), or placed just before this message was read.
-                    PlaceZero(page, 1, ref IsBallooned(page) ? ref _balloonedResolved : ref _discardedResolved, countIfPlaced: _discarded.Contains(page));
+                    // Discarded (it reads zero, whatever the source holds); placed just before this message was read; or
+                    // present from the start and never written (a hole): it reads zero.
+                    if (!_discarded.Contains(page))
+                        ResolveZero(page, ref _zeroByFaults);
+                    else if (IsBallooned(page))
+                        ResolveZero(page, ref _balloonedResolved);
+                    else
+                        ResolveZero(page, ref _discardedResolved);
                     _faultLatency.RecordSince(readTimestamp);
                 }
                 else
@@ -424,7 +455,8 @@ public sealed unsafe class DemandPager : IDisposable
                 var first = piece << Page.ChunkShift;
                 var position = first;
                 var end = Math.Min(first + Page.ChunkPages, _pageCount);
-                if (!_collapsed[piece] && _placed.NextRun(ref position, end, out _, out _))
+                // Pushed pages: only pieces that were owed something were split (the rest kept their huge pages).
+                if (!_collapsed[piece] && (_pushed is null ? _placed : _data).NextRun(ref position, end, out _, out _))
                     Collapse(piece, first, end);
             }
         }
@@ -541,14 +573,13 @@ public sealed unsafe class DemandPager : IDisposable
         : _data.Contains(page) ? PageKind.Data
         : PageKind.Zero;
 
-    /// <summary>Maps zero pages over [page, +count) if missing (a page found in place is only woken); counts them.</summary>
-    private void PlaceZero(ulong page, ulong count, ref long counter, bool countIfPlaced)
+    /// <summary>Maps a zero page at <paramref name="page"/> if missing (one found in place is only woken); counts it when it placed one.</summary>
+    private void ResolveZero(ulong page, ref long counter)
     {
         var at = _mapping.Address + (nint)(page << Page.Shift);
-        var placed = PlaceRange(at, 0, count << Page.Shift);
-        if (countIfPlaced && placed > 0)
-            Interlocked.Add(ref counter, (long)(placed >> Page.Shift));
-        _uffd.Wake(at, count << Page.Shift);
+        if (PlaceRange(at, 0, Page.Size) > 0)
+            Interlocked.Increment(ref counter);
+        _uffd.Wake(at, Page.Size);
     }
 
     /// <summary>
@@ -640,12 +671,14 @@ public sealed unsafe class DemandPager : IDisposable
             }
             _discarded.AddRange(firstPage, count);
             discard();
-            return true;
         }
         finally
         {
             _gate.ExitWriteLock();
         }
+        // The last owed pages may have been given back rather than placed.
+        CompleteWithoutFill();
+        return true;
     }
 
     /// <summary>
@@ -712,6 +745,68 @@ public sealed unsafe class DemandPager : IDisposable
         }
         CompleteWithoutFill();
         return true;
+    }
+
+    // ---- pages pushed in (an IPushedPageSource) ----
+
+    /// <summary>
+    /// Places pushed pages [<paramref name="firstPage"/>, + <paramref name="pages"/>.Length / 4096) that are still
+    /// owed, with UFFDIO_COPY straight from <paramref name="pages"/> (which wakes the threads waiting on them); a page
+    /// already in place, or given back since paging began (a balloon inflated over it), is left as it is. Returns
+    /// how many it placed. Any thread, several at once. The last owed page completes paging; once paging is over
+    /// nothing is owed and it places nothing. Only for a block whose source is an <see cref="IPushedPageSource"/>.
+    /// </summary>
+    public ulong Place(ulong firstPage, ReadOnlySpan<byte> pages)
+    {
+        if (!Page.IsAligned((ulong)pages.Length))
+            throw new ArgumentException($"RAM block '{_block}': {pages.Length} bytes is not a whole number of pages", nameof(pages));
+        fixed (byte* from = pages)
+            return PlacePushed(firstPage, (ulong)pages.Length >> Page.Shift, (nint)from);
+    }
+
+    /// <summary>As <see cref="Place"/>, for pages known to be zero (UFFDIO_ZEROPAGE).</summary>
+    public ulong PlaceZero(ulong firstPage, ulong count) => PlacePushed(firstPage, count, 0);
+
+    private ulong PlacePushed(ulong firstPage, ulong count, nint from)
+    {
+        if (_pushed is null)
+            throw new InvalidOperationException($"RAM block '{_block}': its pages are read from {_source.Description}, not pushed in");
+        if (firstPage > _pageCount || count > _pageCount - firstPage)
+            throw new ArgumentOutOfRangeException(nameof(firstPage), $"RAM block '{_block}': pages {firstPage}+{count} are outside its {_pageCount} pages");
+        ulong placed;
+        _gate.EnterReadLock();
+        try
+        {
+            if (State != DemandPagingState.Paging)
+                return 0;
+            // Claimed first (a fault on one of them from now on waits for this copy), then copied run by run.
+            var placing = new PushedPlacing(this, firstPage, from);
+            placed = _unclaimed.RemoveRange(firstPage, count, ref placing, static (ref PushedPlacing p, ulong start, ulong n) => p.Place(start, n));
+        }
+        catch (ErrnoException e)
+        {
+            Fail(e, firstPage);
+            throw new DemandPagingException(Error!, _block, firstPage, e);
+        }
+        finally
+        {
+            _gate.ExitReadLock();
+        }
+        CompleteWithoutFill();
+        return placed;
+    }
+
+    /// <summary>One run of claimed pushed pages: placed, counted, and taken off what is outstanding (every unclaimed page of a pushed block is an owed data page).</summary>
+    private readonly struct PushedPlacing(DemandPager pager, ulong firstPage, nint from)
+    {
+        public void Place(ulong start, ulong count)
+        {
+            var at = pager._mapping.Address + (nint)(start << Page.Shift);
+            pager.PlaceRange(at, from == 0 ? 0 : from + (nint)((start - firstPage) << Page.Shift), count << Page.Shift);
+            pager._placed.AddRange(start, count);
+            Interlocked.Add(ref pager._written, (long)count);
+            Interlocked.Add(ref pager._dataOutstanding, -(long)count);
+        }
     }
 
     // ---- failure and shutdown ----

@@ -20,8 +20,8 @@ public enum DemandPagingState
 public sealed record DemandPagingOptions
 {
     /// <summary>
-    /// Bring the rest in on a background thread, 2 MiB piece by piece in order (a lazy restore). Off when something
-    /// else pushes the owed pages in (postcopy's background stream, through <see cref="RamBlock.WriteAt"/>).
+    /// Bring the rest in on a background thread, 2 MiB piece by piece in order (a lazy restore). Must be off for an
+    /// <see cref="IPushedPageSource"/> (postcopy's background stream places the owed pages, <see cref="DemandPager.Place"/>).
     /// </summary>
     public bool BackgroundFill { get; init; } = true;
 
@@ -43,7 +43,9 @@ public sealed record DemandPagingOptions
 /// reading it to its page being in place (the time the faulting thread spent queued before the read is not
 /// included; with one handler thread it is short unless faults pile up). Pages by how they arrived: fetched from
 /// the source by faults or by the fill, written by the VMM, and resolved locally as zero without asking the source
-/// (by class: absent from the source, ballooned, discarded since paging began).
+/// (by class: absent from the source, ballooned, discarded since paging began). For pushed pages
+/// (<see cref="IPushedPageSource"/>): source reads are the faults reported to it, and the pages placed as they
+/// arrived are counted as written.
 /// </summary>
 public sealed record DemandPagingStatistics(
     string Block,

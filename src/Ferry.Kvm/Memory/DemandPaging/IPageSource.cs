@@ -36,6 +36,26 @@ public interface IPageSource
     void ReadPages(ulong firstPage, ulong count, Span<byte> into);
 }
 
+/// <summary>
+/// A page source that is not read on demand: its pages arrive by themselves and whoever receives them places them
+/// (<see cref="DemandPager.Place"/>, <see cref="DemandPager.PlaceZero"/>). Postcopy's destination: the migration
+/// source sends the owed pages in the background and in answer to requests. The pager never calls
+/// <see cref="IPageSource.ReadPages"/> on it and runs no fill of its own; a fault on one of its data pages not yet in
+/// place is reported to <see cref="Faulted"/> (so the receiver can ask for it), and the faulting thread waits until
+/// the page is placed. Faults on every other page are resolved by the pager as usual (zero, ballooned, discarded).
+/// </summary>
+public interface IPushedPageSource : IPageSource
+{
+    /// <summary>
+    /// A thread touched data page <paramref name="page"/>, which has not arrived, and waits for it.
+    /// <paramref name="timestamp"/>: when the pager read the fault (a <see cref="System.Diagnostics.Stopwatch"/>
+    /// timestamp); <paramref name="threadId"/>: the faulting thread's kernel id (0 when the kernel did not say). Called
+    /// on the pager's fault-handler thread: it must return quickly and must not touch the block's memory. A page may
+    /// be reported more than once (and just after it was placed); the receiver ignores what it already has.
+    /// </summary>
+    void Faulted(ulong page, long timestamp, int threadId);
+}
+
 /// <summary>A page source could not deliver a page correctly: an I/O error, a short read, a checksum mismatch.</summary>
 public sealed class PageSourceException : Exception
 {
