@@ -14,14 +14,14 @@ using Ferry.TestSupport;
 /// </summary>
 internal static class TlsBench
 {
-    public static int Run(ulong gib, int channels, int repeat)
+    public static int Run(ulong gib, int channels, int repeat, RamBackend backend)
     {
         var c = CultureInfo.InvariantCulture;
         var size = gib << 30;
-        Console.WriteLine(string.Create(c, $"TLS cost: {gib} GiB of random pages, paused source, loopback TCP, {channels} channels, {Environment.ProcessorCount} cores, median of {repeat}"));
+        Console.WriteLine(string.Create(c, $"TLS cost: {gib} GiB of random pages, paused source, loopback TCP, {channels} channels, {backend} memory on both sides, {Environment.ProcessorCount} cores, median of {repeat}"));
         using var certificates = new TestCertificates();
         var credentials = certificates.Directory();
-        using var source = new PausedMemory(size);
+        using var source = new PausedMemory(size, backend);
         var plain = new List<double>();
         var tls = new List<double>();
         for (var i = 0; i < repeat; i++)
@@ -60,9 +60,9 @@ internal static class TlsBench
     {
         private readonly RamBlock[] _blocks;
 
-        public PausedMemory(ulong size)
+        public PausedMemory(ulong size, RamBackend backend)
         {
-            _blocks = [RamBlock.Create("ram-low", 0, size, 0, RamBackend.Memfd)];
+            _blocks = [RamBlock.Create("ram-low", 0, size, 0, backend)];
             var chunk = new byte[Page.ChunkSize];
             for (ulong offset = 0; offset < size; offset += (ulong)chunk.Length)
             {
