@@ -427,6 +427,60 @@ public sealed class PostcopyEngineTests
     }
 
     [Fact]
+    public void Memory_that_cannot_place_a_page_after_the_switch_fails_the_destination_instead_of_pausing()
+    {
+        using var vm = WritingGuest(16 * MiB, 1024, 512, 100_000);
+        DirtyAtEverySync(vm, 512);
+        using var destination = new Destination(vm, 1, []);
+        destination.Target.Postcopy = new RefusingMemory(destination.Memory, placementsBeforeFailure: 3);
+        var channels = new InMemoryChannels();
+        destination.Receive(channels);
+        using var migration = PostcopyAfterPass1(vm, Switching(1), (long)MiB);
+        var running = Task.Run(() => migration.Run(channels));
+
+        var failure = Assert.Throws<MigrationException>(() => destination.Receiving!.GetAwaiter().GetResult());
+        Assert.Contains("could not place the guest's memory", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("UFFDIO_COPY: out of memory", failure.Message, StringComparison.Ordinal);
+        Assert.Equal(MigrationStatus.Failed, destination.Incoming.Status); // not postcopy-paused: no recovery can help
+        // The source lost its destination after the switch: it stays paused with its memory until it is given up.
+        WaitUntil(() => migration.Status == MigrationStatus.PostcopyPaused, "the source to pause");
+        migration.Cancel();
+        Assert.Throws<MigrationException>(() => running.GetAwaiter().GetResult());
+    }
+
+    /// <summary>Postcopy memory whose placements fail after a few (as UFFDIO_COPY does when the host is out of memory).</summary>
+    private sealed class RefusingMemory(SyntheticPostcopyMemory inner, int placementsBeforeFailure) : IPostcopyMemory
+    {
+        private int _placements;
+
+        public int VcpuCount => inner.VcpuCount;
+
+        public void MarkOwed(int block, PageSet owed) => inner.MarkOwed(block, owed);
+
+        public void Place(int block, ulong firstPage, ReadOnlySpan<byte> pages)
+        {
+            Refuse();
+            inner.Place(block, firstPage, pages);
+        }
+
+        public void PlaceZero(int block, ulong firstPage, ulong count)
+        {
+            Refuse();
+            inner.PlaceZero(block, firstPage, count);
+        }
+
+        private void Refuse()
+        {
+            if (Interlocked.Increment(ref _placements) > placementsBeforeFailure)
+                throw new IOException("UFFDIO_COPY: out of memory");
+        }
+
+        public bool TryTakeFault(TimeSpan timeout, out PostcopyFault fault) => inner.TryTakeFault(timeout, out fault);
+
+        public void Complete() => inner.Complete();
+    }
+
+    [Fact]
     public void A_request_for_a_page_outside_the_block_is_refused_by_the_source()
     {
         using var vm = WritingGuest(16 * MiB, 1024, 512, 100_000);

@@ -164,6 +164,61 @@ public sealed unsafe class UserfaultPostcopyTests
         Assert.Equal(32L, memory.Pagers[0].Statistics().PagesWritten);
     }
 
+    [Theory]
+    [InlineData(RamBackend.Anonymous)]
+    [InlineData(RamBackend.Memfd)]
+    public void A_thread_waiting_on_an_owed_page_the_balloon_gives_back_wakes_and_reads_zero(RamBackend backend)
+    {
+        using var block = RamBlock.Create("ram-low", 0, 4 * MiB, 0, backend);
+        var owed = new PageSet(block.PageCount);
+        owed.AddRange(0, 64);
+        var readers = new KernelReaders();
+        var memory = new UserfaultPostcopyMemory([block], 1, readers.VcpuOf);
+        memory.MarkOwed(0, owed);
+        var seen = new ulong[1];
+        var reader = readers.Start(0, block, [5], seen);
+        Assert.True(memory.TryTakeFault(Timeout, out var fault)); // reported: the engine would ask the source for it
+        Assert.Equal(5UL, fault.Page);
+
+        block.Discard(0, 32 * Page.Size); // the guest's balloon takes [0, 32) before page 5 arrives
+
+        Assert.True(reader.Join(Timeout), "the reader still waits for a page that will never be placed");
+        Assert.Equal(0UL, seen[0]);
+        Assert.Equal(DemandPagingState.Paging, memory.Pagers[0].State);
+        memory.PlaceZero(0, 0, 64); // the engine does not know: only [32, 64) are placed
+        Assert.Equal(DemandPagingState.Complete, memory.Pagers[0].State);
+        Assert.Equal(32L, memory.Pagers[0].Statistics().PagesWritten);
+    }
+
+    [Fact]
+    public void After_completion_pieces_split_by_owed_pages_or_a_hole_touched_meanwhile_are_huge_pages_again()
+    {
+        using var block = RamBlock.Create("ram-low", 0, 8 * MiB, 0, RamBackend.Anonymous);
+        Span<byte> page = stackalloc byte[Page.Size];
+        FillPattern(page, 1);
+        for (ulong p = 0; p < 1024; p++)
+            block.WriteAt(p * Page.Size, page); // pieces 0 and 1 hold data; 2 and 3 were never touched
+        var owed = new PageSet(block.PageCount);
+        owed.AddRange(600, 10); // splits piece 1
+        var readers = new KernelReaders();
+        var memory = new UserfaultPostcopyMemory([block], 1, readers.VcpuOf);
+        memory.MarkOwed(0, owed);
+        var seen = new ulong[1];
+        Assert.True(readers.Start(0, block, [1100], seen).Join(Timeout)); // a hole in piece 2: a 4 KiB zero page
+
+        var data = new byte[10 * Page.Size];
+        memory.Place(0, 600, data);
+
+        var pager = memory.Pagers[0];
+        Assert.Equal(DemandPagingState.Complete, pager.State);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (pager.Statistics().PiecesCollapsed < 2 && clock.Elapsed < Timeout)
+            Thread.Sleep(5); // collapsed on the pager's own thread, after completion
+        var stats = pager.Statistics();
+        Assert.Equal(2L, stats.PiecesCollapsed); // pieces 1 and 2; 0 and 3 were never split
+        Assert.Equal(0L, stats.CollapseFailures);
+    }
+
     [Fact]
     public void Blocks_owed_nothing_are_not_paged_and_a_placement_there_is_refused()
     {

@@ -265,6 +265,12 @@ public static partial class MigrationReceiver
                     while (!Serve(link))
                     {
                         var reason = Describe(link.Failure!).Message;
+                        if (link.Failure is MemoryFailure local)
+                        {
+                            // This side cannot place pages: no reconnection can help (the machine stops on it too).
+                            _handle.MoveTo(MigrationStatus.Failed, local.Message);
+                            throw new MigrationException(MigrationErrorKind.Internal, $"this destination could not place the guest's memory after the switch to postcopy: {local.Message}", local.InnerException);
+                        }
                         if (link.SourceGone)
                         {
                             var lost = Missing();
@@ -382,13 +388,23 @@ public static partial class MigrationReceiver
             {
                 public void Place(ulong start, ulong count)
                 {
-                    if (data.IsEmpty)
-                        owner._memory.PlaceZero(block, start, count);
-                    else
-                        owner._memory.Place(block, start, data.Span.Slice((int)((start - first) << Page.Shift), (int)(count << Page.Shift)));
+                    try
+                    {
+                        if (data.IsEmpty)
+                            owner._memory.PlaceZero(block, start, count);
+                        else
+                            owner._memory.Place(block, start, data.Span.Slice((int)((start - first) << Page.Shift), (int)(count << Page.Shift)));
+                    }
+                    catch (Exception e) when (e is not OutOfMemoryException)
+                    {
+                        throw new MemoryFailure(e);
+                    }
                     owner.Placed(block, start, count);
                 }
             }
+
+            /// <summary>The memory refused a placement (or completion): a failure of this side, not of the connection.</summary>
+            private sealed class MemoryFailure(Exception inner) : Exception(inner.Message, inner);
 
             private void Placed(int block, ulong start, ulong count)
             {
@@ -427,7 +443,14 @@ public static partial class MigrationReceiver
                     // Once: a recovery after every page arrived (DONE was lost) ends here again.
                     if (_endAt is null)
                     {
-                        _memory.Complete();
+                        try
+                        {
+                            _memory.Complete();
+                        }
+                        catch (Exception e) when (e is not OutOfMemoryException)
+                        {
+                            throw new MemoryFailure(e);
+                        }
                         _endAt = _clock.Elapsed;
                     }
                 }

@@ -70,6 +70,9 @@ public sealed unsafe class DemandPager : IDisposable
     /// <summary>Pieces made one huge page.</summary>
     private readonly bool[] _collapsed;
 
+    /// <summary>Pieces where a hole was resolved with a 4 KiB zero page (pushed pages): made huge pages again at completion.</summary>
+    private readonly bool[] _holesResolved;
+
     /// <summary>
     /// Shared by every placing (faults, fill, writes), exclusive for a discard and for completion: a discard must not
     /// land between a fetch and its copy, and the range must not be unregistered while a copy is on its way.
@@ -80,6 +83,7 @@ public sealed unsafe class DemandPager : IDisposable
     private readonly LatencyHistogram _faultLatency = new();
     private readonly Thread _handler;
     private readonly Thread? _fill;
+    private Thread? _collapser;
 
     private int _state = (int)DemandPagingState.Paging;
     private int _stopping;
@@ -108,6 +112,7 @@ public sealed unsafe class DemandPager : IDisposable
         _placed = new PageSet(_pageCount);
         _discarded = new PageSet(_pageCount);
         _collapsed = new bool[Page.ChunksFor(_pageCount)];
+        _holesResolved = new bool[_collapsed.Length];
         if (present is not null)
         {
             _unclaimed.RemoveAll(present);
@@ -289,6 +294,8 @@ public sealed unsafe class DemandPager : IDisposable
                 {
                     // Discarded (it reads zero, whatever the source holds); placed just before this message was read; or
                     // present from the start and never written (a hole): it reads zero.
+                    if (_pushed is not null)
+                        _holesResolved[page >> Page.ChunkShift] = true; // a 4 KiB mapping in what may have been a huge page
                     if (!_discarded.Contains(page))
                         ResolveZero(page, ref _zeroByFaults);
                     else if (IsBallooned(page))
@@ -447,23 +454,43 @@ public sealed unsafe class DemandPager : IDisposable
             return;
         }
         _gate.ExitWriteLock();
-        if (_hugePages)
-        {
-            var pieces = Page.ChunksFor(_pageCount);
-            for (ulong piece = 0; piece < pieces; piece++)
-            {
-                var first = piece << Page.ChunkShift;
-                var position = first;
-                var end = Math.Min(first + Page.ChunkPages, _pageCount);
-                // Pushed pages: only pieces that were owed something were split (the rest kept their huge pages).
-                if (!_collapsed[piece] && (_pushed is null ? _placed : _data).NextRun(ref position, end, out _, out _))
-                    Collapse(piece, first, end);
-            }
-        }
         Interlocked.CompareExchange(ref _fillEnded, Stopwatch.GetTimestamp(), 0);
         ReleaseSource();
+        if (_hugePages && _pushed is not null)
+        {
+            // Pushed pages complete on whichever thread placed the last one (a migration loader, the urgent one
+            // among them): the collapsing, one 2 MiB copy per split piece, goes to a thread of the pager's own.
+            var collapser = new Thread(CollapseAfterCompletion) { Name = $"ferry-pager-collapse:{_block}", IsBackground = true };
+            Volatile.Write(ref _collapser, collapser);
+            collapser.Start();
+        }
+        else if (_hugePages)
+        {
+            CollapseAfterCompletion();
+        }
         _completion.TrySetResult();
         WakeHandler();
+    }
+
+    /// <summary>
+    /// After completion, the pieces that could not be collapsed while registered: for pages read in, every piece
+    /// with a page placed; for pushed pages, the pieces that were owed something or had a hole resolved (the rest
+    /// were never split and kept their huge pages).
+    /// </summary>
+    private void CollapseAfterCompletion()
+    {
+        var pieces = Page.ChunksFor(_pageCount);
+        for (ulong piece = 0; piece < pieces && Volatile.Read(ref _stopping) == 0; piece++)
+        {
+            var first = piece << Page.ChunkShift;
+            var position = first;
+            var end = Math.Min(first + Page.ChunkPages, _pageCount);
+            var split = _pushed is null
+                ? _placed.NextRun(ref position, end, out _, out _)
+                : _holesResolved[piece] || _data.NextRun(ref position, end, out _, out _);
+            if (!_collapsed[piece] && split)
+                Collapse(piece, first, end);
+        }
     }
 
     /// <summary>Nothing reads the source any more (complete, or both threads stopped): a disposable source is closed.</summary>
@@ -671,6 +698,9 @@ public sealed unsafe class DemandPager : IDisposable
             }
             _discarded.AddRange(firstPage, count);
             discard();
+            // A thread may be waiting on one of these pages already: its fault was reported (pushed pages) and no
+            // placement will come now. Woken, it faults again and the page is resolved as zero.
+            _uffd.Wake(_mapping.Address + (nint)(firstPage << Page.Shift), count << Page.Shift);
         }
         finally
         {
@@ -841,6 +871,7 @@ public sealed unsafe class DemandPager : IDisposable
             return;
         WakeHandler();
         _fill?.Join();
+        Volatile.Read(ref _collapser)?.Join();
         _handler.Join();
         if (Interlocked.CompareExchange(ref _state, (int)DemandPagingState.Stopped, (int)DemandPagingState.Paging) == (int)DemandPagingState.Paging)
             _completion.TrySetCanceled();
