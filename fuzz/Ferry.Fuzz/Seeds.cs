@@ -16,6 +16,7 @@ public static class Seeds
         var stream = RecordStream(header: true);
         yield return ("stream", "seed-records", [0x00, .. stream]);
         yield return ("stream", "seed-records-repair", [0x01, .. stream]);
+        yield return ("stream", "seed-records-land-repair", [0x09, .. stream]);
         yield return ("stream", "seed-channel-repair", [0x03, .. ChannelHello.Encode(StreamTarget.SessionId, 2), .. RecordStream(header: false)]);
         yield return ("stream", "seed-replies-repair", [0x05, .. Replies()]);
 

@@ -9,9 +9,10 @@ namespace Ferry.Fuzz;
 /// The migration stream as a destination reads it. Byte 0 picks the mode: bits 1-2 = what is read (0: stream
 /// header then records, as channel 0; 1: a channel hello then records, as channel 1..N-1; 2: the return path's
 /// replies, as the source reads them); bit 0 = repair checksums and sequence numbers first, so mutations reach the
-/// checks behind them. Every accepted RAM record is applied to real (memfd) RAM blocks with <see cref="RamLoader"/>,
-/// so a record the reader passes but that does not fit its block throws (a crash); an accepted DIGEST must name a
-/// chunk of its block and exclude no page past it.
+/// checks behind them; bit 3 = PAGES data lands straight in anonymous RAM blocks (<see cref="RecordReader.Landing"/>,
+/// as a precopy destination on anonymous memory loads), else it is applied to memfd RAM blocks. Every accepted RAM
+/// record is applied with <see cref="RamLoader"/>, so a record the reader passes (or lands) but that does not fit its
+/// block throws (a crash); an accepted DIGEST must name a chunk of its block and exclude no page past it.
 /// </summary>
 public static class StreamTarget
 {
@@ -22,7 +23,12 @@ public static class StreamTarget
 
     private static RamBlock[]? s_ram;
 
+    private static RamBlock[]? s_anonymousRam;
+
     private static RamBlock[] Ram => s_ram ??= [RamBlock.Create("ram-low", 0, Blocks[0].Size, 0), RamBlock.Create("ram-high", 1UL << 32, Blocks[1].Size, 1)];
+
+    private static RamBlock[] AnonymousRam => s_anonymousRam ??=
+        [RamBlock.Create("ram-low", 0, Blocks[0].Size, 0, RamBackend.Anonymous), RamBlock.Create("ram-high", 1UL << 32, Blocks[1].Size, 1, RamBackend.Anonymous)];
 
     public static void Run(byte[] input)
     {
@@ -31,6 +37,7 @@ public static class StreamTarget
         var mode = input[0];
         var data = input[1..];
         var kind = (mode >> 1) & 3;
+        var ram = (mode & 8) != 0 ? AnonymousRam : Ram;
         if ((mode & 1) != 0)
             Repair(data, kind);
         try
@@ -41,7 +48,7 @@ public static class StreamTarget
                 {
                     var reader = new RecordReader(new MemoryStream(data, writable: false), Blocks);
                     reader.ReadHeader();
-                    ReadRecords(reader);
+                    ReadRecords(reader, ram);
                     break;
                 }
                 case 1:
@@ -52,7 +59,7 @@ public static class StreamTarget
                         throw new FuzzOracleException($"a hello for channel {channel} was accepted");
                     var reader = new RecordReader(stream, Blocks);
                     reader.AdoptHeader(new StreamHeader((ulong)StreamCapabilities.All, Channels, Blocks, SessionId));
-                    ReadRecords(reader);
+                    ReadRecords(reader, ram);
                     break;
                 }
                 default:
@@ -73,13 +80,14 @@ public static class StreamTarget
         }
     }
 
-    private static void ReadRecords(RecordReader reader)
+    private static void ReadRecords(RecordReader reader, RamBlock[] ram)
     {
+        reader.Landing = (block, offset, length) => ram[block].LoadSpan(offset, length);
         for (var i = 0; i < 100_000; i++)
         {
             var record = reader.ReadRecord();
             Check(record);
-            RamLoader.Apply(record, Ram);
+            RamLoader.Apply(record, ram);
             if (record.Type == RecordType.End)
             {
                 try
@@ -113,8 +121,10 @@ public static class StreamTarget
         var pages = record.Type == RecordType.BalloonBitmap ? 0 : record.PageCount;
         if (record.PageOffset % (ulong)Page.Size != 0 || record.PageOffset > size || pages > (size - record.PageOffset) / (ulong)Page.Size)
             throw new FuzzOracleException($"{record.Type} record for {pages} pages at 0x{record.PageOffset:X} of a {size}-byte block was accepted");
-        if (record.Type == RecordType.Pages && (ulong)record.Data.Length != record.PageCount * (ulong)Page.Size)
-            throw new FuzzOracleException($"a PAGES record with {record.Data.Length} bytes for {record.PageCount} pages was accepted");
+        // A landed record's data is already in the block (where its checked fields said: RamBlock.LoadSpan refuses
+        // anything else, a crash here); one that did not land must carry exactly its pages.
+        if (record.Type == RecordType.Pages && (record.Landed ? !record.Data.IsEmpty : (ulong)record.Data.Length != record.PageCount * (ulong)Page.Size))
+            throw new FuzzOracleException($"a PAGES record with {record.Data.Length} bytes for {record.PageCount} pages was accepted (landed: {record.Landed})");
     }
 
     /// <summary>Rewrites every CRC (and record sequence numbers) so the input passes the checksum checks.</summary>

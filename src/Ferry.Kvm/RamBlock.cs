@@ -198,6 +198,20 @@ public sealed class RamBlock : IDisposable
         _backing.WriteAt(offset, data);
     }
 
+    /// <summary>
+    /// Where a load may receive [offset, offset + length) straight into (a socket read copying into guest memory,
+    /// with no buffer in between), or an empty span where <see cref="WriteAt"/> is cheaper or required (a memfd
+    /// writes with pwrite and skips a page fault per page; a demand-paged or file-mapped block has its own rules).
+    /// </summary>
+    public Span<byte> LoadSpan(ulong offset, int length)
+    {
+        if (!_backing.LoadsThroughMapping)
+            return default;
+        if (offset > Size || (ulong)length > Size - offset)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"load [0x{offset:X}, +0x{length:X}) runs past {Name}");
+        return Mapping.GetSpan(offset, length);
+    }
+
     /// <summary>The backing first: a demand pager's threads must stop before the range they place pages in goes.</summary>
     public void Dispose()
     {

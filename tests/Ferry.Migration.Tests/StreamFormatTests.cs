@@ -8,9 +8,9 @@ namespace Ferry.Migration.Tests;
 /// <summary>The migration stream format: round trip, and every kind of damage rejected with a named error.</summary>
 public sealed class StreamFormatTests
 {
-    private static readonly BlockDescriptor[] Blocks = [new("ram-low", 64UL << 20), new("ram-high", 16UL << 20)];
+    internal static readonly BlockDescriptor[] Blocks = [new("ram-low", 64UL << 20), new("ram-high", 16UL << 20)];
 
-    private static byte[] Page(byte seed)
+    internal static byte[] Page(byte seed)
     {
         var page = new byte[4096];
         for (var i = 0; i < page.Length; i++)
@@ -35,10 +35,13 @@ public sealed class StreamFormatTests
         return ms.ToArray();
     }
 
-    /// <summary>Every record up to END (data copied out), against <paramref name="blocks"/> (default: this class's two blocks).</summary>
-    internal static List<Record> ReadAll(byte[] stream, out StreamHeader header, IReadOnlyList<BlockDescriptor>? blocks = null)
+    /// <summary>
+    /// Every record up to END (data copied out), against <paramref name="blocks"/> (default: this class's two blocks),
+    /// PAGES data landing where <paramref name="landing"/> says (none: in the records).
+    /// </summary>
+    internal static List<Record> ReadAll(byte[] stream, out StreamHeader header, IReadOnlyList<BlockDescriptor>? blocks = null, RecordReader.PageLanding? landing = null)
     {
-        var reader = new RecordReader(new MemoryStream(stream), blocks ?? Blocks);
+        var reader = new RecordReader(new MemoryStream(stream), blocks ?? Blocks) { Landing = landing };
         header = reader.ReadHeader();
         var records = new List<Record>();
         while (true)
@@ -130,7 +133,7 @@ public sealed class StreamFormatTests
         output.Write(payload);
     }
 
-    private static byte[] RangePayload(ushort block, uint count, ulong offset, int dataBytes = 0)
+    internal static byte[] RangePayload(ushort block, uint count, ulong offset, int dataBytes = 0)
     {
         var p = new byte[16 + dataBytes];
         BinaryPrimitives.WriteUInt16LittleEndian(p, block);

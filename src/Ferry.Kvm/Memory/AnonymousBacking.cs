@@ -70,6 +70,9 @@ internal sealed class AnonymousBacking : RamBacking
 
     public override void WriteAt(ulong offset, ReadOnlySpan<byte> data) => data.CopyTo(_mapping.GetSpan(offset, data.Length));
 
+    /// <summary>There is no file to pwrite into: a load writes through the mapping anyway, so it may as well receive there.</summary>
+    public override bool LoadsThroughMapping => !_mappedOver;
+
     /// <summary>Resident pages of this process in the range (the shared zero page excluded: it costs nothing).</summary>
     public override ulong AllocatedBytes() =>
         _mappedOver ? 0 : PageMap.PrivatePages(_mapping.Address, PageCount, [], allocatedOnly: true) * Page.Size;

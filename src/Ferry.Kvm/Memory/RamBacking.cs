@@ -28,6 +28,12 @@ internal abstract class RamBacking : IDisposable
     /// <summary>Bulk load of bytes at an offset (what a migration destination or a restore does for each page).</summary>
     public abstract void WriteAt(ulong offset, ReadOnlySpan<byte> data);
 
+    /// <summary>
+    /// Whether a bulk load may receive straight into the mapping (a read system call copying into it) instead of
+    /// going through <see cref="WriteAt"/>: true where a write through the mapping is already the cheapest way in.
+    /// </summary>
+    public virtual bool LoadsThroughMapping => false;
+
     /// <summary>Bytes of host memory this backing holds for the block.</summary>
     public abstract ulong AllocatedBytes();
 

@@ -83,13 +83,20 @@ public static partial class MigrationReceiver
         private long _lastProgress;
         private volatile bool _loading = true;
 
+        /// <summary>
+        /// Read buffering of a precopy channel. A read at least this large bypasses the buffer, so page data landing in
+        /// guest memory (<see cref="RecordReader.Landing"/>) is copied from the buffer only for the part that came in
+        /// with a record's header.
+        /// </summary>
+        private const int ChannelReadBuffer = 64 << 10;
+
         public IncomingReport Load(IMigrationTarget target, IChannelListener listener, CancellationToken cancel)
         {
             try
             {
                 ChannelLiveness.Apply(control, timeout);
                 var local = target.Blocks.Select(b => new BlockDescriptor(b.Name, b.Size)).ToArray();
-                var reader0 = new RecordReader(new BufferedStream(control, 1 << 20), local);
+                var reader0 = new RecordReader(new BufferedStream(control, ChannelReadBuffer), local);
                 var header = WithDeadline(control, () => reader0.ReadHeader(), "the stream header");
                 var accepted = PostcopySwitch.Acceptable(target, (StreamCapabilities)header.Capabilities);
                 var postcopy = new PostcopySwitch(accepted, header.Channels, target.Blocks);
@@ -130,7 +137,7 @@ public static partial class MigrationReceiver
                     lock (_streams)
                         _streams.Add(stream);
                     ChannelLiveness.Apply(stream, timeout);
-                    var buffered = new BufferedStream(stream, 1 << 20);
+                    var buffered = new BufferedStream(stream, ChannelReadBuffer);
                     var index = WithDeadline(stream, () => ChannelHello.Read(buffered, header.SessionId, header.Channels), "a channel hello");
                     if (_readers[index] is not null)
                         throw new StreamFormatException($"channel {index} joined twice");
@@ -301,6 +308,22 @@ public static partial class MigrationReceiver
     /// POSTCOPY_START arrives returns there: the postcopy phase reads on.
     /// </summary>
     private static int LoadChannel(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections, Action<uint> passEnded, PostcopySwitch postcopy, DestinationDigests? digests)
+    {
+        // Page data straight into the guest's memory where its backing allows: the guest cannot run before every
+        // channel has loaded cleanly, and a bad record fails the whole load. Not after the switch to postcopy.
+        var blocks = target.Blocks;
+        reader.Landing = (block, offset, length) => blocks[block].LoadSpan(offset, length);
+        try
+        {
+            return LoadRecords(reader, channel, target, sections, passEnded, postcopy, digests);
+        }
+        finally
+        {
+            reader.Landing = null;
+        }
+    }
+
+    private static int LoadRecords(RecordReader reader, int channel, IMigrationTarget target, List<StateSection> sections, Action<uint> passEnded, PostcopySwitch postcopy, DestinationDigests? digests)
     {
         var passes = 0;
         var digested = false;

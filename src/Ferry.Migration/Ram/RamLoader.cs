@@ -19,7 +19,8 @@ public static class RamLoader
         {
             case RecordType.Pages:
             {
-                blocks[record.Block].WriteAt(record.PageOffset, record.Data.Span);
+                if (!record.Landed) // else the reader received it straight into the block
+                    blocks[record.Block].WriteAt(record.PageOffset, record.Data.Span);
                 return true;
             }
             case RecordType.ZeroRun:

@@ -6,7 +6,7 @@ namespace Ferry.Migration.Stream;
 public sealed partial class RecordReader
 {
     /// <summary>POSTCOPY_START: its payload is the number of owed pages (in <see cref="Record.PageCount"/>).</summary>
-    private static Record DecodePostcopyStart(ReadOnlySpan<byte> payload, string where)
+    private static Record DecodePostcopyStart(ReadOnlySpan<byte> payload, RecordWhere where)
     {
         RequireLength(payload, 8, 8, where);
         return new Record(RecordType.PostcopyStart, -1, 0, BinaryPrimitives.ReadUInt64LittleEndian(payload), ReadOnlyMemory<byte>.Empty);

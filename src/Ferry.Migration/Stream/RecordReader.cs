@@ -4,10 +4,14 @@ using System.Text;
 
 namespace Ferry.Migration.Stream;
 
-/// <summary>One validated record. Data points into the reader's buffer: valid until the next read.</summary>
+/// <summary>
+/// One validated record. Data points into the reader's buffer: valid until the next read. <see cref="Landed"/>: a
+/// PAGES record whose data was received straight into guest memory (<see cref="RecordReader.Landing"/>); its
+/// <see cref="Data"/> is empty and there is nothing left to write.
+/// </summary>
 public readonly record struct Record(
     RecordType Type, int Block, ulong PageOffset, ulong PageCount, ReadOnlyMemory<byte> Data,
-    StateKind StateKind = 0, ushort StateIndex = 0, string StateName = "", uint Pass = 0, uint Digest = 0)
+    StateKind StateKind = 0, ushort StateIndex = 0, string StateName = "", uint Pass = 0, uint Digest = 0, bool Landed = false)
 {
     /// <summary>A DIGEST record's chunk (its first byte is <see cref="PageOffset"/>, its pages <see cref="PageCount"/>; <see cref="Data"/> is the bitmap of excluded pages, bit i = page i of the chunk).</summary>
     public long Chunk => (long)(PageOffset / Page.ChunkSize);
@@ -20,6 +24,22 @@ public readonly record struct Record(
 /// </summary>
 public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<BlockDescriptor> localBlocks)
 {
+    /// <summary>
+    /// Where the data of a PAGES record for [<paramref name="byteOffset"/>, + <paramref name="length"/>) of local
+    /// block <paramref name="block"/> can be received straight into, or an empty span to have it read into the
+    /// reader's buffer (and written by the caller).
+    /// </summary>
+    public delegate Span<byte> PageLanding(int block, ulong byteOffset, int length);
+
+    /// <summary>
+    /// Set: PAGES data is received straight into the span it gives (the guest's memory), with no intermediate copy,
+    /// once the record's header fields are validated; the checksum is checked over the landed bytes right after,
+    /// and a mismatch fails the read as always. So the bytes of a bad record can be in guest memory when the read
+    /// fails: only for a load that fails as a whole on any bad record, before the guest can run (a precopy
+    /// destination), never for memory a guest is running on (postcopy clears it at the switch).
+    /// </summary>
+    public PageLanding? Landing { get; set; }
+
     private byte[] _buffer = new byte[64 * 1024];
     private readonly byte[] _excluded = new byte[Page.ChunkPages / 8]; // a DIGEST record's runs, as a bitmap
     private bool[]?[] _digested = [];                                   // per local block: chunks with a DIGEST already
@@ -108,6 +128,12 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
             throw new StreamFormatException("this machine has RAM blocks the stream does not");
     }
 
+    /// <summary>Names a record in a message; formatted only when a message is made (no allocation per record).</summary>
+    private readonly record struct RecordWhere(uint Sequence, RecordType Type, string Detail = "")
+    {
+        public override string ToString() => $"record {Sequence} ({Type}){Detail}";
+    }
+
     /// <summary>The next record, validated. END is returned once (totals checked); reading past it is an error.</summary>
     public Record ReadRecord()
     {
@@ -119,7 +145,7 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
         var length = BinaryPrimitives.ReadUInt32LittleEndian(frame[4..]);
         var crc = BinaryPrimitives.ReadUInt32LittleEndian(frame[8..]);
         var sequence = BinaryPrimitives.ReadUInt32LittleEndian(frame[12..]);
-        var where = $"record {sequence} ({type})";
+        var where = new RecordWhere(sequence, type);
         if (!Enum.IsDefined(type))
             throw new StreamFormatException($"record {sequence}: unknown type {(ushort)type}");
         if (BinaryPrimitives.ReadUInt16LittleEndian(frame[2..]) != 0)
@@ -129,30 +155,79 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
         if (_buffer.Length < length)
             _buffer = new byte[Math.Max(length, (uint)_buffer.Length * 2)];
         var payload = _buffer.AsSpan(0, (int)length);
-        ReadExactly(payload, where);
+        var read = 0;
+        if (type == RecordType.Pages && Landing is { } landing && length > PagesHeaderSize)
+        {
+            // The record's own fields first, checked as usual; then its data straight into place.
+            ReadExactly(payload[..PagesHeaderSize], where);
+            read = PagesHeaderSize;
+            Span<byte> into = default;
+            int block = 0;
+            ulong offset = 0, count = 0;
+            try
+            {
+                (block, offset, count) = DecodePagesHeader(payload, RecordType.Pages, where);
+                if (length - PagesHeaderSize == count * (ulong)Page.Size)
+                    into = landing(block, offset, (int)length - PagesHeaderSize);
+            }
+            catch (StreamFormatException)
+            {
+                // Fields that do not hold: the record is read whole below and refused there, a damaged one as a
+                // checksum mismatch, like any other record.
+            }
+            if (!into.IsEmpty)
+            {
+                ReadExactly(into, where);
+                BytesRead += StreamLimits.FrameHeaderSize + length;
+                if (crc != Crc32C.Append(Crc32C.Append(Crc32C.Compute(frame[..8]), payload[..PagesHeaderSize]), into))
+                    throw new StreamFormatException($"{where}: checksum mismatch");
+                CheckSequence(sequence, where);
+                _pages += count;
+                return new Record(RecordType.Pages, block, offset, count, ReadOnlyMemory<byte>.Empty, Landed: true);
+            }
+        }
+        ReadExactly(payload[read..], where);
         BytesRead += StreamLimits.FrameHeaderSize + length;
         if (crc != Crc32C.Append(Crc32C.Compute(frame[..8]), payload))
             throw new StreamFormatException($"{where}: checksum mismatch");
-        if (sequence != _expectedSequence)
-            throw new StreamFormatException($"{where}: sequence {sequence}, expected {_expectedSequence}");
-        _expectedSequence++;
+        CheckSequence(sequence, where);
         return Decode(type, payload, where);
     }
 
-    private Record Decode(RecordType type, ReadOnlySpan<byte> p, string where)
+    /// <summary>A PAGES or ZERO_RUN record's fixed fields: block (u16), pad (u16), page count (u32), byte offset (u64).</summary>
+    private const int PagesHeaderSize = 16;
+
+    private void CheckSequence(uint sequence, RecordWhere where)
+    {
+        if (sequence != _expectedSequence)
+            throw new StreamFormatException($"{where}: sequence {sequence}, expected {_expectedSequence}");
+        _expectedSequence++;
+    }
+
+    /// <summary>
+    /// A PAGES or ZERO_RUN record's fields, checked: a block of the header, 1..256 pages for PAGES (any positive count
+    /// for a zero run), page-aligned, inside the block; for PAGES the payload must hold exactly those pages.
+    /// </summary>
+    private (int Block, ulong Offset, ulong Count) DecodePagesHeader(ReadOnlySpan<byte> p, RecordType type, RecordWhere where)
+    {
+        var block = Block(BinaryPrimitives.ReadUInt16LittleEndian(p), where);
+        var count = BinaryPrimitives.ReadUInt32LittleEndian(p[4..]);
+        var offset = BinaryPrimitives.ReadUInt64LittleEndian(p[8..]);
+        if (count == 0 || (type == RecordType.Pages && count > StreamLimits.MaxPagesPerRecord))
+            throw new StreamFormatException($"{where}: page count {count} is outside 1..{(type == RecordType.Pages ? StreamLimits.MaxPagesPerRecord : uint.MaxValue)}");
+        CheckRange(block, offset, count, where);
+        return (block, offset, count);
+    }
+
+    private Record Decode(RecordType type, ReadOnlySpan<byte> p, RecordWhere where)
     {
         switch (type)
         {
             case RecordType.Pages:
             case RecordType.ZeroRun:
             {
-                RequireLength(p, 16, type == RecordType.Pages ? -1 : 16, where);
-                var block = Block(BinaryPrimitives.ReadUInt16LittleEndian(p), where);
-                var count = BinaryPrimitives.ReadUInt32LittleEndian(p[4..]);
-                var offset = BinaryPrimitives.ReadUInt64LittleEndian(p[8..]);
-                if (count == 0 || (type == RecordType.Pages && count > StreamLimits.MaxPagesPerRecord))
-                    throw new StreamFormatException($"{where}: page count {count} is outside 1..{(type == RecordType.Pages ? StreamLimits.MaxPagesPerRecord : uint.MaxValue)}");
-                CheckRange(block, offset, count, where);
+                RequireLength(p, PagesHeaderSize, type == RecordType.Pages ? -1 : PagesHeaderSize, where);
+                var (block, offset, count) = DecodePagesHeader(p, type, where);
                 if (type == RecordType.Pages)
                 {
                     if ((ulong)(p.Length - 16) != count * (ulong)Page.Size)
@@ -179,7 +254,7 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
                 var bitmap = p[16..];
                 var lastSet = LastSetBit(bitmap);
                 if (lastSet >= 0)
-                    CheckRange(block, first * Page.Size, (ulong)lastSet + 1, where + " (the bitmap claims pages past its block)");
+                    CheckRange(block, first * Page.Size, (ulong)lastSet + 1, where with { Detail = " (the bitmap claims pages past its block)" });
                 if (type == RecordType.BalloonBitmap)
                 {
                     foreach (var b in bitmap)
@@ -226,7 +301,7 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
     }
 
     /// <summary>A DIGEST record: a chunk of its block, at most one per chunk, excluded runs in order, apart and inside the chunk.</summary>
-    private Record DecodeDigest(ReadOnlySpan<byte> p, string where)
+    private Record DecodeDigest(ReadOnlySpan<byte> p, RecordWhere where)
     {
         RequireLength(p, StreamLimits.DigestFixedBytes, -1, where);
         var block = Block(BinaryPrimitives.ReadUInt16LittleEndian(p), where);
@@ -261,20 +336,20 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
         return new Record(RecordType.Digest, block, (ulong)chunk * Page.ChunkSize, chunkPages, _excluded, Digest: digest);
     }
 
-    private static void RequireLength(ReadOnlySpan<byte> payload, int min, int exact, string where)
+    private static void RequireLength(ReadOnlySpan<byte> payload, int min, int exact, RecordWhere where)
     {
         if (payload.Length < min || (exact >= 0 && payload.Length != exact))
             throw new StreamFormatException($"{where}: payload of {payload.Length} bytes, {(exact >= 0 ? $"expected {exact}" : $"at least {min} required")}");
     }
 
-    private int Block(ushort streamIndex, string where)
+    private int Block(ushort streamIndex, RecordWhere where)
     {
         if (streamIndex >= _blockMap.Length)
             throw new StreamFormatException($"{where}: block index {streamIndex} is outside the {_blockMap.Length} blocks of the header");
         return _blockMap[streamIndex];
     }
 
-    private void CheckRange(int block, ulong byteOffset, ulong pages, string where)
+    private void CheckRange(int block, ulong byteOffset, ulong pages, RecordWhere where)
     {
         var size = localBlocks[block].Size;
         if (byteOffset % Page.Size != 0)
@@ -291,6 +366,18 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
                 return i * 8L + 7 - System.Numerics.BitOperations.LeadingZeroCount((uint)bitmap[i]) + 24;
         }
         return -1;
+    }
+
+    private void ReadExactly(Span<byte> destination, RecordWhere where)
+    {
+        try
+        {
+            input.ReadExactly(destination);
+        }
+        catch (EndOfStreamException)
+        {
+            throw new StreamFormatException($"stream truncated inside {where}") { EndOfStream = true };
+        }
     }
 
     private void ReadExactly(Span<byte> destination, string what)
