@@ -74,9 +74,10 @@ switch (mode)
             ulong.Parse(Arg("gib", "2"), CultureInfo.InvariantCulture),
             int.Parse(Arg("channels", "2"), CultureInfo.InvariantCulture),
             int.Parse(Arg("repeat", "3"), CultureInfo.InvariantCulture),
-            Ferry.Machine.MachineConfig.ParseMemoryBackend(Arg("backend", "memfd")));
+            Ferry.Machine.MachineConfig.ParseMemoryBackend(Arg("backend", "memfd")),
+            Arg("destination", "fresh") == "warm");
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty(,fill-keep)] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--verify] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] | tls [--gib 2] [--channels 2] [--repeat 3] [--backend memfd|anon]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty(,fill-keep)] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--verify] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] | tls [--gib 2] [--channels 2] [--repeat 3] [--backend memfd|anon] [--destination fresh|warm]");
         return 2;
 }
 return 0;
