@@ -41,6 +41,11 @@ public sealed class UserfaultfdLayoutTests
         Assert.Equal(0xC028AA03u, UffdIoctls.UFFDIO_COPY);
         Assert.Equal(0xAA00u, UffdIoctls.USERFAULTFD_IOC_NEW);
         Assert.Equal(32, Marshal.SizeOf<UffdMsg>());
+        // Newer than this machine's headers (Linux 6.8's uapi: five 64-bit fields, ioctl 0x05, feature bit 16).
+        Assert.Equal(0xC028AA05u, UffdIoctls.UFFDIO_MOVE);
+        Assert.Equal(40, Marshal.SizeOf<UffdioMove>());
+        Assert.Equal(32, (int)Marshal.OffsetOf<UffdioMove>(nameof(UffdioMove.Move)));
+        Assert.Equal(1UL << 16, UffdConstants.UFFD_FEATURE_MOVE);
     }
 
     private static (string Source, int Count) GenerateAssertions()
@@ -58,6 +63,9 @@ public sealed class UserfaultfdLayoutTests
             if (attr is null)
                 continue;
             var c = $"struct {attr.CName}";
+            var guard = type.GetCustomAttribute<HeaderSinceAttribute>()?.Macro;
+            if (guard is not null)
+                sb.Append("#ifdef ").Append(guard).Append('\n');
             Assert($"sizeof({c}) == {Marshal.SizeOf(type)}", $"sizeof {attr.CName} (C# {type.Name})");
             foreach (var field in type.GetFields(BindingFlags.Instance | BindingFlags.Public))
             {
@@ -66,11 +74,22 @@ public sealed class UserfaultfdLayoutTests
                 Assert($"offsetof({c}, {member}) == {offset}", $"{attr.CName}.{member} (C# {type.Name}.{field.Name})");
                 Assert($"sizeof((({c} *)0)->{member}) == {Marshal.SizeOf(field.FieldType)}", $"size of {attr.CName}.{member}");
             }
+            if (guard is not null)
+                sb.Append("#endif\n");
+        }
+        void Guarded(FieldInfo field, string expr)
+        {
+            var guard = field.GetCustomAttribute<HeaderSinceAttribute>()?.Macro;
+            if (guard is not null)
+                sb.Append("#ifdef ").Append(guard).Append('\n');
+            Assert(expr, field.Name);
+            if (guard is not null)
+                sb.Append("#endif\n");
         }
         foreach (var field in typeof(UffdIoctls).GetFields(BindingFlags.Static | BindingFlags.Public))
-            Assert($"{field.Name} == {(uint)field.GetValue(null)!}u", field.Name);
+            Guarded(field, $"{field.Name} == {(uint)field.GetValue(null)!}u");
         foreach (var field in typeof(UffdConstants).GetFields(BindingFlags.Static | BindingFlags.Public).Where(f => f.IsLiteral))
-            Assert($"{field.Name} == {Convert.ToUInt64(field.GetRawConstantValue(), CultureInfo.InvariantCulture)}ULL", field.Name);
+            Guarded(field, $"{field.Name} == {Convert.ToUInt64(field.GetRawConstantValue(), CultureInfo.InvariantCulture)}ULL");
         foreach (var name in new[] { "MADV_DONTNEED", "MADV_REMOVE", "MADV_HUGEPAGE", "MADV_NOHUGEPAGE", "MADV_POPULATE_READ", "MADV_COLLAPSE" })
             Assert($"{name} == {typeof(Libc).GetField(name)!.GetRawConstantValue()}", name);
         return (sb.ToString(), count);

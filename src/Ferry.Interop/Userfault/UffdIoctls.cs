@@ -17,6 +17,9 @@ public static unsafe class UffdIoctls
     public static readonly uint UFFDIO_WAKE = IoctlNumber.Ior(UFFDIO, 0x02, sizeof(UffdioRange));
     public static readonly uint UFFDIO_COPY = IoctlNumber.Iowr(UFFDIO, 0x03, sizeof(UffdioCopy));
     public static readonly uint UFFDIO_ZEROPAGE = IoctlNumber.Iowr(UFFDIO, 0x04, sizeof(UffdioZeropage));
+
+    [HeaderSince("_UFFDIO_MOVE")]
+    public static readonly uint UFFDIO_MOVE = IoctlNumber.Iowr(UFFDIO, 0x05, sizeof(UffdioMove));
 }
 
 /// <summary>The constants of &lt;linux/userfaultfd.h&gt; Ferry uses (checked against the header by the layout test).</summary>
@@ -31,6 +34,9 @@ public static class UffdConstants
     public const ulong UFFD_FEATURE_MISSING_SHMEM = 1 << 5;
     public const ulong UFFD_FEATURE_SIGBUS = 1 << 7;
     public const ulong UFFD_FEATURE_THREAD_ID = 1 << 8;
+
+    [HeaderSince("_UFFDIO_MOVE")]
+    public const ulong UFFD_FEATURE_MOVE = 1 << 16;
 
     public const ulong UFFDIO_REGISTER_MODE_MISSING = 1;
 

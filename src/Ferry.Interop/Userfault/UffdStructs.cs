@@ -12,6 +12,16 @@ public sealed class UffdStructAttribute(string cName) : Attribute
     public string CName { get; } = cName;
 }
 
+/// <summary>
+/// The struct, ioctl or constant is newer than some kernel headers: the layout test checks it only where the header
+/// defines <see cref="Macro"/> (and checks its numbers independently of the header).
+/// </summary>
+[AttributeUsage(AttributeTargets.Struct | AttributeTargets.Field)]
+public sealed class HeaderSinceAttribute(string macro) : Attribute
+{
+    public string Macro { get; } = macro;
+}
+
 /// <summary>The C member a field mirrors when its PascalCase name cannot say it (a member of a union).</summary>
 [AttributeUsage(AttributeTargets.Field)]
 public sealed class CMemberAttribute(string path) : Attribute
@@ -81,4 +91,20 @@ public struct UffdMsg
     [FieldOffset(8), CMember("arg.pagefault.flags")] public ulong PagefaultFlags;
     [FieldOffset(16), CMember("arg.pagefault.address")] public ulong PagefaultAddress;
     [FieldOffset(24), CMember("arg.pagefault.feat.ptid")] public uint PagefaultPtid;
+}
+
+/// <summary>
+/// UFFDIO_MOVE (Linux 6.8): moves the pages of [src, src + len) of this process's anonymous memory to the missing
+/// pages at dst, without copying; an aligned 2 MiB huge page moves whole. <see cref="Move"/> is the bytes moved or -errno.
+/// </summary>
+[UffdStruct("uffdio_move")]
+[HeaderSince("_UFFDIO_MOVE")]
+[StructLayout(LayoutKind.Sequential)]
+public struct UffdioMove
+{
+    public ulong Dst;
+    public ulong Src;
+    public ulong Len;
+    public ulong Mode;
+    public long Move;
 }

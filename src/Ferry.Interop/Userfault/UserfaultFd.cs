@@ -121,6 +121,22 @@ public sealed unsafe class UserfaultFd : IDisposable
         return errno;
     }
 
+    /// <summary>
+    /// UFFDIO_MOVE of <paramref name="length"/> bytes of this process's anonymous memory at <paramref name="source"/>
+    /// to the missing pages at <paramref name="destination"/> (a registered range), without copying: an aligned whole
+    /// huge page moves as one, so the destination gets a huge page; the source range is left empty. Wakes the threads
+    /// waiting on the pages. Needs <see cref="UffdConstants.UFFD_FEATURE_MOVE"/> asked for at <see cref="Open"/>.
+    /// Same contract as <see cref="Copy"/> (EEXIST, EAGAIN, bytes moved before a failure).
+    /// </summary>
+    public int Move(nint destination, nint source, ulong length, out ulong moved)
+    {
+        var move = new UffdioMove { Dst = (ulong)destination, Src = (ulong)source, Len = length };
+        var result = Libc.Ioctl(Handle.Fd, UffdIoctls.UFFDIO_MOVE, &move);
+        var errno = result < 0 ? Libc.LastErrno : 0;
+        moved = move.Move > 0 ? (ulong)move.Move : 0;
+        return errno;
+    }
+
     /// <summary>Wakes the threads waiting on pages of the range (e.g. after another thread placed them).</summary>
     public void Wake(nint address, ulong length)
     {
