@@ -11,6 +11,7 @@ using Ferry.Machine;
 //   migrate  [--memory-gib 4,8] ... live migration, Ferry beside QEMU and the loopback TCP ceiling (issue 5)
 //   snapshot [--memory-gib 4,8] ... snapshot save/restore, Ferry beside a sequential write and QEMU's mapped-ram (issue 6)
 //   snapshot-verify [--gib 2]       the cost of checking every page of a snapshot file, beside a plain read of it (issue 16; no KVM)
+//   lazy-restore [--gib 2]          lazy (demand-paged) against eager restore of a snapshot file, the host side (issue 14; no KVM)
 var mode = args.Length > 0 ? args[0] : "help";
 string Arg(string name, string fallback)
 {
@@ -69,6 +70,13 @@ switch (mode)
             int.Parse(Arg("threads", "2"), CultureInfo.InvariantCulture),
             int.Parse(Arg("repeat", "3"), CultureInfo.InvariantCulture),
             Arg("dir", "/var/tmp/ferry-snap-bench"));
+    case "lazy-restore":
+        return LazyRestoreBench.Run(
+            ulong.Parse(Arg("gib", "2"), CultureInfo.InvariantCulture),
+            int.Parse(Arg("threads", "2"), CultureInfo.InvariantCulture),
+            int.Parse(Arg("repeat", "3"), CultureInfo.InvariantCulture),
+            Arg("dir", "/var/tmp/ferry-snap-bench"),
+            MachineConfig.ParseMemoryBackend(Arg("backend", "anon")));
     case "tls":
         return TlsBench.Run(
             ulong.Parse(Arg("gib", "2"), CultureInfo.InvariantCulture),
@@ -77,7 +85,7 @@ switch (mode)
             Ferry.Machine.MachineConfig.ParseMemoryBackend(Arg("backend", "memfd")),
             Arg("destination", "fresh") == "warm");
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty(,fill-keep)] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--verify] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] | tls [--gib 2] [--channels 2] [--repeat 3] [--backend memfd|anon] [--destination fresh|warm]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty(,fill-keep)] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--verify] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] | lazy-restore [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--backend anon|memfd] | tls [--gib 2] [--channels 2] [--repeat 3] [--backend memfd|anon] [--destination fresh|warm]");
         return 2;
 }
 return 0;

@@ -40,7 +40,7 @@ internal static partial class LazyRestoreReport
         var s = paging.Statistics();
         LogComplete(log, file, paging.MillisecondsToComplete ?? paging.MillisecondsSinceStart,
             s.PagesFetchedByFaults, s.PagesFetchedByFill, s.FillMiBPerSecond, s.PagesResolvedLocally, s.Faults,
-            s.FaultLatencyP50Us, s.FaultLatencyP99Us, s.BlockedMs, s.PiecesCollapsed);
+            s.FaultLatencyP50Us, s.FaultLatencyP99Us, s.BlockedMs, s.PiecesMadeHuge);
     }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "lazy restore of {File} complete {Milliseconds:F0} ms after it started: " +

@@ -68,6 +68,8 @@ public sealed record DemandPagingStatistics(
     long PiecesLeftEmpty,
     long PiecesCollapsed,
     long CollapseFailures,
+    long PiecesMoved,
+    long MoveFailures,
     double FaultLatencyP50Us,
     double FaultLatencyP99Us,
     double FaultLatencyMaxUs,
@@ -77,6 +79,9 @@ public sealed record DemandPagingStatistics(
 {
     /// <summary>Pages resolved as zero without asking the source, every class.</summary>
     public long PagesResolvedLocally => ZeroPagesByFaults + ZeroPagesByFill + BalloonedPagesResolved + DiscardedPagesResolved;
+
+    /// <summary>Pieces that are huge pages again: moved in whole (UFFDIO_MOVE) or collapsed after placing 4 KiB pages.</summary>
+    public long PiecesMadeHuge => PiecesMoved + PiecesCollapsed;
 
     /// <summary>Pages brought from the source.</summary>
     public long PagesFetched => PagesFetchedByFaults + PagesFetchedByFill;
@@ -93,6 +98,7 @@ public sealed record DemandPagingStatistics(
         all.Sum(s => s.ZeroPagesByFaults), all.Sum(s => s.ZeroPagesByFill), all.Sum(s => s.BalloonedPagesResolved), all.Sum(s => s.DiscardedPagesResolved),
         all.Sum(s => s.SourceReads), all.Sum(s => s.SourcePages),
         all.Sum(s => s.PiecesFilled), all.Sum(s => s.PiecesAlreadyResolved), all.Sum(s => s.PiecesLeftEmpty), all.Sum(s => s.PiecesCollapsed), all.Sum(s => s.CollapseFailures),
+        all.Sum(s => s.PiecesMoved), all.Sum(s => s.MoveFailures),
         all.Select(s => s.FaultLatencyP50Us).DefaultIfEmpty(0).Max(), all.Select(s => s.FaultLatencyP99Us).DefaultIfEmpty(0).Max(),
         all.Select(s => s.FaultLatencyMaxUs).DefaultIfEmpty(0).Max(), all.Sum(s => s.BlockedMs),
         all.Select(s => s.FillMs).DefaultIfEmpty(0).Max(),
