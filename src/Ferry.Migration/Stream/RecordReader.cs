@@ -177,6 +177,8 @@ public sealed partial class RecordReader(System.IO.Stream input, IReadOnlyList<B
             }
             if (!into.IsEmpty)
             {
+                if (into.Length != length - PagesHeaderSize)
+                    throw new InvalidOperationException($"{where}: the landing gave {into.Length} bytes for {length - PagesHeaderSize}");
                 ReadExactly(into, where);
                 BytesRead += StreamLimits.FrameHeaderSize + length;
                 if (crc != Crc32C.Append(Crc32C.Append(Crc32C.Compute(frame[..8]), payload[..PagesHeaderSize]), into))

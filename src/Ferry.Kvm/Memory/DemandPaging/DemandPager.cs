@@ -324,6 +324,10 @@ public sealed unsafe class DemandPager : IDisposable
             }
             if (!runs.Contains(page))
             {
+                // Pages claimed around a page this fault did not claim are placed all the same: nothing else would
+                // (the fill skips claimed pages, and a later fault on one would wait for this claimer for ever).
+                if (runs.Count > 0)
+                    Resolve(runs, buffer, group, byFill: false);
                 if (_discarded.Contains(page) || _placed.Contains(page))
                 {
                     // Discarded (it reads zero, whatever the source holds); placed just before this message was read; or
@@ -381,8 +385,17 @@ public sealed unsafe class DemandPager : IDisposable
         {
             if (_movesPieces)
             {
-                staging = MappedRegion.MapAnonymousAligned(Page.ChunkSize, Page.ChunkSize);
-                ErrnoException.Check(Libc.Madvise(staging.Address, Page.ChunkSize, Libc.MADV_HUGEPAGE), "madvise(HUGEPAGE)");
+                try
+                {
+                    staging = MappedRegion.MapAnonymousAligned(Page.ChunkSize, Page.ChunkSize);
+                    ErrnoException.Check(Libc.Madvise(staging.Address, Page.ChunkSize, Libc.MADV_HUGEPAGE), "madvise(HUGEPAGE)");
+                }
+                catch (ErrnoException)
+                {
+                    // No staging piece: this thread copies, as without UFFDIO_MOVE.
+                    staging?.Dispose();
+                    staging = null;
+                }
             }
             ulong piece;
             while ((piece = (ulong)Interlocked.Increment(ref _nextPiece)) < pieces && Volatile.Read(ref _stopping) == 0)
@@ -482,12 +495,13 @@ public sealed unsafe class DemandPager : IDisposable
         Interlocked.Add(ref _fetchedByFill, dataPages);
         Interlocked.Add(ref _zeroByFill, zeroPages);
         var at = _mapping.Address + (nint)(first << Page.Shift);
+        // The staging piece must be one huge page for the move to hand one over: where its allocation fell back to
+        // 4 KiB pages (fragmentation), or an earlier move left a page table there, this makes it one (at once when
+        // it already is). A piece moved page by page is collapsed afterwards like a copied one.
+        Libc.Madvise(staging.Address, Page.ChunkSize, Libc.MADV_COLLAPSE);
         var errno = _uffd.Move(at, staging.Address, Page.ChunkSize, out var moved);
         if (errno == 0)
-        {
-            _collapsed[piece] = true;
             Interlocked.Increment(ref _piecesMoved);
-        }
         else
         {
             Interlocked.Increment(ref _moveFailures);

@@ -80,8 +80,11 @@ public sealed record DemandPagingStatistics(
     /// <summary>Pages resolved as zero without asking the source, every class.</summary>
     public long PagesResolvedLocally => ZeroPagesByFaults + ZeroPagesByFill + BalloonedPagesResolved + DiscardedPagesResolved;
 
-    /// <summary>Pieces that are huge pages again: moved in whole (UFFDIO_MOVE) or collapsed after placing 4 KiB pages.</summary>
-    public long PiecesMadeHuge => PiecesMoved + PiecesCollapsed;
+    /// <summary>
+    /// Pieces that are one huge page again: every complete piece goes through MADV_COLLAPSE, which makes one of 4 KiB
+    /// pages (copied in) and only confirms one moved in whole (<see cref="PiecesMoved"/>, UFFDIO_MOVE).
+    /// </summary>
+    public long PiecesMadeHuge => PiecesCollapsed;
 
     /// <summary>Pages brought from the source.</summary>
     public long PagesFetched => PagesFetchedByFaults + PagesFetchedByFill;
