@@ -111,10 +111,17 @@ public sealed unsafe class UserfaultFd : IDisposable
         return errno;
     }
 
-    /// <summary>UFFDIO_ZEROPAGE over missing pages; same contract as <see cref="Copy"/>.</summary>
-    public int ZeroPage(nint destination, ulong length, out ulong zeroed)
+    /// <summary>
+    /// UFFDIO_ZEROPAGE over missing pages; same contract as <see cref="Copy"/>. <paramref name="wake"/> false: the
+    /// waiting threads are left asleep (the caller wakes them with <see cref="Wake"/> once its bookkeeping is done).
+    /// </summary>
+    public int ZeroPage(nint destination, ulong length, out ulong zeroed, bool wake = true)
     {
-        var zero = new UffdioZeropage { Range = new UffdioRange { Start = (ulong)destination, Len = length } };
+        var zero = new UffdioZeropage
+        {
+            Range = new UffdioRange { Start = (ulong)destination, Len = length },
+            Mode = wake ? 0 : UffdConstants.UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+        };
         var result = Libc.Ioctl(Handle.Fd, UffdIoctls.UFFDIO_ZEROPAGE, &zero);
         var errno = result < 0 ? Libc.LastErrno : 0;
         zeroed = zero.Zeropage > 0 ? (ulong)zero.Zeropage : 0;

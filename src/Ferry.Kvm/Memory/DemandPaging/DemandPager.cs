@@ -26,7 +26,8 @@ namespace Ferry.Kvm;
 /// (measured on Linux 6.18: AnonHugePages goes from 0 to 2048 kB per piece); a piece with no data that nothing
 /// touched is left alone, and after the range is unregistered the kernel gives it a huge page on first touch.
 /// Where the kernel has UFFDIO_MOVE (Linux 6.8), a piece the fill claimed whole is read into a huge page of the
-/// fill's own and moved in: no second copy, no collapse (<see cref="MoveWholePiece"/>).
+/// fill's own and moved in: no second copy, and the collapse that follows only confirms the huge page
+/// (<see cref="MoveWholePiece"/>).
 /// </para>
 /// <para>
 /// Pushed pages (<see cref="IPushedPageSource"/>, postcopy): nothing is read and there is no fill; whoever receives
@@ -722,7 +723,9 @@ public sealed unsafe class DemandPager : IDisposable
     private void ResolveZero(ulong page, ref long counter)
     {
         var at = _mapping.Address + (nint)(page << Page.Shift);
-        if (PlaceRange(at, 0, Page.Size) > 0)
+        // Placed without waking, counted, then woken: a woken thread must find the page in the statistics already
+        // (a test read them right after its toucher returned and once saw one short).
+        if (PlaceRange(at, 0, Page.Size, wake: false) > 0)
             Interlocked.Increment(ref counter);
         _uffd.Wake(at, Page.Size);
     }
@@ -732,7 +735,7 @@ public sealed unsafe class DemandPager : IDisposable
     /// there (EEXIST: someone placed them; their waiters are woken) and retrying interruptions (EAGAIN). Returns the
     /// bytes it placed itself.
     /// </summary>
-    private ulong PlaceRange(nint at, nint from, ulong length)
+    private ulong PlaceRange(nint at, nint from, ulong length, bool wake = true)
     {
         ulong done = 0, placed = 0;
         while (done < length)
@@ -740,7 +743,7 @@ public sealed unsafe class DemandPager : IDisposable
             ulong n;
             var errno = from != 0
                 ? _uffd.Copy(at + (nint)done, from + (nint)done, length - done, out n)
-                : _uffd.ZeroPage(at + (nint)done, length - done, out n);
+                : _uffd.ZeroPage(at + (nint)done, length - done, out n, wake);
             done += n;
             placed += n;
             if (errno == 0)
