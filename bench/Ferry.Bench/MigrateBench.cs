@@ -20,8 +20,18 @@ internal static class MigrateBench
 {
     public static readonly string[] DefaultProfiles = ["idle-fresh", "fill-free-hint", "fill-free-nohint", "balloon10", "dirty"];
 
-    /// <summary>Also fill-keep: 60% of usable memory filled and kept, every page of it moved (and with --verify, hashed on both sides).</summary>
-    public static readonly string[] AllProfiles = [.. DefaultProfiles, "fill-keep"];
+    /// <summary>
+    /// Also fill-keep: 60% of usable memory filled and kept, every page of it moved (and with --verify, hashed on both
+    /// sides); and dirty-postcopy (issue 14): the guest dirties 1 GiB at <see cref="PostcopyDirtyMiBps"/>, twice
+    /// max-bandwidth (<see cref="PostcopyBandwidth"/>), so precopy cannot converge, and both VMMs switch to postcopy
+    /// after <see cref="PostcopyAfterPasses"/> passes (Ferry by its parameter, QEMU by migrate-start-postcopy after as
+    /// many dirty-log syncs).
+    /// </summary>
+    public static readonly string[] AllProfiles = [.. DefaultProfiles, "fill-keep", "dirty-postcopy"];
+
+    public const int PostcopyDirtyMiBps = 400;
+    public const long PostcopyBandwidth = 200L << 20;
+    public const int PostcopyAfterPasses = 2;
 
     private const double MiB = 1 << 20;
     private const double GiB = 1 << 30;
@@ -113,6 +123,8 @@ internal static class MigrateBench
         PrintTables(rows, ceiling, repeat);
         if (verify)
             PrintVerify(rows);
+        if (rows.Any(r => r.Profile == "dirty-postcopy"))
+            PrintPostcopy(rows.Where(r => r.Profile == "dirty-postcopy").ToList());
 
         if (jsonPath is not null)
         {
@@ -140,6 +152,26 @@ internal static class MigrateBench
             var rate = d is { VerifyMs: > 0 } ? $"{hashed / (d.VerifyMs / 1000):0.00}" : "-";
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {row.MemoryGib} GiB | {row.Profile} | {s.DowntimeMs:0.0} | {d?.PauseMs:0.0} | {d?.SyncMs:0.0} | {d?.FinalPassMs:0.0} | {d?.VerifyMs:0.0} | {d?.SaveStateMs:0.0} | {d?.CompleteMs:0.0} | {s.VerifiedChunks} | {row.FerryMedian.Incoming.VerifyMs:0.0} | {rate} (at most; holes are not read) |"));
+        }
+    }
+
+    /// <summary>The postcopy profile's own figures, Ferry beside QEMU (the same median runs).</summary>
+    private static void PrintPostcopy(List<Row> rows)
+    {
+        Console.WriteLine();
+        Console.WriteLine($"Postcopy (dirty-postcopy: `dirty {PostcopyDirtyMiBps} 1024` against max-bandwidth {PostcopyBandwidth >> 20} MiB/s, switch after {PostcopyAfterPasses} passes; the same median runs). Ferry's fault latency is from a vCPU blocking to its page placed; QEMU's postcopy-latency is printed as QEMU reports it (10.1 and later).");
+        Console.WriteLine();
+        Console.WriteLine("| size | Ferry owed pages | Ferry requests | Ferry urgent / background pages | Ferry blocktime ms | Ferry fault p50 / p99 µs | QEMU switched | QEMU requests | QEMU blocktime ms | QEMU postcopy-latency |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+        foreach (var row in rows)
+        {
+            var p = row.FerryMedian.Stats.Postcopy;
+            var q = row.QemuMedian;
+            var ferry = p is null
+                ? "- (converged as precopy) | - | - | - | - | "
+                : string.Create(CultureInfo.InvariantCulture, $"{p.OwedPages} | {p.Requests} | {p.UrgentPages} / {p.BackgroundPages} | {p.BlocktimeMs:0.0} | {p.LatencyP50Us:0} / {p.LatencyP99Us:0} | ");
+            var qemu = q is null ? "- | - | - | - |" : $"{(q.Postcopy ? "yes" : "no")} | {q.PostcopyRequests} | {(q.PostcopyBlocktimeMs >= 0 ? q.PostcopyBlocktimeMs.ToString(CultureInfo.InvariantCulture) : "-")} | {(q.PostcopyLatencyRaw >= 0 ? q.PostcopyLatencyRaw.ToString(CultureInfo.InvariantCulture) : "-")} |";
+            Console.WriteLine($"| {row.MemoryGib} GiB | {ferry}{qemu}");
         }
     }
 
@@ -334,6 +366,10 @@ internal static class MigrateBench
                 await Guest.Cmd(console, "dirty 200 1024");
                 await Task.Delay(500);
                 break;
+            case "dirty-postcopy":
+                await Guest.Cmd(console, $"dirty {PostcopyDirtyMiBps} 1024");
+                await Task.Delay(500);
+                break;
             default:
                 throw new ArgumentException($"unknown profile '{profile}'");
         }
@@ -357,10 +393,13 @@ internal static class MigrateBench
         using (var listener = new TcpChannelListener(MigrationUri.Parse("tcp:127.0.0.1:0")))
         {
             var receive = Task.Run(() => MigrationReceiver.Receive(new MachineMigrationTarget(destination), listener, CancellationToken.None));
+            var postcopy = profile == "dirty-postcopy";
             using var migration = new PrecopyMigration(
                 new MachineMigrationSource(source),
-                new MigrationParameters { DowntimeLimitMs = downtimeMs },
-                new MigrationCapabilities { FreePageHint = profile != "fill-free-nohint", Verify = verifyMigration });
+                postcopy
+                    ? new MigrationParameters { DowntimeLimitMs = downtimeMs, MaxBandwidth = PostcopyBandwidth, PostcopyAfterPasses = PostcopyAfterPasses }
+                    : new MigrationParameters { DowntimeLimitMs = downtimeMs },
+                new MigrationCapabilities { FreePageHint = profile != "fill-free-nohint", Verify = verifyMigration && !postcopy, PostcopyRam = postcopy });
             try
             {
                 stats = migration.Run(new TcpChannelConnector(listener.Uri));
@@ -374,7 +413,7 @@ internal static class MigrateBench
         }
         source.Stop(ShutdownCause.HostQmpQuit, "migrated");
 
-        if (profile == "dirty")
+        if (profile is "dirty" or "dirty-postcopy")
             await Guest.Cmd(destConsole, "stop");
         var verify = await Guest.Cmd(destConsole, "verify");
         if (!verify.GetProperty("passed").GetBoolean())

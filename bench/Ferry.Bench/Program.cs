@@ -85,7 +85,7 @@ switch (mode)
             Ferry.Machine.MachineConfig.ParseMemoryBackend(Arg("backend", "memfd")),
             Arg("destination", "fresh") == "warm");
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty(,fill-keep)] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--verify] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] | lazy-restore [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--backend anon|memfd] | tls [--gib 2] [--channels 2] [--repeat 3] [--backend memfd|anon] [--destination fresh|warm]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty(,fill-keep,dirty-postcopy)] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--verify] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] | lazy-restore [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--backend anon|memfd] | tls [--gib 2] [--channels 2] [--repeat 3] [--backend memfd|anon] [--destination fresh|warm]");
         return 2;
 }
 return 0;
@@ -329,13 +329,20 @@ internal static class QemuBench
                 await source.Cmd("dirty 200 1024");
                 await Task.Delay(500);
                 break;
+            case "dirty-postcopy":
+                await source.Cmd($"dirty {MigrateBench.PostcopyDirtyMiBps} 1024");
+                await Task.Delay(500);
+                break;
             default:
-                throw new ArgumentException($"unknown profile '{profile}' (idle-fresh, fill-free, fill-keep, balloon10, dirty)");
+                throw new ArgumentException($"unknown profile '{profile}' (idle-fresh, fill-free, fill-keep, balloon10, dirty, dirty-postcopy)");
         }
-        var (destination, result) = await Ferry.Qemu.QemuMigration.MigrateAsync(source, options, downtimeMs);
+        var settings = profile == "dirty-postcopy"
+            ? new Ferry.Qemu.QemuMigrationSettings(MigrateBench.PostcopyBandwidth, MigrateBench.PostcopyAfterPasses)
+            : null;
+        var (destination, result) = await Ferry.Qemu.QemuMigration.MigrateAsync(source, options, downtimeMs, settings);
         using (destination)
         {
-            if (profile == "dirty")
+            if (profile is "dirty" or "dirty-postcopy")
                 await destination.Cmd("stop");
             var verify = await destination.Cmd("verify");
             if (!verify.GetProperty("passed").GetBoolean())
