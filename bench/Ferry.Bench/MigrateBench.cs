@@ -27,7 +27,24 @@ internal static class MigrateBench
     /// after <see cref="PostcopyAfterPasses"/> passes (Ferry by its parameter, QEMU by migrate-start-postcopy after as
     /// many dirty-log syncs).
     /// </summary>
-    public static readonly string[] AllProfiles = [.. DefaultProfiles, "fill-keep", "dirty-postcopy"];
+    public static readonly string[] AllProfiles = [.. DefaultProfiles, "fill-keep"];
+
+    /// <summary>What --profiles accepts (dirty-postcopy only when asked for).</summary>
+    public static readonly string[] ValidProfiles = [.. AllProfiles, "dirty-postcopy"];
+
+    /// <summary>
+    /// With --tls every profile also runs as PROFILE+tls (issue 17): Ferry with tls-creds (TLS 1.3, both ends
+    /// authenticated, credentials made for the run) and QEMU with a tls-creds-x509 object on each side over the same
+    /// directory, in the same invocation as the plain runs.
+    /// </summary>
+    public const string TlsSuffix = "+tls";
+
+    /// <summary>The profile without its TLS suffix, and whether it had one.</summary>
+    public static (string Profile, bool Tls) SplitTls(string profile) =>
+        profile.EndsWith(TlsSuffix, StringComparison.Ordinal) ? (profile[..^TlsSuffix.Length], true) : (profile, false);
+
+    /// <summary>The credentials directory of this run's TLS profiles (QEMU's x509 layout); null without --tls.</summary>
+    internal static string? TlsCredentials { get; private set; }
 
     public const int PostcopyDirtyMiBps = 400;
     public const long PostcopyBandwidth = 200L << 20;
@@ -57,12 +74,18 @@ internal static class MigrateBench
         string GuestCommandLine, int FerryCpus, bool DestinationPrepopulated, bool Verify, long DowntimeLimitMs, int Repeat, List<Row> Rows);
 
     public static async Task<int> Run(string[] args, ulong[] sizes, string[] profiles, int repeat, long downtimeMs, string guestCommandLine, string? jsonPath,
-        int cpus, bool prepopulate, bool verify)
+        int cpus, bool prepopulate, bool verify, bool tls = false)
     {
         foreach (var p in profiles)
         {
-            if (!AllProfiles.Contains(p))
-                throw new ArgumentException($"unknown profile '{p}' ({string.Join(", ", AllProfiles)})");
+            if (!ValidProfiles.Contains(p))
+                throw new ArgumentException($"unknown profile '{p}' ({string.Join(", ", ValidProfiles)})");
+        }
+        using var certificates = tls ? new Ferry.TestSupport.TestCertificates() : null;
+        if (certificates is not null)
+        {
+            TlsCredentials = certificates.Directory();
+            profiles = [.. profiles.SelectMany(p => new[] { p, p + TlsSuffix })];
         }
         if (repeat < 1)
             throw new ArgumentException($"--repeat {repeat} must be at least 1");
@@ -95,12 +118,15 @@ internal static class MigrateBench
         {
             foreach (var profile in profiles)
             {
-                var (qemuProfile, hint) = profile switch
+                var (plainProfile, withTls) = SplitTls(profile);
+                var (qemuProfile, hint) = plainProfile switch
                 {
                     "fill-free-hint" => ("fill-free", true),
                     "fill-free-nohint" => ("fill-free", false),
-                    _ => (profile, true),
+                    _ => (plainProfile, true),
                 };
+                if (withTls)
+                    qemuProfile += TlsSuffix;
                 var row = new Row(size, profile, qemuProfile, hint, [], []);
                 for (var i = 0; i < repeat; i++)
                 {
@@ -125,6 +151,8 @@ internal static class MigrateBench
             PrintVerify(rows);
         if (rows.Any(r => r.Profile == "dirty-postcopy"))
             PrintPostcopy(rows.Where(r => r.Profile == "dirty-postcopy").ToList());
+        if (TlsCredentials is not null)
+            PrintTls(rows);
 
         if (jsonPath is not null)
         {
@@ -152,6 +180,28 @@ internal static class MigrateBench
             var rate = d is { VerifyMs: > 0 } ? $"{hashed / (d.VerifyMs / 1000):0.00}" : "-";
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {row.MemoryGib} GiB | {row.Profile} | {s.DowntimeMs:0.0} | {d?.PauseMs:0.0} | {d?.SyncMs:0.0} | {d?.FinalPassMs:0.0} | {d?.VerifyMs:0.0} | {d?.SaveStateMs:0.0} | {d?.CompleteMs:0.0} | {s.VerifiedChunks} | {row.FerryMedian.Incoming.VerifyMs:0.0} | {rate} (at most; holes are not read) |"));
+        }
+    }
+
+    /// <summary>With --tls: what TLS costs each VMM, per profile (the same median runs; target: Ferry at most 1.3x, and not more than QEMU's).</summary>
+    private static void PrintTls(List<Row> rows)
+    {
+        static string Ratio(double a, double b) => b > 0 ? string.Create(CultureInfo.InvariantCulture, $"{a / b:0.00}x") : "-";
+        Console.WriteLine();
+        Console.WriteLine("TLS (tls-creds: TLS 1.3 for Ferry, QEMU's tls-creds-x509; both ends authenticated; the same median runs):");
+        Console.WriteLine();
+        Console.WriteLine("| size | profile | Ferry plain ms | Ferry TLS ms | Ferry TLS/plain | QEMU plain ms | QEMU TLS ms | QEMU TLS/plain |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|");
+        foreach (var tlsRow in rows.Where(r => SplitTls(r.Profile).Tls))
+        {
+            var plain = rows.FirstOrDefault(r => r.MemoryGib == tlsRow.MemoryGib && r.Profile == SplitTls(tlsRow.Profile).Profile);
+            if (plain is null)
+                continue;
+            double fp = plain.FerryMedian.Stats.TotalTimeMs, ft = tlsRow.FerryMedian.Stats.TotalTimeMs;
+            var qemu = plain.QemuMedian is { } qp && tlsRow.QemuMedian is { } qt
+                ? $"{qp.TotalTimeMs} | {qt.TotalTimeMs} | {Ratio(qt.TotalTimeMs, qp.TotalTimeMs)} |"
+                : "- | - | - |";
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {tlsRow.MemoryGib} GiB | {plain.Profile} | {fp:0} | {ft:0} | {Ratio(ft, fp)} | {qemu}"));
         }
     }
 
@@ -323,8 +373,9 @@ internal static class MigrateBench
     /// Boots a 2-vCPU source guest, prepares <paramref name="profile"/> as <see cref="QemuBench.Measure"/> does,
     /// migrates it to a fresh paused machine over loopback TCP and checks the destination with `verify`.
     /// </summary>
-    internal static async Task<FerryRun> MeasureFerry(ulong memoryGib, string profile, long downtimeMs, string guestCommandLine, int cpus, bool prepopulate, bool verifyMigration = false)
+    internal static async Task<FerryRun> MeasureFerry(ulong memoryGib, string profileName, long downtimeMs, string guestCommandLine, int cpus, bool prepopulate, bool verifyMigration = false)
     {
+        var (profile, tls) = SplitTls(profileName);
         var config = new MachineConfig
         {
             MemoryBytes = memoryGib << 30,
@@ -390,7 +441,13 @@ internal static class MigrateBench
         }
         MigrationStats stats;
         IncomingReport incoming;
-        using (var listener = new TcpChannelListener(MigrationUri.Parse("tcp:127.0.0.1:0")))
+        var tcp = new TcpChannelListener(MigrationUri.Parse("tcp:127.0.0.1:0"));
+        using var serverTls = tls ? MigrationTls.Load(TlsCredentials!, TlsEndpoint.Server) : null;
+        using var clientTls = tls ? MigrationTls.Load(TlsCredentials!, TlsEndpoint.Client) : null;
+        IChannelConnector connector = new TcpChannelConnector(tcp.Uri);
+        if (clientTls is not null)
+            connector = new TlsChannelConnector(connector, clientTls, "localhost");
+        using (IChannelListener listener = serverTls is null ? tcp : new TlsChannelListener(tcp, serverTls))
         {
             var receive = Task.Run(() => MigrationReceiver.Receive(new MachineMigrationTarget(destination), listener, CancellationToken.None));
             var postcopy = profile == "dirty-postcopy";
@@ -402,7 +459,7 @@ internal static class MigrateBench
                 new MigrationCapabilities { FreePageHint = profile != "fill-free-nohint", Verify = verifyMigration && !postcopy, PostcopyRam = postcopy });
             try
             {
-                stats = migration.Run(new TcpChannelConnector(listener.Uri));
+                stats = migration.Run(connector);
             }
             catch
             {
@@ -417,7 +474,7 @@ internal static class MigrateBench
             await Guest.Cmd(destConsole, "stop");
         var verify = await Guest.Cmd(destConsole, "verify");
         if (!verify.GetProperty("passed").GetBoolean())
-            throw new InvalidOperationException($"verify failed on the Ferry destination ({memoryGib} GiB {profile}): {verify}");
+            throw new InvalidOperationException($"verify failed on the Ferry destination ({memoryGib} GiB {profileName}): {verify}");
         return new FerryRun(used, ballooned, total, prepareMs, stats, incoming, verify.GetProperty("pages_checked").GetUInt64());
     }
 }

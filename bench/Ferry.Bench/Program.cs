@@ -51,7 +51,8 @@ switch (mode)
             Arg("json", "") is { Length: > 0 } json ? json : null,
             int.Parse(Arg("cpus", "1"), CultureInfo.InvariantCulture),
             args.Contains("--prepopulate-destination"),
-            args.Contains("--verify"));
+            args.Contains("--verify"),
+            args.Contains("--tls"));
     case "snapshot":
         return await SnapshotBench.Run(
             args,
@@ -85,7 +86,7 @@ switch (mode)
             Ferry.Machine.MachineConfig.ParseMemoryBackend(Arg("backend", "memfd")),
             Arg("destination", "fresh") == "warm");
     default:
-        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty(,fill-keep,dirty-postcopy)] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--verify] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] | lazy-restore [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--backend anon|memfd] | tls [--gib 2] [--channels 2] [--repeat 3] [--backend memfd|anon] [--destination fresh|warm]");
+        Console.WriteLine("usage: Ferry.Bench fill --mib N [--rounds R] [--decompose] | dirtylog [--memory-gib G] | balloon [--memory-gib G] | qemu [--memory-gib 4,8] [--profiles idle-fresh,fill-free,balloon10,dirty] [--hint on,off] [--downtime-ms 300] [--repeat 3] | migrate [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint,fill-free-nohint,balloon10,dirty(,fill-keep,dirty-postcopy)] [--repeat 3] [--downtime-ms 300] [--guest-cmdline report_delay_ms=600000] [--cpus 1] [--prepopulate-destination] [--verify] [--tls] [--json FILE] | snapshot [--memory-gib 4,8] [--profiles idle-fresh,fill-free-hint(,fill-keep)] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--warm-only] [--no-qemu-restore] [--paused] [--cpus 2] [--json FILE] | snapshot-verify [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] | lazy-restore [--gib 2] [--threads 2] [--repeat 3] [--dir /var/tmp/ferry-snap-bench] [--backend anon|memfd] | tls [--gib 2] [--channels 2] [--repeat 3] [--backend memfd|anon] [--destination fresh|warm]");
         return 2;
 }
 return 0;
@@ -305,9 +306,10 @@ internal static class BalloonBench
 internal static class QemuBench
 {
     /// <summary>Boots the guest under QEMU, prepares the profile, migrates once and returns QEMU's figures.</summary>
-    public static async Task<Ferry.Qemu.QemuMigrationResult> Measure(ulong memoryGib, string profile, bool hint, long downtimeMs)
+    public static async Task<Ferry.Qemu.QemuMigrationResult> Measure(ulong memoryGib, string profileName, bool hint, long downtimeMs)
     {
-        var options = new Ferry.Qemu.QemuOptions { MemoryMib = memoryGib * 1024, FreePageHint = hint };
+        var (profile, tls) = MigrateBench.SplitTls(profileName);
+        var options = new Ferry.Qemu.QemuOptions { MemoryMib = memoryGib * 1024, FreePageHint = hint, TlsCredentials = tls ? MigrateBench.TlsCredentials : null };
         using var source = Ferry.Qemu.QemuGuest.Start(options);
         var ready = await source.WaitReadyAsync();
         var usableMib = ready.GetProperty("usable_bytes").GetUInt64() >> 20;

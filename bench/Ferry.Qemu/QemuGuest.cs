@@ -16,6 +16,12 @@ public sealed record QemuOptions
     public string CommandLine { get; init; } = "";
     /// <summary>tcp:HOST:PORT to start as a migration destination.</summary>
     public string? Incoming { get; init; }
+
+    /// <summary>
+    /// An x509 credentials directory (ca-cert.pem, server-*.pem, client-*.pem): the process gets a tls-creds-x509
+    /// object `ferry-tls` over it, as the server when it is a destination and the client otherwise, peers verified.
+    /// </summary>
+    public string? TlsCredentials { get; init; }
 }
 
 /// <summary>
@@ -124,6 +130,8 @@ public sealed class QemuGuest : IDisposable
             args.AddRange(["-bios", qboot]);
         if (options.Incoming is not null)
             args.AddRange(["-incoming", options.Incoming]);
+        if (options.TlsCredentials is not null)
+            args.AddRange(["-object", $"tls-creds-x509,id=ferry-tls,dir={options.TlsCredentials},endpoint={(options.Incoming is null ? "client" : "server")},verify-peer=on"]);
         var psi = new ProcessStartInfo(binary, args)
         {
             RedirectStandardInput = true,

@@ -55,6 +55,12 @@ public static class QemuMigration
                 destination.Qmp.Execute("migrate-set-capabilities", Capabilities("postcopy-ram", "postcopy-blocktime"));
                 source.Qmp.Execute("migrate-set-capabilities", Capabilities("postcopy-ram"));
             }
+            if (options.TlsCredentials is not null)
+            {
+                // Both sides name their tls-creds object; the source checks the destination's certificate for localhost.
+                destination.Qmp.Execute("migrate-set-parameters", new JsonObject { ["tls-creds"] = "ferry-tls" });
+                source.Qmp.Execute("migrate-set-parameters", new JsonObject { ["tls-creds"] = "ferry-tls", ["tls-hostname"] = "localhost" });
+            }
             source.Qmp.Execute("migrate-set-parameters", new JsonObject
             {
                 ["max-bandwidth"] = settings.MaxBandwidth ?? long.MaxValue / 2,
