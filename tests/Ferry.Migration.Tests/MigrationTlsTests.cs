@@ -68,6 +68,36 @@ public sealed class MigrationTlsTests : IDisposable
         return new Outcome(stats, sourceError, destinationError, vm, target);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_channel_given_up_is_reset_so_the_peer_does_not_take_it_for_an_exit(bool tls)
+    {
+        // Postcopy tells a source that exited (an orderly end of stream) from a broken link (a reset) by this. Found
+        // in review: a NetworkStream's dispose shut the socket down first, so both ended in an orderly FIN.
+        using var certificates = new TestCertificates();
+        var credentials = certificates.Directory();
+        var tcp = new TcpChannelListener(MigrationUri.Parse("tcp:127.0.0.1:0"));
+        using IChannelListener listener = tls ? new TlsChannelListener(tcp, MigrationTls.Load(credentials, TlsEndpoint.Server)) : tcp;
+        using var clientTls = MigrationTls.Load(credentials, TlsEndpoint.Client);
+        IChannelConnector connector = new TcpChannelConnector(tcp.Uri);
+        if (tls)
+            connector = new TlsChannelConnector(connector, clientTls, tcp.Uri.Host);
+        var accepting = listener.AcceptAsync(CancellationToken.None);
+        var client = await connector.ConnectAsync(CancellationToken.None);
+        using var server = await accepting;
+
+        ChannelLiveness.Reset(client);
+
+        var buffer = new byte[64];
+        await Assert.ThrowsAnyAsync<IOException>(async () =>
+        {
+            while (await server.ReadAsync(buffer) > 0)
+            {
+            }
+        });
+    }
+
     private static void AssertFailedCleanly(Outcome outcome, string sourceSays, string destinationSays)
     {
         Assert.NotNull(outcome.SourceError);

@@ -65,9 +65,10 @@ public static class ChannelLiveness
     {
         try
         {
-            if (Transport(stream) is NetworkStream network)
+            var transport = Transport(stream);
+            if (transport is NetworkStream network)
                 network.Socket.Shutdown(SocketShutdown.Both);
-            else if (Transport(stream) is IShutdownStream shutdown)
+            else if (transport is IShutdownStream shutdown)
                 shutdown.Shutdown();
             else
                 stream.Dispose();
@@ -87,10 +88,15 @@ public static class ChannelLiveness
     {
         try
         {
-            switch (stream)
+            // Under TLS the socket beneath: disposing the TLS channel closes it, abortively once lingering is off.
+            switch (Transport(stream))
             {
                 case NetworkStream network:
+                    // The socket itself, first: disposing a NetworkStream shuts the socket down (an orderly end of
+                    // stream, FIN) before closing it, whatever the linger; a close with linger 0 and nothing before
+                    // it sends the reset.
                     network.Socket.LingerState = new LingerOption(true, 0);
+                    network.Socket.Close();
                     break;
                 case DuplexPipeStream pipe:
                     pipe.Break();
