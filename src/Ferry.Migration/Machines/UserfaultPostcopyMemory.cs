@@ -56,15 +56,8 @@ public sealed class UserfaultPostcopyMemory : IPostcopyMemory
     {
         try
         {
-            // The features the pager will ask for (an unsupported one fails the handshake): said here, at setup,
-            // rather than at the switch.
-            var shmem = blocks.Any(b => b.Backend == RamBackend.Memfd);
-            UserfaultFd.Open(UffdConstants.UFFD_FEATURE_THREAD_ID).Dispose();
-            if (!shmem)
-                return null;
-            using var probe = UserfaultFd.Open();
-            if ((probe.Features & UffdConstants.UFFD_FEATURE_MISSING_SHMEM) == 0)
-                return $"userfaultfd on this kernel cannot page shared memory (features 0x{probe.Features:X}); start the destination with --memory-backend anon";
+            // The pager's own check, said here at setup rather than at the switch.
+            DemandPager.CheckAvailable(shmem: blocks.Any(b => b.Backend == RamBackend.Memfd));
             return null;
         }
         catch (ErrnoException e)

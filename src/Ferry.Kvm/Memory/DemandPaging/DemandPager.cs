@@ -198,8 +198,7 @@ public sealed unsafe partial class DemandPager : IDisposable
         SafeFd? stopEvent = null;
         try
         {
-            if (shmem && (uffd.Features & UffdConstants.UFFD_FEATURE_MISSING_SHMEM) == 0)
-                throw new ErrnoException($"userfaultfd: this kernel cannot page shared memory (features 0x{uffd.Features:X}); use --memory-backend anon");
+            CheckShmem(uffd, shmem);
             stopEvent = SafeFd.FromResult(Libc.EventFd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK), "eventfd");
             empty();
             uffd.Register(mapping.Address, mapping.Length);
@@ -218,6 +217,23 @@ public sealed unsafe partial class DemandPager : IDisposable
             uffd.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Throws the <see cref="ErrnoException"/> <see cref="Start"/> would, naming why, when a block cannot be demand-paged
+    /// on this host (no userfaultfd, or <paramref name="shmem"/> memory the kernel cannot page): for a caller that must
+    /// decide before anything exists (a postcopy destination declines postcopy at setup).
+    /// </summary>
+    public static void CheckAvailable(bool shmem)
+    {
+        using var uffd = UserfaultFd.Open(UffdConstants.UFFD_FEATURE_THREAD_ID);
+        CheckShmem(uffd, shmem);
+    }
+
+    private static void CheckShmem(UserfaultFd uffd, bool shmem)
+    {
+        if (shmem && (uffd.Features & UffdConstants.UFFD_FEATURE_MISSING_SHMEM) == 0)
+            throw new ErrnoException($"userfaultfd: this kernel cannot page shared memory (features 0x{uffd.Features:X}); use --memory-backend anon");
     }
 
     /// <summary>The figures so far.</summary>
