@@ -170,6 +170,14 @@ public sealed class PageSet
     /// <summary>Empties the set.</summary>
     public void Clear() => Array.Clear(_words);
 
+    /// <summary>A new set holding the same pages (a snapshot of this one as it is now).</summary>
+    public PageSet Clone()
+    {
+        var copy = new PageSet(PageCount);
+        copy.CopyFrom(this);
+        return copy;
+    }
+
     /// <summary>Makes this set equal to <paramref name="other"/> (same page count).</summary>
     public void CopyFrom(PageSet other)
     {

@@ -189,17 +189,10 @@ public static partial class MigrationReceiver
                 _local = [.. target.Blocks.Select(b => new BlockDescriptor(b.Name, b.Size))];
                 _streamIndex = [.. target.Blocks.Select(b => header.Blocks.Select((d, i) => (d, i)).First(x => x.d.Name == b.Name).i)];
                 _original = postcopy.Owed;
-                _missing = [.. _original.Select(Copy)];
+                _missing = [.. _original.Select(s => s.Clone())];
                 _requested = [.. _original.Select(s => new PageSet(s.PageCount))];
                 _blocktime = new PostcopyBlocktime(memory.VcpuCount);
                 _handle.Attach(Stats);
-            }
-
-            private static PageSet Copy(PageSet set)
-            {
-                var copy = new PageSet(set.PageCount);
-                copy.CopyFrom(set);
-                return copy;
             }
 
             /// <summary>Every reader of every connection (for the report's totals).</summary>

@@ -91,12 +91,7 @@ internal sealed class PostcopySource
     public void Run(PageSet[] owed, ulong owedPages, IReadOnlyList<StateSection> state, TimeSpan pauseStart)
     {
         _owed = owed;
-        _original = [.. owed.Select(s =>
-        {
-            var copy = new PageSet(s.PageCount);
-            copy.CopyFrom(s);
-            return copy;
-        })];
+        _original = [.. owed.Select(s => s.Clone())];
         _owedAtSwitch = (long)owedPages;
         _firstBytesAtSwitch = _firstSinks.Sum(s => s.BytesWritten);
         _switchAt = pauseStart;

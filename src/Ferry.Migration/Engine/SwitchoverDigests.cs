@@ -37,8 +37,7 @@ internal sealed class SwitchoverDigests(IReadOnlyList<RamBlock> blocks)
         _excluded = new PageSet[blocks.Count];
         for (var b = 0; b < blocks.Count; b++)
         {
-            var excluded = new PageSet(blocks[b].PageCount);
-            excluded.CopyFrom(free[b]);
+            var excluded = free[b].Clone();
             // Ballooned pages belong to the host until the guest deflates them, trusted balloon or not: the source
             // discarded them, and the destination holds whatever was sent before or nothing.
             excluded.UnionWith(balloon.Current(b).Words);
